@@ -1,0 +1,52 @@
+"""The ``semdb`` command line: one module per command group, each thin over library calls.
+
+Errors semdb recognises print as one line with the fix (no traceback) and exit with 1.
+Heavy dependencies (ONNX Runtime, torch) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from semdb import __version__
+from semdb.errors import SemdbError
+
+
+class SemdbGroup(click.Group):
+    """A click group that turns semdb's own errors into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SemdbError as exc:
+            raise click.ClickException(exc.one_line()) from exc
+        except OperationalError as exc:
+            from semdb.db.engine import explain_connection_error
+
+            raise click.ClickException(explain_connection_error(exc).one_line()) from exc
+
+
+@click.group(cls=SemdbGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="semdb")
+def cli() -> None:
+    """semdb: a semantic database on PostgreSQL and pgvector.
+
+    The database is SEMDB_DATABASE_URL when set, else an embedded PostgreSQL server
+    (data under SEMDB_HOME, default ./.semdb) started on demand.
+    """
+
+
+def _register() -> None:
+    from semdb.cli.db import db
+
+    cli.add_command(db)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="semdb")

@@ -1,0 +1,116 @@
+"""Test fixtures: a real PostgreSQL with pgvector, and a fresh database for every run.
+
+- ``SEMDB_DATABASE_URL`` set: the tests create a database on that server (the role needs
+  CREATEDB) and drop it at the end.
+- unset: an embedded server starts in a temporary SEMDB_HOME and stops at the end.
+
+Either way the tests see ``SEMDB_DATABASE_URL`` pointing at their own fresh database, so the
+library, the CLI in subprocesses and Alembic all resolve the same one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from semdb.config import DATABASE_URL_VARIABLE  # noqa: E402
+from semdb.db import EmbeddedServer, libpq_uri  # noqa: E402
+from semdb.db.url import configured_url  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """An administrative URL on a PostgreSQL server with pgvector."""
+    configured = configured_url()
+    if configured is not None:
+        yield configured
+        return
+    server = EmbeddedServer(tmp_path_factory.mktemp("semdb-home"))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@contextmanager
+def fresh_database(server_url: URL) -> Iterator[URL]:
+    """Create an empty database on the server; drop it when done."""
+    name = f"semdb_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)).as_string()
+            )
+    except sa.exc.ProgrammingError as exc:
+        pytest.exit(f"the test role cannot create a database on {server_url!r}: {exc.orig}", 2)
+    try:
+        yield server_url.set(database=name)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                .format(sql.Identifier(name))
+                .as_string()
+            )
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: URL) -> Iterator[URL]:
+    """The database of this test run; SEMDB_DATABASE_URL points at it meanwhile."""
+    with fresh_database(server_url) as url:
+        previous = os.environ.get(DATABASE_URL_VARIABLE)
+        os.environ[DATABASE_URL_VARIABLE] = libpq_uri(url)
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop(DATABASE_URL_VARIABLE, None)
+            else:
+                os.environ[DATABASE_URL_VARIABLE] = previous
+
+
+@pytest.fixture()
+def empty_database_url(server_url: URL) -> Iterator[URL]:
+    """A database of its own for one test (for migrations that must start from nothing)."""
+    with fresh_database(server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: URL) -> Iterator[sa.Engine]:
+    """An engine on the test database, migrated to semdb's head revision."""
+    import semdb
+    from semdb.db.migrate import upgrade
+
+    engine = semdb.create_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def run_semdb(*args: str, env: dict[str, str] | None = None, timeout: float = 120):  # type: ignore[no-untyped-def]
+    """Run the ``semdb`` command line in a new process, as a user would."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "semdb", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
