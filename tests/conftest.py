@@ -23,9 +23,9 @@ from sqlalchemy.engine import URL
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from semdb.config import DATABASE_URL_VARIABLE  # noqa: E402
-from semdb.db import EmbeddedServer, libpq_uri  # noqa: E402
-from semdb.db.url import configured_url  # noqa: E402
+from semdb.config import DATABASE_URL_VARIABLE
+from semdb.db import EmbeddedServer, libpq_uri
+from semdb.db.url import configured_url
 
 
 @pytest.fixture(scope="session")

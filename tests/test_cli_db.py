@@ -42,11 +42,16 @@ def test_psql_runs_on_the_database(database_url: URL) -> None:
     [
         ("not a url", "SEMDB_DATABASE_URL is not a valid PostgreSQL URL"),
         ("mysql://u@h/db", "uses the scheme 'mysql'"),
-        ("postgresql://nobody@127.0.0.1:1/nowhere", "cannot connect to postgresql://nobody@127.0.0.1:1/nowhere"),
+        (
+            "postgresql://nobody@127.0.0.1:1/nowhere",
+            "cannot connect to postgresql://nobody@127.0.0.1:1/nowhere",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [("db", "status"), ("db", "upgrade")])
-def test_bad_urls_give_one_line_with_the_fix(url: str, expected: str, command: tuple[str, ...]) -> None:
+def test_bad_urls_give_one_line_with_the_fix(
+    url: str, expected: str, command: tuple[str, ...]
+) -> None:
     result = run_semdb(*command, env={"SEMDB_DATABASE_URL": url})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -42,8 +42,9 @@ def test_upgrade_downgrade_upgrade_round_trips(empty_database_url: URL) -> None:
         assert upgrade(engine) == head_revision()
         assert "models" in tables(engine)
         with engine.connect() as connection:
-            assert connection.scalar(sa.text("SELECT extversion FROM pg_extension "
-                                             "WHERE extname = 'vector'"))
+            assert connection.scalar(
+                sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            )
         assert downgrade(engine, "base") is None
         assert "models" not in tables(engine)
         assert upgrade(engine) == head_revision()
