@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -114,3 +115,11 @@ def run_semdb(*args: str, env: dict[str, str] | None = None, timeout: float = 12
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sentence-transformers model folder (random weights, real tokenizer), built once."""
+    from .tiny_model import build_tiny_sentence_transformer
+
+    return build_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-model"))
