@@ -334,7 +334,7 @@ class EmbeddedServer:
 
     def _initdb(self) -> None:
         common = ["-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8"]
-        common += ["--text-search-config=pg_catalog.english"]
+        common += ["--text-search-config=english"]
         try:
             self._run("initdb", [*common, "--locale-provider=builtin", "--locale=C.UTF-8"])
         except EmbeddedServerError:
