@@ -44,3 +44,19 @@ class EmbeddedServerError(SemdbError):
 
 class SchemaNotReadyError(SemdbError):
     """The database has not been migrated to the revision this semdb needs."""
+
+
+class DeclarationError(SemdbError):
+    """An embedding column, index or sync setting is declared in a way semdb cannot use."""
+
+
+class DimensionMismatchError(SemdbError):
+    """A vector does not have the dimension of the column (or model) it is meant for."""
+
+
+class SearchError(SemdbError):
+    """A search cannot run as asked (no query vector, no embedder, a bad argument)."""
+
+
+class SyncError(SemdbError):
+    """Keeping vectors in sync failed: no embedder for a column, a model mismatch."""

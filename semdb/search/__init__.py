@@ -1,0 +1,20 @@
+"""Search: nearest neighbours with filters and joins (plan chosen, k rows back), hybrid
+full-text + vector search fused with reciprocal rank fusion in one statement, and
+more-like-this.
+
+Knows SQLAlchemy and :mod:`semdb.orm`; never ONNX Runtime (it takes vectors or an embedder).
+"""
+
+from semdb.search.plan import EXACT_BELOW_ROWS, SearchPlan
+from semdb.search.results import Hit, HybridHit, SearchResult
+from semdb.search.semantic import explain_search, search
+
+__all__ = [
+    "EXACT_BELOW_ROWS",
+    "Hit",
+    "HybridHit",
+    "SearchPlan",
+    "SearchResult",
+    "explain_search",
+    "search",
+]

@@ -1,0 +1,64 @@
+"""``EXPLAIN`` as a SQLAlchemy construct (a compiler extension), and reading its JSON plan.
+
+>>> connection.execute(Explain(select(Doc).where(...))).scalar()   # the plan, as JSON
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+
+class Explain(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON[, ANALYZE]) <statement>``."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: Executable, *, analyze: bool = False) -> None:
+        self.statement = statement
+        self.analyze = analyze
+
+
+@compiles(Explain, "postgresql")
+def _compile_explain(element: Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    options = "FORMAT JSON, ANALYZE, BUFFERS OFF" if element.analyze else "FORMAT JSON"
+    inner = compiler.process(element.statement, **kw)  # type: ignore[arg-type]
+    return f"EXPLAIN ({options}) {inner}"
+
+
+def plan_root(explained: Any) -> dict[str, Any]:
+    """The top plan node of what ``EXPLAIN (FORMAT JSON)`` returned."""
+    document = explained
+    if isinstance(document, str):
+        import json
+
+        document = json.loads(document)
+    if isinstance(document, list):
+        document = document[0]
+    plan: dict[str, Any] = document["Plan"]
+    return plan
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a plan, depth first."""
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
+
+
+def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
+    """A short, readable outline: node types and the indexes they use, no parameter values."""
+    label = node["Node Type"]
+    if node.get("Index Name"):
+        label += f" using {node['Index Name']}"
+    if node.get("Relation Name") and "Index Name" not in node:
+        label += f" on {node['Relation Name']}"
+    lines = ["  " * depth + label]
+    for child in node.get("Plans", ()):
+        lines.append(describe_plan(child, depth + 1))
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""Which plan a search runs, decided before it runs, and the settings that make it run.
+
+Two paths, each with its own SQL, so the planner cannot silently swap one for the other:
+
+``index``
+    ``ORDER BY col <=> q LIMIT k`` (the operator form, which the HNSW/IVFFlat index serves),
+    with ``SET LOCAL`` for this query only: ``hnsw.ef_search`` (at least k),
+    ``hnsw.iterative_scan = relaxed_order`` when a filter is present (pgvector 0.8+: the scan
+    goes on until k rows pass the filter) and ``enable_sort = off`` so that the planner keeps
+    the vector index instead of sorting the rows a btree found. Rows come back in nearly
+    sorted order and are re-sorted by distance.
+``exact``
+    ``ORDER BY cosine_distance(col, q) LIMIT k`` (the function form, which no index serves):
+    the rows passing the filter (through any btree the planner likes), every distance
+    computed, the true top k.
+
+The choice: no filter -> index. With a filter, the planner's own row estimate for the filter
+(``EXPLAIN`` of ``SELECT 1 FROM ... WHERE filter``) is compared with ``exact_below`` rows: an
+exact search over that many rows is as fast as the iterative index scan (measured in
+``bench/query.py``; see :data:`EXACT_BELOW_ROWS`). Without iterative scans (pgvector 0.7) a
+filtered search is always exact, since the index would return fewer than k rows.
+
+If the index path still returns fewer than k rows (the estimate was far off, or the scan hit
+``hnsw.max_scan_tuples``), the search runs again exactly: k rows come back whenever k rows
+pass the filter.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy import Connection, Engine
+
+from semdb.db.preflight import parse_version
+from semdb.errors import SearchError
+from semdb.orm.columns import VectorColumn
+from semdb.search.explain import Explain, plan_root
+
+PlanPath = Literal["index", "exact"]
+PlanRequest = Literal["auto", "index", "exact"]
+
+#: Estimated rows passing a filter at or below which exact search is chosen. Measured with
+#: bench/query.py (MiniLM vectors of real text, 384-d, HNSW m=16, 2 cores): below about this
+#: many rows, the btree-filtered exact plan is as fast as the iterative index scan.
+EXACT_BELOW_ROWS = 2000
+
+_SAVEPOINT = sql.Identifier("semdb_search")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What a search decided, and why (``result.plan``)."""
+
+    path: PlanPath
+    reason: str
+    estimated_rows: float | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    fell_back_to_exact: bool = False
+
+
+_iterative_scan_support: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def supports_iterative_scan(connection: Connection) -> bool:
+    """pgvector 0.8+ in this database (looked up once per engine)."""
+    engine = connection.engine
+    known = _iterative_scan_support.get(engine)
+    if known is None:
+        version = connection.execute(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        ).scalar()
+        known = version is not None and parse_version(str(version)) >= (0, 8, 0)
+        _iterative_scan_support[engine] = known
+    return known
+
+
+def estimate_rows(connection: Connection, statement: sa.Select[Any]) -> float:
+    """The planner's estimate of how many rows ``statement`` returns (no execution)."""
+    explained = connection.execute(Explain(statement)).scalar()
+    return float(plan_root(explained)["Plan Rows"])
+
+
+def choose_plan(
+    connection: Connection,
+    target: VectorColumn,
+    *,
+    k: int,
+    filter_statement: sa.Select[Any] | None,
+    request: PlanRequest = "auto",
+    ef_search: int | None = None,
+    exact_below: int | None = None,
+) -> SearchPlan:
+    """Decide the path for one search; see the module documentation."""
+    if request not in ("auto", "index", "exact"):
+        raise SearchError(
+            f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"
+        )
+    filtered = filter_statement is not None
+    iterative = supports_iterative_scan(connection)
+    if target.spec.index is None and request != "index":
+        return SearchPlan("exact", f"{target.name} has no vector index declared")
+    if request == "exact":
+        return SearchPlan("exact", "asked for exact search")
+    if request == "index":
+        return SearchPlan("index", "asked for the index", None, _settings(target, k, ef_search, filtered, iterative))
+    if not filtered:
+        return SearchPlan("index", "no filter", None, _settings(target, k, ef_search, False, iterative))
+    if not iterative:
+        return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
+    assert filter_statement is not None
+    estimated = estimate_rows(connection, filter_statement)
+    threshold = EXACT_BELOW_ROWS if exact_below is None else exact_below
+    if estimated <= threshold:
+        return SearchPlan(
+            "exact",
+            f"about {estimated:.0f} rows pass the filter (<= {threshold}): exact is as fast",
+            estimated,
+        )
+    return SearchPlan(
+        "index",
+        f"about {estimated:.0f} rows pass the filter (> {threshold}): iterative index scan",
+        estimated,
+        _settings(target, k, ef_search, True, iterative),
+    )
+
+
+def _settings(
+    target: VectorColumn, k: int, ef_search: int | None, filtered: bool, iterative: bool
+) -> dict[str, str]:
+    from semdb.orm.indexes import HNSW
+
+    index = target.spec.index
+    settings: dict[str, str] = {"enable_sort": "off"}
+    if isinstance(index, HNSW) or index is None:
+        ef = ef_search if ef_search is not None else (index.ef_search if index else 40)
+        if not 1 <= ef <= 1000:
+            raise SearchError(f"ef_search must be from 1 to 1000, got {ef}", fix="pass 40-400")
+        settings["hnsw.ef_search"] = str(min(1000, max(ef, k)))
+        if iterative:
+            settings["hnsw.iterative_scan"] = "relaxed_order" if filtered else "off"
+    else:
+        probes = index.probes if ef_search is None else ef_search
+        settings["ivfflat.probes"] = str(min(probes, index.lists))
+        if iterative:
+            settings["ivfflat.iterative_scan"] = "relaxed_order" if filtered else "off"
+    return settings
+
+
+@contextmanager
+def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterator[None]:
+    """Apply ``settings`` to the statements inside, and to nothing after them.
+
+    Inside the caller's transaction, a savepoint is taken and the settings are set with
+    ``set_config(..., is_local => true)`` (``SET LOCAL``); rolling back to the savepoint
+    afterwards restores the previous values exactly, and also keeps the caller's transaction
+    usable if the search fails. In autocommit mode a short transaction is opened instead.
+    """
+    if not settings:
+        yield
+        return
+    driver = connection.connection.dbapi_connection
+    autocommit = bool(getattr(driver, "autocommit", False))
+    if not autocommit and not connection.in_transaction():
+        connection.begin()
+    assignments = sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+        for name, value in settings.items()
+    )
+    opening = sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)
+    closing_ok = (
+        sql.SQL("COMMIT")
+        if autocommit
+        else sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
+    )
+    closing_error = (
+        sql.SQL("ROLLBACK")
+        if autocommit
+        else sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
+    )
+    connection.exec_driver_sql(
+        sql.SQL("{}; SELECT {}").format(opening, assignments).as_string(driver)
+    )
+    try:
+        yield
+    except BaseException:
+        try:
+            connection.exec_driver_sql(closing_error.as_string(driver))
+        except sa.exc.DBAPIError:  # the connection itself failed: report the first error
+            pass
+        raise
+    connection.exec_driver_sql(closing_ok.as_string(driver))
