@@ -5,13 +5,35 @@ The runtime never imports torch or transformers; ONNX Runtime is loaded only by 
 
 from semdb.db import EmbeddedServer, create_engine, resolve_url
 from semdb.errors import SemdbError
+from semdb.orm import (
+    HNSW,
+    Distance,
+    IVFFlat,
+    VectorType,
+    embedding_column,
+)
+from semdb.search import (
+    explain_search,
+    hybrid_search,
+    more_like_this,
+    search,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HNSW",
+    "Distance",
     "EmbeddedServer",
+    "IVFFlat",
     "SemdbError",
+    "VectorType",
     "__version__",
     "create_engine",
+    "embedding_column",
+    "explain_search",
+    "hybrid_search",
+    "more_like_this",
     "resolve_url",
+    "search",
 ]

@@ -148,15 +148,16 @@ def vector_column(target: Any) -> VectorColumn:
     """Resolve ``Doc.embedding`` (ORM) or ``docs.c.embedding`` (Core) to a :class:`VectorColumn`."""
     if isinstance(target, VectorColumn):
         return target
-    entity = None
+    entity: type[Any] | None = None
     column: Any = target
     if isinstance(target, QueryableAttribute):
-        entity = target.class_
+        entity = target.class_ if isinstance(target.class_, type) else None
         prop = target.property
         columns = getattr(prop, "columns", None)
         if not columns:
             raise DeclarationError(
-                f"{target} is not a column attribute", fix="pass the vector column, e.g. Doc.embedding"
+                f"{target} is not a column attribute",
+                fix="pass the vector column, e.g. Doc.embedding",
             )
         column = columns[0]
     if not isinstance(column, sa.Column):

@@ -141,9 +141,8 @@ def embedding_column(
     info = dict(column_kwargs.pop("info", None) or {})
     info[INFO_KEY] = spec
     column_kwargs.setdefault("nullable", True)
-    args: tuple[Any, ...] = (name,) if name else ()
     declared: MappedColumn[FloatArray | None] = mapped_column(
-        *args, VectorType(spec.dimension, spec.storage), info=info, **column_kwargs
+        name, VectorType(spec.dimension, spec.storage), info=info, **column_kwargs
     )
     event.listen(declared.column, "after_parent_attach", _complete_table)
     return declared

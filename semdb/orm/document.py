@@ -52,7 +52,7 @@ def fulltext_document_sql(columns: Sequence[ColumnElement[Any]]) -> ColumnElemen
     empty = sa.literal("", sa.Text, literal_execute=True)
     space = sa.literal(" ", sa.Text, literal_execute=True)
     parts = [sa.func.coalesce(column, empty, type_=sa.Text) for column in columns]
-    expression = parts[0]
+    expression: ColumnElement[str] = parts[0]
     for part in parts[1:]:
         expression = expression.op("||", return_type=sa.Text)(space)
         expression = expression.op("||", return_type=sa.Text)(part)

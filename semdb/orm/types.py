@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from typing import Any
+from typing import cast as cast_type
 
 import numpy as np
 import psycopg
@@ -30,7 +31,7 @@ from semdb.orm.distance import STORAGES, Distance
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 _HEADER = struct.Struct(">HH")
-_WIRE_DTYPE = {"vector": np.dtype(">f4"), "halfvec": np.dtype(">f2")}
+_WIRE_DTYPE: dict[str, np.dtype[Any]] = {"vector": np.dtype(">f4"), "halfvec": np.dtype(">f2")}
 MAX_DIMENSION = {"vector": 16000, "halfvec": 16000}
 _HALF_MAX = float(np.finfo(np.float16).max)
 
@@ -159,7 +160,8 @@ def decode_vector(value: Any) -> FloatArray | None:
         dimension = _HEADER.unpack_from(raw)[0]
         itemsize = (len(raw) - _HEADER.size) // max(dimension, 1)
         dtype = _WIRE_DTYPE["vector"] if itemsize == 4 else _WIRE_DTYPE["halfvec"]
-        return np.frombuffer(raw, dtype=dtype, offset=_HEADER.size).astype(np.float32)
+        values = np.frombuffer(raw, dtype=dtype, offset=_HEADER.size)
+        return values.astype(np.float32)
     if isinstance(value, str):
         body = value.strip()[1:-1]
         return np.array(body.split(","), dtype=np.float32) if body else np.zeros(0, np.float32)
@@ -235,7 +237,7 @@ class VectorType(UserDefinedType[FloatArray]):
 
     class Comparator(UserDefinedType.Comparator[FloatArray]):
         def _distance_op(self, operator: str, other: Any) -> ColumnElement[float]:
-            return self.op(operator, return_type=Float)(other)
+            return cast_type(ColumnElement[float], self.op(operator, return_type=Float)(other))
 
         def l2_distance(self, other: Any) -> ColumnElement[float]:
             return self._distance_op("<->", other)

@@ -5,9 +5,11 @@ more-like-this.
 Knows SQLAlchemy and :mod:`semdb.orm`; never ONNX Runtime (it takes vectors or an embedder).
 """
 
+from semdb.search.hybrid import hybrid_search
 from semdb.search.plan import EXACT_BELOW_ROWS, SearchPlan
 from semdb.search.results import Hit, HybridHit, SearchResult
 from semdb.search.semantic import explain_search, search
+from semdb.search.similar import more_like_this
 
 __all__ = [
     "EXACT_BELOW_ROWS",
@@ -16,5 +18,7 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "explain_search",
+    "hybrid_search",
+    "more_like_this",
     "search",
 ]

@@ -31,8 +31,9 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy import Connection, Engine
@@ -108,9 +109,16 @@ def choose_plan(
     if request == "exact":
         return SearchPlan("exact", "asked for exact search")
     if request == "index":
-        return SearchPlan("index", "asked for the index", None, _settings(target, k, ef_search, filtered, iterative))
+        return SearchPlan(
+            "index",
+            "asked for the index",
+            None,
+            _settings(target, k, ef_search, filtered, iterative),
+        )
     if not filtered:
-        return SearchPlan("index", "no filter", None, _settings(target, k, ef_search, False, iterative))
+        return SearchPlan(
+            "index", "no filter", None, _settings(target, k, ef_search, False, iterative)
+        )
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
     assert filter_statement is not None
@@ -164,7 +172,7 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
     if not settings:
         yield
         return
-    driver = connection.connection.dbapi_connection
+    driver = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
     autocommit = bool(getattr(driver, "autocommit", False))
     if not autocommit and not connection.in_transaction():
         connection.begin()

@@ -22,7 +22,9 @@ def query_vector(target: VectorColumn, query: Any, embedder: TextEmbedder | None
         vector = embedder.embed_query(query)
     else:
         vector = query
-    return as_float32(vector, dimension=target.dimension, where=f"the query vector for {target.name}")
+    return as_float32(
+        vector, dimension=target.dimension, where=f"the query vector for {target.name}"
+    )
 
 
 def check_embedder(target: VectorColumn, embedder: TextEmbedder) -> None:

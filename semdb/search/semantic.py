@@ -90,7 +90,9 @@ class SemanticQuery:
         has_joins = any(isinstance(f, sa.Join) for f in base.get_final_froms())
         if self.where is None and not has_base_filter and not has_joins:
             return None
-        counted = base.with_only_columns(sa.literal_column("1"), maintain_column_froms=True)
+        counted: sa.Select[Any] = base.with_only_columns(
+            sa.literal_column("1"), maintain_column_froms=True
+        )
         return counted.where(self.where) if self.where is not None else counted
 
     def statement(self, path: PlanPath) -> sa.Select[Any]:
@@ -184,7 +186,9 @@ def search(
     return result
 
 
-def explain_search(bind: Bind, column: Any, query: Any, **options: Any) -> tuple[SearchPlan, dict[str, Any]]:
+def explain_search(
+    bind: Bind, column: Any, query: Any, **options: Any
+) -> tuple[SearchPlan, dict[str, Any]]:
     """The plan :func:`search` would choose, and PostgreSQL's JSON plan for it (not run).
 
     Pass ``analyze=True`` to run it under ``EXPLAIN ANALYZE``.

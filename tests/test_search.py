@@ -1,0 +1,342 @@
+"""Search on a real server: which plan runs (EXPLAIN), k rows back, settings that never leak,
+filters, joins, Core, thresholds, more-like-this, hybrid search, hostile input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+import semdb
+from semdb.errors import DimensionMismatchError, SearchError
+from semdb.orm import HNSW, embedding_column
+from semdb.search import explain_search, hybrid_search, more_like_this, search
+from semdb.search import plan as plan_module
+from semdb.search.explain import plan_nodes
+
+from .vector_data import clustered_vectors, exact_top_k
+
+N, DIM = 4000, 32
+COLORS = ["red", "green", "blue", "amber", "violet", "black", "white"]
+SHAPES = ["circle", "square", "triangle", "hexagon", "star"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Shop(Base):
+    __tablename__ = "search_shops"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    country: Mapped[str]
+
+
+class Item(Base):
+    __tablename__ = "search_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    shop_id: Mapped[int] = mapped_column(sa.ForeignKey("search_shops.id"))
+    c2: Mapped[int] = mapped_column(index=True)
+    c10: Mapped[int] = mapped_column(index=True)
+    c100: Mapped[int] = mapped_column(index=True)
+    c1000: Mapped[int] = mapped_column(index=True)
+    embedding: Mapped[np.ndarray | None] = embedding_column(
+        "body",
+        model="tiny",
+        dimension=DIM,
+        index=HNSW(m=16, ef_construction=64),
+        sync="manual",
+        fulltext="english",
+    )
+    shop: Mapped[Shop] = relationship()
+
+
+VECTORS = clustered_vectors(N, DIM, seed=7)
+# Queries near the data, as real queries are (a query far from every row has no clear
+# neighbours and says nothing about the index).
+_noise = np.random.default_rng(99).normal(scale=0.02, size=(20, DIM))
+QUERIES = (VECTORS[np.arange(20) * 97 + 5] + _noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def items(engine: sa.Engine) -> Iterator[sa.Engine]:
+    Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(Shop), [{"id": s, "country": "FR" if s % 4 == 0 else "DE"} for s in range(40)]
+        )
+        connection.execute(
+            sa.insert(Item),
+            [
+                {
+                    "id": i,
+                    "body": f"item {i} {COLORS[i % 7]} {SHAPES[i % 5]}",
+                    "shop_id": i % 40,
+                    "c2": i % 2,
+                    "c10": i % 10,
+                    "c100": i % 100,
+                    "c1000": i % 1000,
+                    "embedding": VECTORS[i],
+                }
+                for i in range(N)
+            ],
+        )
+        connection.execute(sa.text("ANALYZE search_items"))
+        connection.execute(sa.text("ANALYZE search_shops"))
+    yield engine
+    Base.metadata.drop_all(engine)
+
+
+def mask(column: str, value: int) -> np.ndarray:
+    modulo = {"c2": 2, "c10": 10, "c100": 100, "c1000": 1000}[column]
+    return (np.arange(N) % modulo) == value
+
+
+def uses_vector_index(root: dict) -> bool:
+    return any(
+        node.get("Index Name") == "ix_search_items_embedding_hnsw" for node in plan_nodes(root)
+    )
+
+
+def test_unfiltered_search_uses_the_index_with_good_recall(items: sa.Engine) -> None:
+    recalls = []
+    with Session(items) as session:
+        for query in QUERIES:
+            hits = search(session, Item.embedding, query, k=10)
+            assert hits.plan.path == "index" and hits.plan.reason == "no filter"
+            assert len(hits) == 10
+            assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+            truth = set(exact_top_k(VECTORS, query, 10))
+            recalls.append(len(truth & {h.row.id for h in hits}) / 10)
+        plan, root = explain_search(session, Item.embedding, QUERIES[0], k=10)
+    assert uses_vector_index(root)
+    assert np.mean(recalls) >= 0.9
+
+
+def test_filter_passing_many_rows_runs_the_iterative_index_scan(items: sa.Engine) -> None:
+    with Session(items) as session:
+        for query in QUERIES[:5]:
+            hits = search(
+                session, Item.embedding, query, k=10, where=Item.c10 == 3, exact_below=100
+            )
+            assert hits.plan.path == "index", hits.plan
+            assert hits.plan.settings["hnsw.iterative_scan"] == "relaxed_order"
+            assert hits.plan.estimated_rows == pytest.approx(400, rel=0.3)
+            assert len(hits) == 10 and all(h.row.c10 == 3 for h in hits)
+            truth = set(exact_top_k(VECTORS, query, 10, mask("c10", 3)))
+            assert len(truth & {h.row.id for h in hits}) >= 8
+        _, root = explain_search(
+            session, Item.embedding, QUERIES[0], k=10, where=Item.c10 == 3, exact_below=100
+        )
+    assert uses_vector_index(root)
+
+
+def test_selective_filter_runs_exact_search_through_the_btree(items: sa.Engine) -> None:
+    with Session(items) as session:
+        hits = search(
+            session, Item.embedding, QUERIES[0], k=3, where=Item.c1000 == 7, exact_below=100
+        )
+        assert hits.plan.path == "exact" and "rows pass the filter" in hits.plan.reason
+        assert [h.row.id for h in hits] == exact_top_k(VECTORS, QUERIES[0], 3, mask("c1000", 7))
+        # fewer rows pass than k: all of them come back
+        everything = search(session, Item.embedding, QUERIES[0], k=10, where=Item.c1000 == 7)
+        assert sorted(h.row.id for h in everything) == [7, 1007, 2007, 3007]
+        _, root = explain_search(
+            session, Item.embedding, QUERIES[0], k=3, where=Item.c1000 == 7, exact_below=100
+        )
+    assert not uses_vector_index(root)
+    assert any(node.get("Index Name") == "ix_search_items_c1000" for node in plan_nodes(root))
+
+
+def test_both_paths_agree_on_distances(items: sa.Engine) -> None:
+    with Session(items) as session:
+        index = search(session, Item.embedding, QUERIES[1], k=5, plan="index")
+        exact = search(session, Item.embedding, QUERIES[1], k=5, plan="exact")
+    assert index.plan.path == "index" and exact.plan.path == "exact"
+    by_id = {h.row.id: h.distance for h in exact}
+    for hit in index:
+        if hit.row.id in by_id:
+            assert hit.distance == pytest.approx(by_id[hit.row.id], abs=1e-5)
+    expected = 1 - VECTORS[exact[0].row.id] @ QUERIES[1] / np.linalg.norm(QUERIES[1])
+    assert exact[0].distance == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_filter_matching_few_rows_still_returns_k_through_the_index(items: sa.Engine) -> None:
+    """1% of rows pass; the index path is forced: the iterative scan still finds k."""
+    with Session(items) as session:
+        for value in (3, 42, 77):
+            hits = search(
+                session, Item.embedding, QUERIES[2], k=10, where=Item.c100 == value, plan="index"
+            )
+            assert len(hits) == 10 and all(h.row.c100 == value for h in hits)
+            assert not hits.plan.fell_back_to_exact
+
+
+def test_without_iterative_scans_filters_go_exact_and_the_index_falls_back(
+    items: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgvector 0.7: no iterative scan. Filtered auto -> exact; a forced index path that
+    returns fewer than k rows is re-run exactly."""
+    monkeypatch.setattr(plan_module, "supports_iterative_scan", lambda connection: False)
+    with Session(items) as session:
+        auto = search(session, Item.embedding, QUERIES[3], k=10, where=Item.c10 == 1)
+        assert auto.plan.path == "exact" and "pgvector < 0.8" in auto.plan.reason
+        assert len(auto) == 10
+        forced = search(
+            session, Item.embedding, QUERIES[3], k=10, where=Item.c1000 == 5, plan="index"
+        )
+        assert forced.plan.fell_back_to_exact
+        assert sorted(h.row.id for h in forced) == [5, 1005, 2005, 3005]
+
+
+def test_settings_are_local_to_the_search_and_the_transaction_survives_errors(
+    items: sa.Engine,
+) -> None:
+    with Session(items) as session:
+        session.execute(sa.text("SET hnsw.ef_search = 77"))
+        search(
+            session,
+            Item.embedding,
+            QUERIES[0],
+            k=10,
+            where=Item.c10 == 3,
+            exact_below=100,
+            ef_search=200,
+        )
+        values = session.execute(
+            sa.text(
+                "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
+                "current_setting('hnsw.iterative_scan')"
+            )
+        ).one()
+        assert tuple(values) == ("77", "on", "off")
+        with pytest.raises(sa.exc.DBAPIError):
+            search(
+                session, Item.embedding, QUERIES[0], k=10, where=(Item.c10 / 0) > 1, plan="index"
+            )
+        assert session.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
+        session.execute(sa.text("RESET hnsw.ef_search"))
+
+
+def test_autocommit_connections_work(items: sa.Engine) -> None:
+    with items.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        hits = search(
+            connection, Item.embedding, QUERIES[0], k=5, where=Item.c2 == 0, exact_below=10
+        )
+        assert hits.plan.path == "index" and len(hits) == 5
+        assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
+
+
+def test_core_search_returns_rows_with_distances(items: sa.Engine) -> None:
+    table = Item.__table__
+    with items.connect() as connection:
+        hits = search(connection, table.c.embedding, QUERIES[4], k=4, where=table.c.c2 == 1)
+    assert len(hits) == 4
+    assert all(h.row.c2 == 1 and h.row.distance == pytest.approx(h.distance) for h in hits)
+
+
+def test_joins_and_related_filters(items: sa.Engine) -> None:
+    with Session(items) as session:
+        joined = search(
+            session,
+            Item.embedding,
+            QUERIES[5],
+            k=6,
+            statement=sa.select(Item, Shop.country).join(Item.shop),
+            where=Shop.country == "FR",
+        )
+        assert len(joined) == 6 and all(hit.row.country == "FR" for hit in joined)
+        assert all(hit.row.Item.shop_id % 4 == 0 for hit in joined)
+        related = search(
+            session, Item.embedding, QUERIES[5], k=6, where=Item.shop.has(Shop.country == "FR")
+        )
+        assert [h.row.id for h in related] == [h.row.Item.id for h in joined]
+
+
+def test_max_distance_keeps_only_close_rows(items: sa.Engine) -> None:
+    with Session(items) as session:
+        everything = search(session, Item.embedding, VECTORS[10], k=10)
+        cutoff = everything[4].distance
+        close = search(session, Item.embedding, VECTORS[10], k=10, max_distance=cutoff)
+    assert [h.row.id for h in close] == [h.row.id for h in everything][: len(close)]
+    assert 5 <= len(close) < 10 and close[0].row.id == 10
+
+
+def test_more_like_this_leaves_the_row_out(items: sa.Engine) -> None:
+    with Session(items) as session:
+        item = session.get(Item, 123)
+        similar = more_like_this(session, Item.embedding, item, k=5)
+        assert len(similar) == 5 and 123 not in {h.row.id for h in similar}
+        truth = [i for i in exact_top_k(VECTORS, VECTORS[123], 6) if i != 123][:5]
+        assert len(set(truth) & {h.row.id for h in similar}) >= 4
+        filtered = more_like_this(session, Item.embedding, 123, k=5, where=Item.c2 == 1)
+        assert all(h.row.c2 == 1 and h.row.id != 123 for h in filtered)
+        with pytest.raises(SearchError, match="no row"):
+            more_like_this(session, Item.embedding, 10**9)
+
+
+def test_hybrid_search_fuses_both_rankings_in_one_statement(items: sa.Engine) -> None:
+    with Session(items) as session:
+        # "item 4 violet star" is the only text with all three words, and row 4's vector
+        # is the nearest to itself: first in both rankings.
+        hits = hybrid_search(session, Item.embedding, "4 violet star", vector=VECTORS[4], k=10)
+        words = hybrid_search(session, Item.embedding, "violet or hexagon", vector=VECTORS[4], k=10)
+    assert len(hits) == 10
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    top = hits[0]
+    assert top.row.id == 4 and top.semantic_rank == 1 and top.fulltext_rank == 1
+    assert top.score == pytest.approx(2 / 61)
+    assert all(h.fulltext_rank is None for h in hits[1:])  # the other rows: vectors only
+    assert [h.semantic_rank for h in hits[1:]] == list(range(2, 11))
+    for hit in words:
+        if hit.fulltext_rank is not None:
+            assert "violet" in hit.row.body or "hexagon" in hit.row.body
+    assert any(h.fulltext_rank is not None and h.semantic_rank is None for h in words)
+
+
+def test_hybrid_search_with_a_filter(items: sa.Engine) -> None:
+    with Session(items) as session:
+        hits = hybrid_search(
+            session, Item.embedding, "red circle", vector=QUERIES[0], k=8, where=Item.c2 == 0
+        )
+    assert len(hits) == 8 and all(h.row.c2 == 0 for h in hits)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "culprit"),
+    [
+        ({"k": 0}, SearchError, "k must be"),
+        ({"k": "10"}, SearchError, "k must be"),
+        ({"where": "1=1; DROP TABLE search_items"}, SearchError, "not a string of SQL"),
+        ({"where": 42}, SearchError, "boolean expression"),
+        ({"plan": "fastest"}, SearchError, "plan must be"),
+        ({"query": np.zeros(DIM + 1)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": "text without an embedder"}, SearchError, "needs an embedder"),
+        ({"statement": "SELECT * FROM search_items"}, SearchError, "must be a select"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_culprit(
+    items: sa.Engine, kwargs: dict, error: type, culprit: str
+) -> None:
+    query = kwargs.pop("query", QUERIES[0])
+    with Session(items) as session, pytest.raises(error, match=culprit):
+        search(session, Item.embedding, query, **kwargs)
+
+
+def test_hostile_strings_in_filters_are_only_values(items: sa.Engine) -> None:
+    hostile = "'; DROP TABLE search_items; --"
+    with Session(items) as session:
+        hits = search(session, Item.embedding, QUERIES[0], k=3, where=Item.body == hostile)
+        assert len(hits) == 0
+        fused = hybrid_search(session, Item.embedding, hostile + " red", vector=QUERIES[0], k=3)
+        assert len(fused) == 3
+        assert session.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
+
+
+def test_a_column_not_declared_with_semdb_is_refused(items: sa.Engine) -> None:
+    with Session(items) as session, pytest.raises(semdb.SemdbError, match="embedding_column"):
+        search(session, Item.c10, QUERIES[0])
