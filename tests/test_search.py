@@ -16,6 +16,8 @@ from semdb.orm import HNSW, embedding_column
 from semdb.search import explain_search, hybrid_search, more_like_this, search
 from semdb.search import plan as plan_module
 from semdb.search.explain import plan_nodes
+from semdb.sync.registry import register
+from semdb.sync.target import SyncTarget
 
 from .vector_data import clustered_vectors, exact_top_k
 
@@ -86,6 +88,7 @@ def items(engine: sa.Engine) -> Iterator[sa.Engine]:
         )
         connection.execute(sa.text("ANALYZE search_items"))
         connection.execute(sa.text("ANALYZE search_shops"))
+        register(connection, SyncTarget.from_column(Item.embedding))  # for semdb.hybrid_search()
     yield engine
     Base.metadata.drop_all(engine)
 
@@ -340,3 +343,31 @@ def test_hostile_strings_in_filters_are_only_values(items: sa.Engine) -> None:
 def test_a_column_not_declared_with_semdb_is_refused(items: sa.Engine) -> None:
     with Session(items) as session, pytest.raises(semdb.SemdbError, match="embedding_column"):
         search(session, Item.c10, QUERIES[0])
+
+
+def test_the_sql_function_gives_psql_users_the_same_hybrid_search(items: sa.Engine) -> None:
+    vector_text = "[" + ",".join(repr(float(x)) for x in VECTORS[4]) + "]"
+    with items.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT (h.item).id, (h.item).body, h.score, h.semantic_rank, h.fulltext_rank "
+                "FROM semdb.hybrid_search(NULL::search_items, 'embedding', "
+                "CAST(:q AS vector), :text, 10) AS h"
+            ),
+            {"q": vector_text, "text": "4 violet star"},
+        ).all()
+    with Session(items) as session:
+        hits = hybrid_search(session, Item.embedding, "4 violet star", vector=VECTORS[4], k=10)
+    assert [row.id for row in rows] == [hit.row.id for hit in hits]
+    assert [row.score for row in rows] == pytest.approx([hit.score for hit in hits])
+    assert rows[0].body == "item 4 violet star" and rows[0].fulltext_rank == 1
+
+
+def test_the_sql_function_refuses_what_it_cannot_search(items: sa.Engine) -> None:
+    with items.connect() as connection, pytest.raises(sa.exc.DBAPIError, match="not a registered"):
+        connection.execute(
+            sa.text(
+                "SELECT * FROM semdb.hybrid_search(NULL::search_shops, 'embedding', "
+                "CAST('[1,2]' AS vector), 'x', 10)"
+            )
+        )

@@ -7,9 +7,12 @@ The user's tables live wherever the user puts them; semdb only adds vector colum
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -59,3 +62,62 @@ Index(
     unique=True,
     postgresql_where=models.c.active,
 )
+
+
+# Every vector column semdb keeps in sync, as written by the migration that set it up
+# (semdb.alembic's create_embedding_sync). Workers on any host read what to embed from here,
+# and the SQL functions (semdb.hybrid_search) read the text columns and distance.
+vector_columns = Table(
+    "vector_columns",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("table_schema", Text, nullable=False),
+    Column("table_name", Text, nullable=False),
+    Column("column_name", Text, nullable=False),
+    Column("key_columns", ARRAY(Text), nullable=False),
+    Column("sources", ARRAY(Text), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("dimension", Integer, nullable=False),
+    Column("distance", Text, nullable=False),
+    Column("storage", Text, nullable=False),
+    Column("index_storage", Text, nullable=False),
+    Column("sync", Text, nullable=False),
+    Column("fulltext", Text, nullable=True),
+    Column("model_column", Text, nullable=False),
+    Column("hash_column", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("table_schema", "table_name", "column_name"),
+)
+
+# Rows whose text changed and whose vector must be (re)made. Triggers insert here (never
+# blocking: ON CONFLICT DO NOTHING); workers claim rows with FOR UPDATE SKIP LOCKED inside
+# the transaction that writes the vectors, so a killed worker's claims simply reappear.
+queue = Table(
+    "queue",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("column_id", Integer, nullable=False),
+    Column("key", JSONB, nullable=False),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("not_before", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text, nullable=True),
+    UniqueConstraint("column_id", "key"),
+)
+
+# Every failed attempt to embed a row; ``gave_up`` marks the last one, after which the row
+# leaves the queue (a later change to its text, or semdb backfill, tries again).
+errors = Table(
+    "errors",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("column_id", Integer, nullable=False),
+    Column("key", JSONB, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("gave_up", Boolean, nullable=False, server_default=text("false")),
+    Column("failed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("ix_errors_column_id_failed_at", errors.c.column_id, errors.c.failed_at)
+Index("ix_queue_column_id_id", queue.c.column_id, queue.c.id)

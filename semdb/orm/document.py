@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import UserDefinedType
 
 SEPARATOR = "\n"
 
@@ -61,6 +62,14 @@ def fulltext_document_sql(columns: Sequence[ColumnElement[Any]]) -> ColumnElemen
 
 def regconfig_sql(config: str) -> ColumnElement[Any]:
     """``'english'::regconfig`` rendered inline (an index expression needs a constant)."""
-    from sqlalchemy.dialects.postgresql import REGCONFIG
+    return sa.cast(sa.literal(config, sa.Text, literal_execute=True), _Regconfig())
 
-    return sa.cast(sa.literal(config, sa.Text, literal_execute=True), REGCONFIG)
+
+class _Regconfig(UserDefinedType[str]):
+    """``regconfig``, renderable by any compiler (Alembic renders index expressions with a
+    generic one, which knows no PostgreSQL-only types)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "REGCONFIG"

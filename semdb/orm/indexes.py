@@ -125,6 +125,7 @@ def build_index(
     storage: str,
     dimension: int,
     name: str | None = None,
+    **dialect_kw: Any,
 ) -> sa.Index:
     """The SQLAlchemy Index for ``column`` (attached to its table)."""
     if index.method == "ivfflat" and distance is Distance.L1:
@@ -148,4 +149,5 @@ def build_index(
         postgresql_with=index.with_options(),
         postgresql_ops={ops_key: opclass},
         info={"semdb.vector_index": True},
+        **dialect_kw,
     )
