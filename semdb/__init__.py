@@ -10,6 +10,7 @@ from semdb.orm import (
     Distance,
     IVFFlat,
     VectorType,
+    copy_rows,
     embedding_column,
 )
 from semdb.search import (
@@ -29,6 +30,7 @@ __all__ = [
     "SemdbError",
     "VectorType",
     "__version__",
+    "copy_rows",
     "create_engine",
     "embedding_column",
     "explain_search",

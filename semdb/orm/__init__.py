@@ -3,6 +3,7 @@
 Knows SQLAlchemy and pgvector's formats; never ONNX Runtime.
 """
 
+from semdb.orm.bulk import copy_rows
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.orm.declaration import EmbeddingSpec, embedding_column, spec_of
 from semdb.orm.distance import Distance
@@ -16,6 +17,7 @@ __all__ = [
     "IVFFlat",
     "VectorColumn",
     "VectorType",
+    "copy_rows",
     "embedding_column",
     "spec_of",
     "vector_column",

@@ -1,0 +1,177 @@
+"""Bulk loading: binary COPY into an ORM-mapped (or Core) table, vectors as numpy float32.
+
+>>> semdb.copy_rows(session, Doc, {"id": ids, "title": titles, "embedding": vectors},
+...                 model="all-MiniLM-L6-v2@1")
+>>> semdb.copy_rows(connection, Doc, [{"id": 1, "title": "..."}, ...])    # rows, no vectors
+
+Columnar input (one sequence or array per column) is the fast path; a list of dicts or ORM
+objects is accepted too. Vectors are encoded once, as a whole (n, dimension) array, into
+pgvector's binary format; every other value goes through psycopg's binary dumpers. When the
+vectors are given with ``model`` (``name@version``) and the source text columns are loaded
+as well, the model and content-hash companions are filled in, so queued sync does not embed
+those rows again. Runs inside the caller's transaction (an Engine: its own, committed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+from semdb.errors import DeclarationError
+from semdb.orm.declaration import spec_of
+from semdb.orm.document import content_hash, document_text
+from semdb.orm.types import VectorType, encode_matrix
+
+_BYTEA_OID = 17
+
+
+def copy_rows(
+    bind: Session | Connection | Engine,
+    target: Any,
+    data: Mapping[str, Any] | Iterable[Any],
+    *,
+    model: str | None = None,
+) -> int:
+    """COPY ``data`` into ``target`` (an ORM class or a Table) in binary; returns the row count."""
+    table = _table_of(target)
+    columns = _columnar(table, target, data)
+    if not columns:
+        return 0
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise DeclarationError(
+            f"the columns given to copy_rows have different lengths: {lengths}",
+            fix="give every column one value per row",
+        )
+    count = next(iter(lengths.values()))
+    _add_companions(table, columns, model, count)
+    if isinstance(bind, Engine):
+        with bind.begin() as connection:
+            return _copy(connection, table, columns, count)
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    return _copy(connection, table, columns, count)
+
+
+def _table_of(target: Any) -> sa.Table:
+    if isinstance(target, sa.Table):
+        return target
+    table = getattr(target, "__table__", None)
+    if isinstance(table, sa.Table):
+        return table
+    raise DeclarationError(
+        f"copy_rows loads an ORM-mapped class or a Table, got {target!r}",
+        fix="pass the mapped class (Doc) or its table (Doc.__table__)",
+    )
+
+
+def _attribute_to_column(table: sa.Table, target: Any) -> dict[str, str]:
+    """Attribute keys -> column names (they differ when mapped_column(name=...) is used)."""
+    names = {str(column.key): str(column.name) for column in table.c}
+    if not isinstance(target, sa.Table):
+        mapper = sa.inspect(target)
+        for attribute in mapper.column_attrs:
+            names[attribute.key] = attribute.columns[0].name
+    return names
+
+
+def _columnar(table: sa.Table, target: Any, data: Any) -> dict[str, Any]:
+    names = _attribute_to_column(table, target)
+    items: list[tuple[str, Any]]
+    if isinstance(data, Mapping):
+        items = list(data.items())
+    else:
+        rows = list(data)
+        if not rows:
+            return {}
+        if not isinstance(rows[0], Mapping):  # ORM objects
+            keys = [k for k in names if k in vars(rows[0])]
+            rows = [{k: getattr(row, k) for k in keys} for row in rows]
+        keys = list(dict.fromkeys(key for row in rows for key in row))
+        items = [(key, [row.get(key) for row in rows]) for key in keys]
+    columns: dict[str, Any] = {}
+    for key, values in items:
+        name = str(names.get(key, key))
+        if name not in table.c:
+            raise DeclarationError(
+                f"{table.fullname} has no column {key!r}",
+                fix=f"use one of: {', '.join(table.c.keys())}",
+            )
+        columns[name] = values
+    return columns
+
+
+def _add_companions(
+    table: sa.Table, columns: dict[str, Any], model: str | None, count: int
+) -> None:
+    for column in table.c:
+        spec = spec_of(column)
+        if spec is None or column.name not in columns:
+            continue
+        values = columns[column.name]
+        if isinstance(values, np.ndarray) or (len(values) and values[0] is not None):
+            columns[column.name] = encode_matrix(
+                np.asarray(values, dtype=np.float32)
+                if not isinstance(values, np.ndarray)
+                else values,
+                dimension=spec.dimension,
+                storage=spec.storage,
+                where=f"{table.fullname}.{column.name}",
+            )
+        if model is None:
+            continue
+        model_name = spec.model_column_name(column.name)
+        hash_name = spec.hash_column_name(column.name)
+        columns.setdefault(model_name, [model] * count)
+        if all(source in columns for source in spec.sources) and hash_name not in columns:
+            sources = [columns[source] for source in spec.sources]
+            columns[hash_name] = [
+                content_hash(document_text(list(values))) for values in zip(*sources, strict=True)
+            ]
+
+
+def _copy(connection: Connection, table: sa.Table, columns: dict[str, Any], count: int) -> int:
+    driver: psycopg.Connection[Any] = connection.connection.dbapi_connection  # type: ignore[assignment]
+    names = list(columns)
+    oids = _column_oids(connection, table, names)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(*([table.schema] if table.schema else []), table.name),
+        sql.SQL(", ").join(sql.Identifier(name) for name in names),
+    )
+    values = [columns[name] for name in names]
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(oids)
+        write_row = copy.write_row
+        for row in zip(*values, strict=True):
+            write_row(row)
+    return count
+
+
+def _column_oids(connection: Connection, table: sa.Table, names: Sequence[str]) -> list[int]:
+    """The type oid psycopg must dump each column as; vectors go as their wire bytes."""
+    oids = []
+    rows = connection.execute(
+        sa.text(
+            "SELECT attname, atttypid::int FROM pg_attribute "
+            "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
+        ),
+        {"table": _regclass_name(connection, table)},
+    ).all()
+    by_name = {name: oid for name, oid in rows}
+    for name in names:
+        if isinstance(table.c[name].type, VectorType) or spec_of(table.c[name]) is not None:
+            oids.append(_BYTEA_OID)  # pre-encoded: vector_recv reads the bytes as they are
+        else:
+            oids.append(by_name[name])
+    return oids
+
+
+def _regclass_name(connection: Connection, table: sa.Table) -> str:
+    preparer = connection.dialect.identifier_preparer
+    return str(preparer.format_table(table))
