@@ -8,7 +8,7 @@ another. Neither layer ever builds an ONNX session itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -26,7 +26,9 @@ class TextEmbedder(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    def embed(self, texts: Sequence[str], kind: str = "document") -> np.ndarray[Any, Any]:
+    def embed(
+        self, texts: Sequence[str], *, kind: Literal["document", "query"] = "document"
+    ) -> np.ndarray[Any, Any]:
         """(len(texts), dimension) float32, one row per text, in order."""
         ...
 

@@ -158,7 +158,7 @@ def spec_of(column: sa.ColumnElement[Any]) -> EmbeddingSpec | None:
 def _manifest_dimension(model: str) -> int:
     """The dimension written in the manifest of the installed bundle called ``model``."""
     try:
-        from semdb import bundles  # type: ignore[attr-defined]
+        from semdb.bundles import find_bundle  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError as exc:
         raise DeclarationError(
             f"embedding column for model {model!r} gives no dimension and semdb cannot read "
@@ -166,7 +166,7 @@ def _manifest_dimension(model: str) -> int:
             fix="pass dimension=<the model's dimension>",
         ) from exc
     try:
-        manifest = bundles.read_manifest(model)
+        manifest = find_bundle(model, verify=False).manifest
     except Exception as exc:  # the bundle layer explains what is missing
         raise DeclarationError(
             f"cannot read the manifest of model {model!r} to learn its dimension: {exc}",

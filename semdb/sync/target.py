@@ -17,6 +17,13 @@ from semdb.errors import DeclarationError
 from semdb.orm.columns import VectorColumn, check_sources_are_text, vector_column
 from semdb.orm.distance import STORAGES, Distance
 
+
+def ident(*names: str) -> sql.Identifier:
+    """An identifier for a statement executed *with* parameters: psycopg reads every ``%`` in
+    such a statement as a placeholder, quoted identifiers included, so ``%`` is doubled."""
+    return sql.Identifier(*(name.replace("%", "%%") for name in names))
+
+
 _TARGET_FIELDS = (
     "table_schema",
     "table_name",
@@ -78,7 +85,13 @@ class SyncTarget:
 
     @property
     def table_sql(self) -> sql.Identifier:
+        """The table, for statements run without parameters (DDL)."""
         return sql.Identifier(self.table_schema, self.table_name)
+
+    @property
+    def table_ref(self) -> sql.Identifier:
+        """The table, for statements run with parameters (see :func:`ident`)."""
+        return ident(self.table_schema, self.table_name)
 
     def with_id(self, id: int) -> SyncTarget:
         return replace(self, id=id)
@@ -122,15 +135,15 @@ class SyncTarget:
 
     # -- SQL pieces ----------------------------------------------------------------------------
 
-    def document_sql(self, alias: str = "t") -> sql.Composable:
+    def document_sql(self, alias: str = "t") -> sql.Composed:
         """``concat_ws(E'\\n', t."title", t."body")`` (see semdb.orm.document)."""
-        columns = sql.SQL(", ").join(sql.Identifier(alias, source) for source in self.sources)
+        columns = sql.SQL(", ").join(ident(alias, source) for source in self.sources)
         return sql.SQL("concat_ws(E'\\n', {})").format(columns)
 
-    def hash_sql(self, alias: str = "t") -> sql.Composable:
+    def hash_sql(self, alias: str = "t") -> sql.Composed:
         return sql.SQL("sha256(convert_to({}, 'UTF8'))").format(self.document_sql(alias))
 
-    def key_json_sql(self, alias: str) -> sql.Composable:
+    def key_json_sql(self, alias: str) -> sql.Composed:
         """``jsonb_build_object('id', n."id")``: how a row's key is written in the queue."""
         pairs = sql.SQL(", ").join(
             sql.SQL("{}, {}").format(sql.Literal(name), sql.Identifier(alias, name))
@@ -138,7 +151,7 @@ class SyncTarget:
         )
         return sql.SQL("jsonb_build_object({})").format(pairs)
 
-    def vector_cast_sql(self) -> sql.Composable:
+    def vector_cast_sql(self) -> sql.Composed:
         """``CAST(%s AS vector(384))`` for a bound wire vector."""
         return sql.SQL("CAST({} AS {}({}))").format(
             sql.Placeholder(), sql.SQL(self.storage), sql.Literal(self.dimension)

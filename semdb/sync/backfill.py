@@ -1,0 +1,152 @@
+"""``semdb backfill``: embed every row whose vector is missing or stale, at the embedder's speed.
+
+A row is stale when its stored content hash differs from the hash of its current text, or
+its vector was made by another model version (``name@version``). Rows are read in primary
+key order (keyset pagination, no OFFSET), embedded in batches and written with the same
+hash-checked UPDATE as the worker, one short transaction per batch: the application keeps
+writing meanwhile, and an interrupted backfill resumes where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+
+from semdb.db.url import libpq_uri
+from semdb.errors import DimensionMismatchError, SyncError
+from semdb.orm.types import encode_matrix
+from semdb.protocols import TextEmbedder, model_tag
+from semdb.sync.target import SyncTarget, ident
+from semdb.sync.write import VectorWrite, write_vectors
+
+
+@dataclass
+class BackfillStats:
+    column: str
+    stale_at_start: int = 0
+    embedded: int = 0
+    skipped: int = 0  # changed meanwhile (the worker or a later run takes them)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+
+def stale_condition(target: SyncTarget) -> sql.Composed:
+    return sql.SQL(
+        "(t.{model} IS DISTINCT FROM %(model)s OR t.{hash} IS DISTINCT FROM {current})"
+    ).format(
+        model=ident(target.model_column),
+        hash=ident(target.hash_column),
+        current=target.hash_sql("t"),
+    )
+
+
+def count_stale(connection: psycopg.Connection[Any], target: SyncTarget, model: str) -> int:
+    statement = sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(
+        target.table_ref, stale_condition(target)
+    )
+    row = connection.execute(statement, {"model": model}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _page_statement(target: SyncTarget, first: bool) -> sql.Composed:
+    keys = [ident("t", name) for name in target.key_columns]
+    key_list = sql.SQL(", ").join(keys)
+    after: sql.Composable = sql.SQL("")
+    if not first:
+        placeholders = sql.SQL(", ").join(
+            sql.Placeholder(f"k{i}") for i in range(len(target.key_columns))
+        )
+        after = sql.SQL(" AND ({}) > ({})").format(key_list, placeholders)
+    return sql.SQL(
+        "SELECT {keys}, {document}, {hash} FROM {table} AS t WHERE {stale}{after} "
+        "ORDER BY {keys} LIMIT %(limit)s"
+    ).format(
+        keys=key_list,
+        document=target.document_sql("t"),
+        hash=target.hash_sql("t"),
+        table=target.table_ref,
+        stale=stale_condition(target),
+        after=after,
+    )
+
+
+def backfill(
+    engine: sa.Engine,
+    target: SyncTarget | Any,
+    embedder: TextEmbedder,
+    *,
+    batch_size: int = 256,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> BackfillStats:
+    """Embed the missing and stale rows of ``target`` (a SyncTarget, ``Doc.embedding`` or
+    ``docs.c.embedding``). ``on_total(n)`` is told the stale count first, ``on_progress(k)``
+    after each batch (for a progress bar)."""
+    if not isinstance(target, SyncTarget):
+        default_schema = engine.dialect.default_schema_name or "public"
+        target = SyncTarget.from_column(target, default_schema=default_schema)
+    if batch_size < 1:
+        raise SyncError(f"batch_size must be positive, got {batch_size}", fix="use 64-512")
+    if target.model != embedder.model_name:
+        raise SyncError(
+            f"{target.name} is embedded with model {target.model!r}, not {embedder.model_name!r}",
+            fix=f"load the model {target.model!r}",
+        )
+    if target.dimension != embedder.dimension:
+        raise DimensionMismatchError(
+            f"{target.name} holds {target.dimension}-dimensional vectors; "
+            f"{model_tag(embedder)} makes {embedder.dimension}",
+            fix="declare the column with the model's dimension",
+        )
+    model = model_tag(embedder)
+    stats = BackfillStats(column=target.name)
+    started = time.perf_counter()
+    with psycopg.connect(libpq_uri(engine.url)) as connection:
+        stats.stale_at_start = count_stale(connection, target, model)
+        connection.commit()
+        if on_total is not None:
+            on_total(stats.stale_at_start)
+        last: tuple[Any, ...] | None = None
+        width = len(target.key_columns)
+        while True:
+            parameters: dict[str, Any] = {"model": model, "limit": batch_size}
+            if last is not None:
+                parameters.update({f"k{i}": value for i, value in enumerate(last)})
+            with connection.transaction():
+                rows = connection.execute(
+                    _page_statement(target, last is None), parameters
+                ).fetchall()
+                if not rows:
+                    break
+                last = tuple(rows[-1][:width])
+                texts = [(row[:width], row[width], bytes(row[width + 1])) for row in rows]
+                non_empty = [t for t in texts if t[1]]
+                encoded: list[bytes] = []
+                if non_empty:
+                    embed_started = time.perf_counter()
+                    matrix = embedder.embed([t[1] for t in non_empty], kind="document")
+                    stats.embed_seconds += time.perf_counter() - embed_started
+                    encoded = encode_matrix(
+                        matrix,
+                        dimension=target.dimension,
+                        storage=target.storage,
+                        where=target.name,
+                    )
+                vectors = iter(encoded)
+                writes = [
+                    VectorWrite(tuple(keys), next(vectors) if document else None, digest)
+                    for keys, document, digest in texts
+                ]
+                written = write_vectors(connection, target, writes, model)
+            stats.embedded += sum(written)
+            stats.skipped += len(written) - sum(written)
+            if on_progress is not None:
+                on_progress(len(rows))
+    stats.seconds = time.perf_counter() - started
+    return stats

@@ -1,0 +1,177 @@
+"""Inline sync: at flush, the changed rows' texts are embedded in one batch per model and
+the vectors written in the same transaction as the rows.
+
+>>> semdb.embed_on_flush(Session, embedder)          # every Session
+>>> semdb.embed_on_flush(session_factory, embedder)  # one sessionmaker
+
+Covers ORM flushes (``session.add``, attribute changes); bulk statements
+(``session.execute(insert(Doc), rows)``) bypass flush: use queued sync for those tables.
+A row is embedded when it is new or one of its source columns changed, unless its stored
+content hash already matches (same text, same model). Rows whose vector the application set
+itself in this flush are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Mapper, Session
+
+from semdb.errors import DimensionMismatchError, SyncError
+from semdb.orm.declaration import spec_of
+from semdb.orm.document import content_hash, document_text
+from semdb.orm.types import as_float32
+from semdb.protocols import TextEmbedder, model_tag
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """An inline vector column of one mapper, as attribute keys."""
+
+    vector: str
+    model: str
+    hash: str
+    sources: tuple[str, ...]
+    model_name: str
+    dimension: int
+    label: str
+
+
+_per_mapper: dict[Mapper[Any], tuple[_Declared, ...]] = {}
+
+
+def embed_on_flush(target: Any, embedder: TextEmbedder) -> None:
+    """Embed inline-synced columns of model ``embedder.model_name`` at every flush of
+    ``target`` (the Session class, a sessionmaker, a scoped_session or one Session).
+
+    Call once per model; columns of other models need their own embedder.
+    """
+    listener = _listener_for(target)
+    listener.embedders[embedder.model_name] = embedder
+
+
+class _FlushListener:
+    def __init__(self) -> None:
+        self.embedders: dict[str, TextEmbedder] = {}
+
+    def __call__(self, session: Session, flush_context: Any, instances: Any) -> None:
+        work: dict[str, list[tuple[Any, _Declared, str, bytes]]] = defaultdict(list)
+        for obj in [*session.new, *session.dirty]:
+            state = sa.inspect(obj)
+            for declared in _declared(state.mapper):
+                item = self._needs_embedding(state, obj, declared, session)
+                if item is not None:
+                    work[declared.model_name].append(item)
+        for model_name, items in work.items():
+            embedder = self.embedders.get(model_name)
+            if embedder is None:
+                raise SyncError(
+                    f"{items[0][1].label} is synced inline with model {model_name!r}, and no "
+                    "embedder for it is attached to this session",
+                    fix=f"call semdb.embed_on_flush(Session, Embedder.load({model_name!r}))",
+                )
+            self._embed(embedder, items)
+
+    def _needs_embedding(
+        self, state: Any, obj: Any, declared: _Declared, session: Session
+    ) -> tuple[Any, _Declared, str, bytes] | None:
+        if state.attrs[declared.vector].history.added and getattr(obj, declared.vector) is not None:
+            return None  # the application set the vector itself
+        is_new = obj in session.new
+        changed = is_new or any(state.attrs[s].history.has_changes() for s in declared.sources)
+        if not changed:
+            return None
+        document = document_text([getattr(obj, source) for source in declared.sources])
+        digest = content_hash(document)
+        if (
+            not is_new
+            and bytes(getattr(obj, declared.hash) or b"") == digest
+            and getattr(obj, declared.model) is not None
+            and str(getattr(obj, declared.model)).split("@")[0] == declared.model_name
+        ):
+            return None
+        return obj, declared, document, digest
+
+    def _embed(
+        self, embedder: TextEmbedder, items: list[tuple[Any, _Declared, str, bytes]]
+    ) -> None:
+        tag = model_tag(embedder)
+        texts = [document for _, _, document, _ in items if document]
+        vectors = embedder.embed(texts, kind="document") if texts else None
+        if vectors is not None and vectors.shape[0] != len(texts):
+            raise SyncError(
+                f"the embedder returned {vectors.shape[0]} vectors for {len(texts)} texts",
+                fix="check the embedder",
+            )
+        position = 0
+        for obj, declared, document, digest in items:
+            if embedder.dimension != declared.dimension:
+                raise DimensionMismatchError(
+                    f"{declared.label} holds {declared.dimension}-dimensional vectors; the "
+                    f"embedder {tag} makes {embedder.dimension}",
+                    fix="declare the column with this model's dimension, or load its model",
+                )
+            if document:
+                assert vectors is not None
+                vector = as_float32(
+                    vectors[position], dimension=declared.dimension, where=declared.label
+                )
+                position += 1
+            else:
+                vector = None  # nothing to embed: no vector, but the (empty) text is recorded
+            setattr(obj, declared.vector, vector)
+            setattr(obj, declared.model, tag)
+            setattr(obj, declared.hash, digest)
+
+
+def _listener_for(target: Any) -> _FlushListener:
+    existing = _listeners.get(id(target))
+    if existing is not None and existing[0] is target:
+        return existing[1]
+    listener = _FlushListener()
+    event.listen(target, "before_flush", listener)
+    _listeners[id(target)] = (target, listener)
+    return listener
+
+
+_listeners: dict[int, tuple[Any, _FlushListener]] = {}
+
+
+def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
+    cached = _per_mapper.get(mapper)
+    if cached is not None:
+        return cached
+    found = []
+    key_of = {column: prop.key for prop in mapper.column_attrs for column in prop.columns}
+    for column in mapper.columns:
+        spec = spec_of(column)
+        if spec is None or spec.sync != "inline":
+            continue
+        table = column.table
+        try:
+            sources = tuple(key_of[table.c[name]] for name in spec.sources)
+            model_key = key_of[table.c[spec.model_column_name(column.name)]]
+            hash_key = key_of[table.c[spec.hash_column_name(column.name)]]
+        except KeyError as exc:
+            raise SyncError(
+                f"{table.name}.{column.name}: a source or companion column is not mapped "
+                f"({exc.args[0]})",
+                fix="map every source column and the companions semdb adds",
+            ) from exc
+        found.append(
+            _Declared(
+                vector=key_of[column],
+                model=model_key,
+                hash=hash_key,
+                sources=sources,
+                model_name=spec.model,
+                dimension=spec.dimension,
+                label=f"{table.name}.{column.name}",
+            )
+        )
+    _per_mapper[mapper] = tuple(found)
+    return _per_mapper[mapper]
