@@ -123,3 +123,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from .tiny_model import build_tiny_sentence_transformer
 
     return build_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A real embedder of the tiny model (name "tiny", version "1", 32 dimensions): semdb's
+    ONNX Runtime Embedder on the tiny bundle (sync and search tests take it)."""
+    from .embedders import load_tiny_embedder
+
+    try:
+        bundle = request.getfixturevalue("tiny_bundle")
+    except pytest.FixtureLookupError:
+        bundle = None
+    model_dir = None if bundle is not None else request.getfixturevalue("tiny_model_dir")
+    return load_tiny_embedder(bundle, model_dir)

@@ -16,7 +16,6 @@ from semdb.orm.document import content_hash
 from semdb.sync import embed_on_flush
 
 from .embedders import Recording
-from .sync_fixtures import tiny_embedder  # noqa: F401  (fixture)
 
 DIM = 32
 
@@ -53,7 +52,7 @@ def tables(engine: sa.Engine) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture()
-def recording(tiny_embedder: Any) -> Recording:  # noqa: F811
+def recording(tiny_embedder: Any) -> Recording:
     return Recording(tiny_embedder)
 
 
@@ -139,7 +138,7 @@ def test_a_model_without_an_embedder_is_a_clear_error(factory: sessionmaker[Sess
 
 def test_an_embedder_of_the_wrong_dimension_is_refused(
     tables: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     class Wide(Recording):
         def embed(self, texts: Any, *, kind: str = "document") -> np.ndarray:
             return np.zeros((len(texts), 64), np.float32)
@@ -156,7 +155,7 @@ def test_an_embedder_of_the_wrong_dimension_is_refused(
 
 def test_a_failing_embedder_fails_the_flush_and_stores_nothing(
     tables: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     made = sessionmaker(tables)
     embed_on_flush(made, Recording(tiny_embedder, fail_always=True))
     with made() as session:
@@ -169,7 +168,7 @@ def test_a_failing_embedder_fails_the_flush_and_stores_nothing(
 
 def test_search_by_text_finds_the_row_with_that_text(
     factory: sessionmaker[Session], tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     with factory() as session:
         session.add_all(
             Article(id=i, title=title, body=None)

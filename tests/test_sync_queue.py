@@ -20,7 +20,6 @@ from semdb.errors import DimensionMismatchError, SyncError
 from semdb.sync import SyncTarget, Worker, backfill
 
 from .embedders import Recording
-from .sync_fixtures import tiny_embedder  # noqa: F401  (fixture)
 
 DIM = 32
 
@@ -108,7 +107,7 @@ def assert_all_fresh(engine: sa.Engine, embedder: Any) -> None:
 
 def test_inserted_and_updated_rows_are_embedded_by_the_worker(
     posts: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     insert(posts, range(300))
     assert queue_size(posts) == 300
     recording = Recording(tiny_embedder)
@@ -131,7 +130,7 @@ def test_inserted_and_updated_rows_are_embedded_by_the_worker(
 
 def test_fresh_rows_are_skipped_and_vanished_rows_settled(
     posts: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     insert(posts, range(10))
     Worker(posts, tiny_embedder).run(until_empty=True)
     with posts.begin() as connection:
@@ -139,7 +138,8 @@ def test_fresh_rows_are_skipped_and_vanished_rows_settled(
         for key in (1, 2, 12345):
             connection.execute(
                 sa.text(
-                    "INSERT INTO semdb.queue (column_id, key) VALUES (:c, jsonb_build_object('id', :k))"
+                    "INSERT INTO semdb.queue (column_id, key) "
+                    "VALUES (:c, jsonb_build_object('id', :k))"
                 ),
                 {"c": column_id, "k": key},
             )
@@ -151,7 +151,7 @@ def test_fresh_rows_are_skipped_and_vanished_rows_settled(
 
 def test_a_poisoned_row_is_isolated_retried_and_given_up(
     posts: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     insert(posts, range(20))
     with posts.begin() as connection:
         connection.execute(sa.update(TABLE).where(TABLE.c.id == 7).values({"bo%dy": "POISON"}))
@@ -174,7 +174,7 @@ def test_a_poisoned_row_is_isolated_retried_and_given_up(
     assert queue_size(posts) == 0  # given up: out of the queue (a later change retries it)
 
 
-def test_failures_back_off_before_the_next_attempt(posts: sa.Engine, tiny_embedder: Any) -> None:  # noqa: F811
+def test_failures_back_off_before_the_next_attempt(posts: sa.Engine, tiny_embedder: Any) -> None:
     insert(posts, range(3))
     down = Recording(tiny_embedder, fail_always=True)
     stats = Worker(posts, down, backoff_seconds=60).run(until_empty=True)
@@ -182,7 +182,8 @@ def test_failures_back_off_before_the_next_attempt(posts: sa.Engine, tiny_embedd
     with posts.connect() as connection:
         waiting = connection.execute(
             sa.text(
-                "SELECT count(*) FROM semdb.queue WHERE attempts = 1 AND not_before > now() + interval '50 seconds'"
+                "SELECT count(*) FROM semdb.queue "
+                "WHERE attempts = 1 AND not_before > now() + interval '50 seconds'"
             )
         ).scalar()
     assert waiting == 3
@@ -192,7 +193,7 @@ def test_failures_back_off_before_the_next_attempt(posts: sa.Engine, tiny_embedd
 
 def test_writes_never_wait_for_a_worker_holding_claims(
     posts: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     """A worker whose embedder hangs holds its claims; the application keeps writing the
     very same rows (lock_timeout 1 s would fail them if they waited), and the text written
     meanwhile is the one that ends up embedded."""
@@ -222,7 +223,7 @@ def test_writes_never_wait_for_a_worker_holding_claims(
 
 def test_two_workers_racing_embed_every_row_exactly_once(
     posts: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     insert(posts, range(600))
     first, second = Recording(tiny_embedder), Recording(tiny_embedder)
     workers = [Worker(posts, first, batch_size=25), Worker(posts, second, batch_size=25)]
@@ -238,7 +239,7 @@ def test_two_workers_racing_embed_every_row_exactly_once(
     assert_all_fresh(posts, tiny_embedder)
 
 
-def test_backfill_embeds_missing_and_stale_rows_once(engine: sa.Engine, tiny_embedder: Any) -> None:  # noqa: F811
+def test_backfill_embeds_missing_and_stale_rows_once(engine: sa.Engine, tiny_embedder: Any) -> None:
     Base.metadata.create_all(engine)
     try:
         insert(engine, range(250))  # no triggers: nothing queued, nothing embedded
@@ -270,7 +271,7 @@ def test_backfill_embeds_missing_and_stale_rows_once(engine: sa.Engine, tiny_emb
 
 def test_a_worker_refuses_a_column_of_another_dimension(
     posts: sa.Engine, tiny_embedder: Any
-) -> None:  # noqa: F811
+) -> None:
     with posts.begin() as connection:
         sync_op(connection, dimension=16)
     with pytest.raises(DimensionMismatchError, match="16-dimensional"):
