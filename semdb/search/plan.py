@@ -27,8 +27,11 @@ pass the filter.
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -81,10 +84,63 @@ def supports_iterative_scan(connection: Connection) -> bool:
     return known
 
 
+#: How long a row estimate is reused for the same filter SQL and parameter values. The
+#: planner's estimate only changes when the table's statistics do (ANALYZE, autovacuum).
+ESTIMATE_TTL_SECONDS = 60.0
+_ESTIMATES_KEPT = 4096
+_estimates: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
+_estimates_lock = threading.Lock()
+
+
 def estimate_rows(connection: Connection, statement: sa.Select[Any]) -> float:
-    """The planner's estimate of how many rows ``statement`` returns (no execution)."""
-    explained = connection.execute(Explain(statement)).scalar()
-    return float(plan_root(explained)["Plan Rows"])
+    """The planner's estimate of how many rows ``statement`` returns (not executed).
+
+    Estimates are kept for :data:`ESTIMATE_TTL_SECONDS` per (database, SQL, parameter values),
+    so that repeated filters (a tenant, a category) cost no extra round trip.
+    """
+    compiled = statement.compile(dialect=connection.dialect)
+    try:
+        key: tuple[Any, ...] | None = (
+            str(connection.engine.url),
+            compiled.string,
+            tuple(sorted((k, repr(v)) for k, v in compiled.params.items())),
+        )
+    except Exception:
+        key = None
+    now = time.monotonic()
+    if key is not None:
+        with _estimates_lock:
+            cached = _estimates.get(key)
+            if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
+                _estimates.move_to_end(key)
+                return cached[0]
+    with custom_plans(connection):
+        explained = connection.execute(Explain(statement)).scalar()
+    rows = float(plan_root(explained)["Plan Rows"])
+    if key is not None:
+        with _estimates_lock:
+            _estimates[key] = (rows, now)
+            _estimates.move_to_end(key)
+            while len(_estimates) > _ESTIMATES_KEPT:
+                _estimates.popitem(last=False)
+    return rows
+
+
+@contextmanager
+def custom_plans(connection: Connection) -> Iterator[None]:
+    """Statements inside are planned for their actual parameter values (no prepared generic
+    plan): a generic plan cannot know how selective ``bucket < $1`` is, and picks the wrong
+    index. psycopg's prepared statements are turned off on this connection meanwhile."""
+    driver = connection.connection.dbapi_connection
+    previous = getattr(driver, "prepare_threshold", None)
+    if previous is None:
+        yield
+        return
+    driver.prepare_threshold = None  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = previous  # type: ignore[union-attr]
 
 
 def choose_plan(
@@ -92,7 +148,8 @@ def choose_plan(
     target: VectorColumn,
     *,
     k: int,
-    filter_statement: sa.Select[Any] | None,
+    filtered: bool,
+    filter_statement: Callable[[], sa.Select[Any]],
     request: PlanRequest = "auto",
     ef_search: int | None = None,
     exact_below: int | None = None,
@@ -102,7 +159,6 @@ def choose_plan(
         raise SearchError(
             f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"
         )
-    filtered = filter_statement is not None
     iterative = supports_iterative_scan(connection)
     if target.spec.index is None and request != "index":
         return SearchPlan("exact", f"{target.name} has no vector index declared")
@@ -121,8 +177,7 @@ def choose_plan(
         )
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
-    assert filter_statement is not None
-    estimated = estimate_rows(connection, filter_statement)
+    estimated = estimate_rows(connection, filter_statement())
     threshold = EXACT_BELOW_ROWS if exact_below is None else exact_below
     if estimated <= threshold:
         return SearchPlan(
@@ -170,7 +225,8 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
     usable if the search fails. In autocommit mode a short transaction is opened instead.
     """
     if not settings:
-        yield
+        with custom_plans(connection):
+            yield
         return
     driver = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
     autocommit = bool(getattr(driver, "autocommit", False))
@@ -195,7 +251,8 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
         sql.SQL("{}; SELECT {}").format(opening, assignments).as_string(driver)
     )
     try:
-        yield
+        with custom_plans(connection):
+            yield
     except BaseException:
         try:
             connection.exec_driver_sql(closing_error.as_string(driver))

@@ -70,6 +70,7 @@ class SemanticQuery:
         self.k = check_k(k)
         self.where = _check_filter(where)
         self.base = _base_statement(self.target, statement)
+        self.extended = statement is not None
         self.vector: FloatArray = query_vector(self.target, query, embedder)
         self.connection = connection_of(bind)
         self.single_entity = _single_entity(self.base)
@@ -77,20 +78,27 @@ class SemanticQuery:
             self.connection,
             self.target,
             k=self.k,
-            filter_statement=self.filter_statement(),
+            filtered=self.filtered(),
+            filter_statement=self.filter_statement,
             request=plan,
             ef_search=ef_search,
             exact_below=exact_below,
         )
 
-    def filter_statement(self) -> sa.Select[Any] | None:
-        """``SELECT 1 FROM <base froms> WHERE <filters>``, or None when nothing filters."""
-        base = self.base
-        has_base_filter = base.whereclause is not None or len(base.get_final_froms()) > 1
-        has_joins = any(isinstance(f, sa.Join) for f in base.get_final_froms())
-        if self.where is None and not has_base_filter and not has_joins:
-            return None
-        counted: sa.Select[Any] = base.with_only_columns(
+    def filtered(self) -> bool:
+        """Does anything but the vector column decide which rows qualify?"""
+        if self.where is not None:
+            return True
+        if not self.extended:
+            return False
+        # More than one table selected (a join) or a WHERE in the statement given. (A join
+        # that selects no column of the other table is not seen: if it drops rows, the
+        # index path returns fewer than k and the search runs again exactly.)
+        return self.base.whereclause is not None or len(self.base.columns_clause_froms) > 1
+
+    def filter_statement(self) -> sa.Select[Any]:
+        """``SELECT 1 FROM <base froms> WHERE <filters>``: what the row estimate is about."""
+        counted: sa.Select[Any] = self.base.with_only_columns(
             sa.literal_column("1"), maintain_column_froms=True
         )
         return counted.where(self.where) if self.where is not None else counted

@@ -1,0 +1,359 @@
+"""Filtered and unfiltered top-k: semdb.search against the plans plain pgvector offers.
+
+    python -m bench.query                  # ~108k rows of MiniLM vectors of real text
+    python -m bench.query --rows 20000 --queries 50 --synthetic     # a quick run
+
+The table holds the debdesc texts (see bench/data.py) with an HNSW index (m=16,
+ef_construction=64, cosine) and a btree on ``bucket`` (uniform 0-999), so ``bucket < t``
+passes t/10 % of the rows. Held-out rows are the queries. For each selectivity, every query
+runs once through each plan, in turn (side by side, one run):
+
+- ``pg hnsw``: plain psycopg, ``ORDER BY embedding <=> q LIMIT k``, ef_search 40, no
+  iterative scan (pgvector's default);
+- ``pg iterative``: the same with ``hnsw.iterative_scan = relaxed_order`` (the planner may
+  still choose the btree);
+- ``pg exact``: ``ORDER BY cosine_distance(embedding, q)``: exact, through the btree or a scan;
+- ``semdb``: ``semdb.search(connection, Doc.embedding, q, k=10, where=Doc.bucket < t)``, plan
+  chosen automatically; also ``semdb index`` and ``semdb exact`` (forced), to show the
+  crossover that EXACT_BELOW_ROWS encodes.
+
+"best pg" is the fastest pg plan that returns k rows at recall >= 0.95. Recall is against
+exact top-k computed in numpy. Results: a table, and bench/results/query.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql as psql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateTable
+
+from bench.common import engine as make_engine
+from bench.common import machine, print_table
+from bench.data import write_result
+
+K = 10
+THRESHOLDS = [None, 500, 200, 100, 50, 20, 10, 5, 1]  # bucket < t passes t/10 %
+DIM = 384
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _model() -> Any:
+    from semdb import HNSW, embedding_column
+
+    class BenchDoc(Base):
+        __tablename__ = "bench_docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        package: Mapped[str]
+        kind: Mapped[str]
+        body: Mapped[str]
+        bucket: Mapped[int] = mapped_column(index=True)
+        embedding = embedding_column(
+            "body",
+            model="all-MiniLM-L6-v2",
+            dimension=DIM,
+            sync="manual",
+            index=HNSW(m=16, ef_construction=64, ef_search=40),
+        )
+
+    return BenchDoc
+
+
+def load_data(
+    rows: int | None, synthetic: bool, seed: int = 0
+) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    if synthetic:
+        n = rows or 20000
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(size=(200, DIM))
+        matrix = centres[rng.integers(0, 200, n)] + 0.7 * rng.normal(size=(n, DIM))
+        matrix = (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+        return [(f"p{i}", "synthetic", f"text {i}") for i in range(n)], matrix
+    from bench.data import table_rows
+
+    items, matrix = table_rows()
+    texts = [(item.package, item.kind, item.text) for item in items]
+    if rows is not None:
+        texts, matrix = texts[:rows], matrix[:rows]
+    return texts, matrix
+
+
+def prepare(
+    engine: sa.Engine,
+    doc: Any,
+    texts: list[tuple[str, str, str]],
+    matrix: np.ndarray,
+    buckets: np.ndarray,
+    keep: np.ndarray,
+) -> None:
+    """Create and fill the table, unless it already holds exactly this data."""
+    from semdb import copy_rows
+
+    digest = f"{len(keep)}:{int(keep.sum())}:{float(matrix[keep][:, 0].sum()):.6f}"
+    table = doc.__table__
+    with engine.connect() as connection:
+        comment = connection.execute(
+            sa.text("SELECT obj_description(to_regclass('bench_docs'), 'pg_class')")
+        ).scalar()
+    if comment == digest:
+        print("reusing the loaded table bench_docs")
+        return
+    started = time.perf_counter()
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS bench_docs"))
+        connection.execute(CreateTable(table))
+        ids = np.flatnonzero(keep)
+        copy_rows(
+            connection,
+            doc,
+            {
+                "id": ids.tolist(),
+                "package": [texts[i][0] for i in ids],
+                "kind": [texts[i][1] for i in ids],
+                "body": [texts[i][2] for i in ids],
+                "bucket": buckets[ids].tolist(),
+                "embedding": matrix[ids],
+            },
+            model="all-MiniLM-L6-v2@bench",
+        )
+    print(
+        f"loaded {int(keep.sum())} rows in {time.perf_counter() - started:.1f} s; building indexes"
+    )
+    started = time.perf_counter()
+    with engine.begin() as connection:
+        connection.execute(sa.text("SET maintenance_work_mem = '1GB'"))
+        for index in table.indexes:
+            index.create(connection)
+        connection.execute(sa.text("ANALYZE bench_docs"))
+        connection.exec_driver_sql(
+            psql.SQL("COMMENT ON TABLE bench_docs IS {}")
+            .format(psql.Literal(digest))
+            .as_string(None)
+        )
+    print(f"indexes built in {time.perf_counter() - started:.1f} s")
+
+
+class RawPlan:
+    """One plain psycopg connection with session settings, running one SQL shape."""
+
+    def __init__(self, uri: str, sql_text: psql.Composed, settings: dict[str, str]) -> None:
+        from pgvector.psycopg import register_vector
+
+        # No prepared statements: a generic plan cannot see how selective the filter is
+        # (semdb plans every search for its actual values too); this is what psql does.
+        self.connection = psycopg.connect(uri, autocommit=True, prepare_threshold=None)
+        register_vector(self.connection)
+        for name, value in settings.items():
+            self.connection.execute("SELECT set_config(%s, %s, false)", (name, value))
+        self.sql = sql_text
+
+    def run(self, vector: np.ndarray, threshold: int | None) -> list[int]:
+        rows = self.connection.execute(self.sql, {"q": vector, "t": threshold}).fetchall()
+        return [row[0] for row in rows]
+
+
+def raw_plans(uri: str, filtered: bool) -> dict[str, RawPlan]:
+    where = psql.SQL("WHERE bucket < %(t)s " if filtered else "")
+    operator = psql.SQL(
+        "SELECT id, embedding <=> %(q)s AS d FROM bench_docs {where}"
+        "ORDER BY embedding <=> %(q)s LIMIT {k}"
+    ).format(where=where, k=psql.Literal(K))
+    exact = psql.SQL(
+        "SELECT id, cosine_distance(embedding, %(q)s) AS d FROM bench_docs {where}"
+        "ORDER BY cosine_distance(embedding, %(q)s) LIMIT {k}"
+    ).format(where=where, k=psql.Literal(K))
+    plans = {
+        "pg hnsw": RawPlan(uri, operator, {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}),
+        "pg exact": RawPlan(uri, exact, {}),
+    }
+    if filtered:
+        plans["pg iterative"] = RawPlan(
+            uri, operator, {"hnsw.ef_search": "40", "hnsw.iterative_scan": "relaxed_order"}
+        )
+    return plans
+
+
+def _raw_runner(plan: RawPlan, threshold: int | None) -> Any:
+    def run(q: np.ndarray) -> list[int]:
+        return plan.run(q, threshold)
+
+    return run
+
+
+def _semdb_runner(
+    connection: sa.Connection, doc: Any, where: Any, request: str, paths: Counter[str]
+) -> Any:
+    import semdb
+
+    def run(q: np.ndarray) -> list[int]:
+        hits = semdb.search(
+            connection,
+            doc.embedding,
+            q,
+            k=K,
+            where=where,
+            plan=request,
+            statement=sa.select(doc.id),
+        )
+        if request == "auto":
+            fell = " (fell back)" if hits.plan.fell_back_to_exact else ""
+            paths[hits.plan.path + fell] += 1
+        return [hit.row.id for hit in hits]
+
+    return run
+
+
+def _measure(
+    runners: dict[str, Any], queries: np.ndarray
+) -> tuple[dict[str, float], dict[str, list[list[int]]]]:
+    """Every query through every plan in turn; total seconds and ids per plan."""
+    times: dict[str, float] = defaultdict(float)
+    found: dict[str, list[list[int]]] = defaultdict(list)
+    for q in queries[: min(5, len(queries))]:  # warm up every plan
+        for run in runners.values():
+            run(q)
+    for q in queries:
+        for name, run in runners.items():
+            started = time.perf_counter()
+            ids = run(q)
+            times[name] += time.perf_counter() - started
+            found[name].append(ids)
+    return times, found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help="rows (default: all ~108k)")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--synthetic", action="store_true", help="random clustered vectors")
+    parser.add_argument("--selectivity", type=int, action="append", help="only these thresholds")
+    args = parser.parse_args()
+
+    from semdb.db.url import libpq_uri
+
+    texts, matrix = load_data(args.rows, args.synthetic)
+    rng = np.random.default_rng(42)
+    n = len(texts)
+    held_out = rng.choice(n, size=args.queries, replace=False)
+    keep = np.ones(n, dtype=bool)
+    keep[held_out] = False
+    buckets = rng.integers(0, 1000, n)
+    engine = make_engine()
+    doc = _model()
+    prepare(engine, doc, texts, matrix, buckets, keep)
+    uri = libpq_uri(engine.url)
+    table_ids = np.flatnonzero(keep)
+    table_vectors = matrix[keep]
+    queries = matrix[held_out]
+
+    results: list[dict[str, Any]] = []
+    thresholds = (
+        [None if t == -1 else t for t in args.selectivity] if args.selectivity else THRESHOLDS
+    )
+    for threshold in thresholds:
+        mask = (
+            np.ones(len(table_ids), bool) if threshold is None else buckets[table_ids] < threshold
+        )
+        similarity = queries @ table_vectors[mask].T
+        truth = [set(table_ids[mask][np.argsort(-row)[:K]].tolist()) for row in similarity]
+        plans = raw_plans(uri, threshold is not None)
+        table = doc.__table__
+        where = None if threshold is None else table.c.bucket < threshold
+        paths: Counter[str] = Counter()
+        # autocommit, as the psycopg plans run: no BEGIN/COMMIT round trips on either side
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            runners: dict[str, Any] = {
+                name: _raw_runner(plan, threshold) for name, plan in plans.items()
+            }
+            for request, name in (
+                ("index", "semdb index"),
+                ("exact", "semdb exact"),
+                ("auto", "semdb"),
+            ):
+                runners[name] = _semdb_runner(connection, table, where, request, paths)
+            times, found = _measure(runners, queries)
+        for plan in plans.values():
+            plan.connection.close()
+        row: dict[str, Any] = {
+            "selectivity": "none" if threshold is None else f"{threshold / 10:g}%",
+            "passing_rows": int(mask.sum()),
+            "semdb_paths": dict(paths),
+        }
+        for name in runners:
+            recall = float(
+                np.mean(
+                    [
+                        len(set(ids) & t) / max(1, min(K, len(t)))
+                        for ids, t in zip(found[name], truth, strict=True)
+                    ]
+                )
+            )
+            rows_back = float(np.mean([len(ids) for ids in found[name]]))
+            row[name] = {"qps": len(queries) / times[name], "recall": recall, "rows": rows_back}
+        eligible = [
+            n
+            for n in plans
+            if row[n]["rows"] >= min(K, mask.sum()) - 1e-9 and row[n]["recall"] >= 0.95
+        ]
+        best = max(eligible, key=lambda n: row[n]["qps"]) if eligible else None
+        row["best_pg"] = best
+        row["semdb_vs_best"] = row["semdb"]["qps"] / row[best]["qps"] if best else None
+        if threshold is None:
+            row["semdb_vs_exact"] = row["semdb"]["qps"] / row["pg exact"]["qps"]
+        results.append(row)
+        print(row)
+
+    names = ["pg hnsw", "pg iterative", "pg exact", "semdb index", "semdb exact", "semdb"]
+    for metric, title in (
+        ("qps", "queries/s"),
+        ("recall", f"recall@{K}"),
+        ("rows", "rows returned"),
+    ):
+        table_rows = []
+        for row in results:
+            cells: list[Any] = [row["selectivity"], row["passing_rows"]]
+            cells += [row[name][metric] if name in row else "-" for name in names]
+            if metric == "qps":
+                ratio = row["semdb_vs_best"]
+                cells += [row["best_pg"] or "-", f"{ratio:.2f}x" if ratio else "-"]
+                cells.append(", ".join(f"{k} {v}" for k, v in row["semdb_paths"].items()))
+            table_rows.append(cells)
+        extra = ["best pg", "semdb/best", "semdb plans"] if metric == "qps" else []
+        print_table(
+            f"top-{K} over {int(keep.sum())} rows, {len(queries)} queries: {title}",
+            ["filter", "passing", *names, *extra],
+            table_rows,
+        )
+    unfiltered = next((r for r in results if r["selectivity"] == "none"), None)
+    if unfiltered:
+        print(
+            f"unfiltered: semdb recall {unfiltered['semdb']['recall']:.3f} at "
+            f"{unfiltered['semdb_vs_exact']:.1f}x the exact plan's q/s"
+        )
+    path = write_result(
+        "query" if not args.synthetic else "query-synthetic",
+        {
+            "rows": int(keep.sum()),
+            "queries": len(queries),
+            "k": K,
+            "results": results,
+            "exact_below_rows": __import__("semdb.search.plan", fromlist=["x"]).EXACT_BELOW_ROWS,
+            "machine": machine(),
+            "synthetic": args.synthetic,
+        },
+    )
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
