@@ -19,6 +19,7 @@ from semdb.search import (
     more_like_this,
     search,
 )
+from semdb.sync import Worker, backfill, embed_on_flush
 
 __version__ = "0.1.0"
 
@@ -29,9 +30,12 @@ __all__ = [
     "IVFFlat",
     "SemdbError",
     "VectorType",
+    "Worker",
     "__version__",
+    "backfill",
     "copy_rows",
     "create_engine",
+    "embed_on_flush",
     "embedding_column",
     "explain_search",
     "hybrid_search",

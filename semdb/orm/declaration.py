@@ -126,10 +126,14 @@ def embedding_column(
     ``dimension`` defaults to the dimension in the model bundle's manifest (the bundle must
     then be installed where the models are declared); give it to declare without the bundle.
     """
+    if dimension is None:
+        model, dimension = _from_manifest(model)
+    else:
+        model = model.partition("@")[0] if isinstance(model, str) else model
     spec = EmbeddingSpec(
         sources=tuple(sources),
         model=model,
-        dimension=dimension if dimension is not None else _manifest_dimension(model),
+        dimension=dimension,
         distance=Distance.parse(distance),
         storage=storage,
         index=index,
@@ -155,8 +159,9 @@ def spec_of(column: sa.ColumnElement[Any]) -> EmbeddingSpec | None:
     return spec if isinstance(spec, EmbeddingSpec) else None
 
 
-def _manifest_dimension(model: str) -> int:
-    """The dimension written in the manifest of the installed bundle called ``model``."""
+def _from_manifest(model: str) -> tuple[str, int]:
+    """The model's name and dimension from its bundle's manifest (``model``: a name,
+    ``name@version`` or a bundle folder)."""
     try:
         from semdb.bundles import find_bundle  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError as exc:
@@ -172,7 +177,7 @@ def _manifest_dimension(model: str) -> int:
             f"cannot read the manifest of model {model!r} to learn its dimension: {exc}",
             fix="install the bundle, or pass dimension=<the model's dimension>",
         ) from exc
-    return int(manifest.dimension)
+    return str(manifest.name), int(manifest.dimension)
 
 
 def _complete_table(column: sa.Column[Any], table: sa.Table) -> None:
