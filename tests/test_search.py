@@ -16,7 +16,7 @@ from semdb.orm import HNSW, embedding_column
 from semdb.search import explain_search, hybrid_search, more_like_this, search
 from semdb.search import plan as plan_module
 from semdb.search.explain import plan_nodes
-from semdb.sync.registry import register
+from semdb.sync.registry import register, unregister_statement
 from semdb.sync.target import SyncTarget
 
 from .vector_data import clustered_vectors, exact_top_k
@@ -90,6 +90,8 @@ def items(engine: sa.Engine) -> Iterator[sa.Engine]:
         connection.execute(sa.text("ANALYZE search_shops"))
         register(connection, SyncTarget.from_column(Item.embedding))  # for semdb.hybrid_search()
     yield engine
+    with engine.begin() as connection:
+        connection.execute(unregister_statement(SyncTarget.from_column(Item.embedding)))
     Base.metadata.drop_all(engine)
 
 

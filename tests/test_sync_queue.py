@@ -280,3 +280,19 @@ def test_a_worker_refuses_a_column_of_another_dimension(
         Worker(posts, tiny_embedder, columns=["nope.nothing"]).run(until_empty=True)
     target = SyncTarget.from_column(Post.embedding)
     assert target.model_column == "embedding_model" and target.sources == ("ti:tle", "bo%dy")
+
+
+def test_a_registered_column_whose_table_is_gone_does_not_stop_the_worker(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    from semdb.sync.registry import register, unregister_statement
+
+    ghost = SyncTarget("public", "gone_table", "embedding", ("id",), ("body",), "tiny", DIM)
+    with posts.begin() as connection:
+        register(connection, ghost)
+    try:
+        insert(posts, range(5))
+        assert Worker(posts, tiny_embedder).run(until_empty=True).embedded == 5
+    finally:
+        with posts.begin() as connection:
+            connection.execute(unregister_statement(ghost))

@@ -120,8 +120,21 @@ class Worker:
     def _load_targets(self) -> list[SyncTarget]:
         with self.engine.connect() as connection:
             targets = registered(connection, names=self.columns or None)
-        if not self.columns:
-            targets = [t for t in targets if t.model == self.embedder.model_name]
+            if not self.columns:  # every queued column of this model
+                targets = [
+                    t for t in targets if t.model == self.embedder.model_name and t.sync == "queued"
+                ]
+            present = []
+            for target in targets:
+                exists = connection.execute(
+                    sa.text("SELECT to_regclass(:name) IS NOT NULL"),
+                    {"name": f'"{_quote(target.table_schema)}"."{_quote(target.table_name)}"'},
+                ).scalar()
+                if exists:
+                    present.append(target)
+                else:
+                    log.warning("%s is registered but its table is gone: skipped", target.name)
+            targets = present
         for target in targets:
             if target.model != self.embedder.model_name:
                 raise SyncError(
@@ -171,10 +184,18 @@ class Worker:
         """One batch for each column that has work; returns the entries settled or retried."""
         connection = self.connect()
         total = 0
-        for target in self.targets:
+        for target in list(self.targets):
             if self.stopping:
                 break
-            total += self._batch(connection, target)
+            try:
+                total += self._batch(connection, target)
+            except (
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.UndefinedObject,
+                psycopg.errors.UndefinedColumn,
+            ) as exc:  # the table changed under the worker: leave it, keep the others going
+                log.warning("%s cannot be synced any more (%s): skipped", target.name, exc)
+                self.targets.remove(target)
         return total
 
     def _batch(self, connection: psycopg.Connection[Any], target: SyncTarget) -> int:
@@ -249,6 +270,10 @@ class Worker:
             matrix, dimension=target.dimension, storage=target.storage, where=target.name
         )
         return {entry.queue_id: data for entry, data in zip(entries, encoded, strict=True)}
+
+
+def _quote(name: str) -> str:
+    return name.replace('"', '""')
 
 
 def _failure(entry: Claimed, exc: BaseException) -> tuple[int, int, dict[str, Any], str]:
