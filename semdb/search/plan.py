@@ -247,16 +247,15 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
         if autocommit
         else sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
     )
-    connection.exec_driver_sql(
-        sql.SQL("{}; SELECT {}").format(opening, assignments).as_string(driver)
-    )
+    # Straight through the driver (no parameters: one simple-protocol round trip each).
+    driver.execute(sql.SQL("{}; SELECT {}").format(opening, assignments))
     try:
         with custom_plans(connection):
             yield
     except BaseException:
         try:
-            connection.exec_driver_sql(closing_error.as_string(driver))
-        except sa.exc.DBAPIError:  # the connection itself failed: report the first error
+            driver.execute(closing_error)
+        except psycopg.Error:  # the connection itself failed: report the first error
             pass
         raise
-    connection.exec_driver_sql(closing_ok.as_string(driver))
+    driver.execute(closing_ok)
