@@ -373,3 +373,18 @@ def test_the_sql_function_refuses_what_it_cannot_search(items: sa.Engine) -> Non
                 "CAST('[1,2]' AS vector), 'x', 10)"
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "culprit"),
+    [
+        ({"fulltext": "english'; DROP TABLE search_items; --"}, "text search configuration"),
+        ({"rrf_k": -1}, "rrf_k"),
+        ({"text": "   "}, "non-empty query text"),
+        ({"candidates": 0}, "k must be"),
+    ],
+)
+def test_hybrid_search_refuses_bad_arguments(items: sa.Engine, kwargs: dict, culprit: str) -> None:
+    text = kwargs.pop("text", "red circle")
+    with Session(items) as session, pytest.raises(semdb.SemdbError, match=culprit):
+        hybrid_search(session, Item.embedding, text, vector=QUERIES[0], **kwargs)

@@ -94,17 +94,24 @@ class EmbeddingSpec:
                 f"index must be HNSW(...), IVFFlat(...) or None, got {self.index!r}",
                 fix="pass index=semdb.HNSW() or index=semdb.IVFFlat(lists=...)",
             )
-        if self.fulltext is not None and not _REGCONFIG_NAME.match(self.fulltext):
-            raise DeclarationError(
-                f"fulltext must name a text search configuration, got {self.fulltext!r}",
-                fix='use a configuration name such as "english" or "simple"',
-            )
+        if self.fulltext is not None:
+            check_regconfig(self.fulltext)
 
     def model_column_name(self, column: str) -> str:
         return self.model_column or f"{column}_model"
 
     def hash_column_name(self, column: str) -> str:
         return self.hash_column or f"{column}_hash"
+
+
+def check_regconfig(name: str) -> str:
+    """A text search configuration name (``english``, ``pg_catalog.simple``), or an error."""
+    if not isinstance(name, str) or not _REGCONFIG_NAME.match(name):
+        raise DeclarationError(
+            f"fulltext must name a text search configuration, got {name!r}",
+            fix='use a configuration name such as "english" or "simple"',
+        )
+    return name
 
 
 def embedding_column(

@@ -28,7 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from semdb.errors import SearchError
-from semdb.orm.document import regconfig_sql
+from semdb.orm.declaration import check_regconfig
+from semdb.orm.document import fulltext_document_sql, regconfig_sql
 from semdb.protocols import TextEmbedder
 from semdb.search.plan import PlanRequest, planner_settings
 from semdb.search.results import HybridHit, SearchResult
@@ -78,11 +79,7 @@ def hybrid_search(
         exact_below=exact_below,
     )
     target = semantic.target
-    config = fulltext or target.spec.fulltext or "english"
-    if fulltext is not None:
-        from semdb.orm.declaration import EmbeddingSpec
-
-        EmbeddingSpec(sources=("x",), model="x", dimension=1, fulltext=fulltext)  # validates
+    config = check_regconfig(fulltext or target.spec.fulltext or "english")
     table, key_names = target.table, [c.name for c in target.key]
 
     # The semantic leg: the same statement search() would run, keys only.
@@ -102,8 +99,6 @@ def hybrid_search(
     if target.spec.fulltext is not None and config == target.spec.fulltext:
         document = target.fulltext_document()  # the GIN index's expression
     else:
-        from semdb.orm.document import fulltext_document_sql
-
         document = sa.func.to_tsvector(regconfig_sql(config), fulltext_document_sql(target.sources))
     tsquery = sa.func.websearch_to_tsquery(
         regconfig_sql(config), sa.bindparam("text", text, sa.Text)
