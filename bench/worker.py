@@ -77,9 +77,9 @@ def main() -> None:
     from semdb.sync import Worker
 
     embedder = load_embedder(args.model)
-    from bench.data import rows as debdesc_rows
+    from bench.data import long_descriptions
 
-    texts = [row.text for row in debdesc_rows() if row.kind == "long"][: args.rows]
+    texts = long_descriptions(args.rows)
 
     class WorkerDoc(Base):
         __tablename__ = "bench_worker"

@@ -388,3 +388,28 @@ def test_hybrid_search_refuses_bad_arguments(items: sa.Engine, kwargs: dict, cul
     text = kwargs.pop("text", "red circle")
     with Session(items) as session, pytest.raises(semdb.SemdbError, match=culprit):
         hybrid_search(session, Item.embedding, text, vector=QUERIES[0], **kwargs)
+
+
+def test_pending_rows_are_flushed_before_the_search_and_never_lost(items: sa.Engine) -> None:
+    """The index path runs in a savepoint that is rolled back: a flush inside it would
+    silently undo the application's writes. Pending rows are flushed first, and found."""
+    with Session(items) as session:
+        session.add(
+            Item(
+                id=N + 1,
+                body="pending",
+                shop_id=0,
+                c2=1,
+                c10=1,
+                c100=1,
+                c1000=1,
+                embedding=VECTORS[0],
+            )
+        )
+        hits = search(session, Item.embedding, VECTORS[0], k=3, where=Item.c2 == 1, plan="index")
+        assert hits.plan.path == "index" and N + 1 in {h.row.id for h in hits}
+        session.commit()
+    with Session(items) as session:
+        assert session.get(Item, N + 1) is not None
+        session.delete(session.get(Item, N + 1))
+        session.commit()

@@ -31,9 +31,9 @@ from semdb.errors import SearchError
 from semdb.orm.declaration import check_regconfig
 from semdb.orm.document import fulltext_document_sql, regconfig_sql
 from semdb.protocols import TextEmbedder
-from semdb.search.plan import PlanRequest, planner_settings
+from semdb.search.plan import PlanRequest
 from semdb.search.results import HybridHit, SearchResult
-from semdb.search.semantic import Bind, SemanticQuery, check_k
+from semdb.search.semantic import Bind, SemanticQuery, check_k, execute_search
 
 DEFAULT_RRF_K = 60
 
@@ -140,8 +140,7 @@ def hybrid_search(
         .order_by(fused.c.score.desc(), *target.key)
         .limit(k)
     )
-    with planner_settings(semantic.connection, semantic.settings(path)):
-        rows = list(bind.execute(statement).all())
+    rows: list[Any] = execute_search(bind, semantic.connection, statement, semantic.settings(path))
     hits = [
         HybridHit(
             row[0] if semantic.single_entity else row,

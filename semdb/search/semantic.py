@@ -31,8 +31,14 @@ Bind = Session | Connection
 
 
 def connection_of(bind: Bind) -> Connection:
-    """The connection a Session (its current transaction's) or a Connection runs on."""
+    """The connection a Session (its current transaction's) or a Connection runs on.
+
+    A Session is flushed first (when it autoflushes), as any query would flush it: pending
+    rows are searched too, and nothing is flushed later inside the search's savepoint.
+    """
     if isinstance(bind, Session):
+        if bind.autoflush:
+            bind.flush()
         return bind.connection()
     if isinstance(bind, Connection):
         return bind
@@ -40,6 +46,21 @@ def connection_of(bind: Bind) -> Connection:
         f"search runs on a Session or a Connection, got {type(bind).__name__}",
         fix="pass session, or engine.connect() as connection",
     )
+
+
+def execute_search(
+    bind: Bind, connection: Connection, statement: sa.Executable, settings: dict[str, str]
+) -> list[sa.Row[Any]]:
+    """Run a search statement under its planner settings.
+
+    The settings live in a savepoint that is rolled back afterwards, so nothing may be written
+    inside it: a Session's autoflush is held off (it was flushed when the search began).
+    """
+    with planner_settings(connection, settings):
+        if isinstance(bind, Session):
+            with bind.no_autoflush:
+                return list(bind.execute(statement).all())
+        return list(bind.execute(statement).all())
 
 
 def check_k(k: int) -> int:
@@ -144,8 +165,7 @@ class SemanticQuery:
         return plan_root(explained)
 
     def _execute(self, path: PlanPath) -> list[sa.Row[Any]]:
-        with planner_settings(self.connection, self.settings(path)):
-            return list(self.bind.execute(self.statement(path)).all())
+        return execute_search(self.bind, self.connection, self.statement(path), self.settings(path))
 
     def _hit(self, row: sa.Row[Any]) -> Hit:
         distance = float(row[-1])
