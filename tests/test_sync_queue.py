@@ -296,3 +296,31 @@ def test_a_registered_column_whose_table_is_gone_does_not_stop_the_worker(
     finally:
         with posts.begin() as connection:
             connection.execute(unregister_statement(ghost))
+
+
+def test_a_worker_whose_session_is_killed_reconnects_and_loses_nothing(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The server ends the worker's session mid-batch (an administrator, or
+    idle_in_transaction_session_timeout): the claims come back and the worker goes on."""
+    insert(posts, range(30))
+    killed = threading.Event()
+
+    class KillOnce(Recording):
+        def embed(self, texts: Any, *, kind: str = "document") -> np.ndarray:
+            if not killed.is_set():
+                killed.set()
+                with posts.connect() as admin:
+                    admin.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'semdb worker%'"
+                        )
+                    )
+                    admin.commit()
+            return super().embed(texts, kind=kind)
+
+    worker = Worker(posts, KillOnce(tiny_embedder), batch_size=10, poll_seconds=0.1)
+    stats = worker.run(until_empty=True)
+    assert killed.is_set() and stats.embedded == 30 and queue_size(posts) == 0
+    assert_all_fresh(posts, tiny_embedder)

@@ -163,12 +163,24 @@ class Worker:
     ) -> WorkerStats:
         """Work until stopped (or until the queue is empty, with ``until_empty``)."""
         started = time.perf_counter()
+        reconnect_wait = self.poll_seconds
         try:
             self.connect()
             while not self.stopping:
                 if max_batches is not None and self.stats.batches >= max_batches:
                     break
-                done = self.run_once()
+                try:
+                    done = self.run_once()
+                except psycopg.OperationalError as exc:
+                    # The server went away, or ended this session (for instance after
+                    # idle_in_transaction_session_timeout while an embedder hung): the claims
+                    # were released with the session; reconnect and go on.
+                    log.warning("lost the database connection (%s); reconnecting", exc)
+                    self.close()
+                    self._stop.wait(reconnect_wait)
+                    reconnect_wait = min(reconnect_wait * 2, 30.0)
+                    continue
+                reconnect_wait = self.poll_seconds
                 if on_batch is not None and done:
                     on_batch(self.stats)
                 if done == 0:
