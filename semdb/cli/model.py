@@ -12,6 +12,7 @@ skips the database on purpose. ``list`` shows the local bundles either way.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,6 @@ def import_command(
             f"model {name} version {version_} already exists at {target}",
             fix="choose another --version, or delete that folder first",
         )
-    err = click.get_text_stream("stderr")
     export_bundle(
         path,
         target,
@@ -84,7 +84,7 @@ def import_command(
         version=version_,
         precisions=precisions or PRECISIONS,
         provenance=provenance or None,
-        progress=lambda message: click.echo(f"  {message}", file=err),
+        progress=lambda message: click.echo(f"  {message}", err=True),
     )
     bundle = find_bundle(target)
     parity = bundle.manifest.provenance.get("parity", {})
@@ -135,7 +135,7 @@ def list_command(local: bool) -> None:
         table.add_row(
             key[0],
             key[1],
-            str(bundle.manifest.dimension if bundle else row.dimension),
+            str(bundle.manifest.dimension if bundle is not None else getattr(row, "dimension", "")),
             ", ".join(bundle.available_precisions) if bundle else "",
             state,
             str(bundle.path) if bundle else "missing",
@@ -182,7 +182,7 @@ def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
     click.echo(f"{state} in the database as model id {row.id}")
 
 
-def _exporter() -> Any:
+def _exporter() -> Callable[..., Path]:
     import importlib
 
     try:
@@ -194,7 +194,8 @@ def _exporter() -> Any:
             f"importing a model needs torch and optimum ({exc.name or exc} is missing)",
             fix=TRAIN_FIX,
         ) from None
-    return export_bundle
+    exporter: Callable[..., Path] = export_bundle
+    return exporter
 
 
 def _minilm() -> tuple[Path, dict[str, Any]]:
