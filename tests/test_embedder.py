@@ -306,3 +306,20 @@ def test_a_missing_graph_is_an_error_naming_its_file(tiny_bundle: Path, tmp_path
     (copy / "model_int8.onnx").unlink()
     with pytest.raises(BundleError, match="model_int8.onnx is missing"):
         Embedder.load(copy, precision="int8")
+
+
+def test_cuda_listed_but_falling_back_to_the_cpu_is_detected(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What onnxruntime-gpu does on a machine whose CUDA libraries do not load: it lists
+    CUDAExecutionProvider, then the session runs on CPUExecutionProvider."""
+    from semdb.embed import providers
+
+    real = providers.execution_providers
+    monkeypatch.setattr(providers, "cuda_listed", lambda: True)
+    monkeypatch.setattr(providers, "execution_providers", lambda provider: real("cpu"))
+
+    auto = Embedder.load(tiny_bundle)
+    assert (auto.provider, auto.precision) == ("cpu", "fp32")  # not the fp16 meant for CUDA
+    with pytest.raises(ProviderError, match="CUDA was asked for but cannot run: onnxruntime-gpu"):
+        Embedder.load(tiny_bundle, provider="cuda")
