@@ -116,6 +116,8 @@ class Embedder:
             check_precision(precision)
         if threads is not None and threads < 1:
             raise SemdbError(f"threads must be a positive number, not {threads}")
+        if token_budget is not None and token_budget < 1:
+            raise SemdbError(f"token_budget must be positive, not {token_budget}")
         bundle = model if isinstance(model, Bundle) else find_bundle(model)
         if precision is not None:
             bundle.onnx_path(precision)  # the bundle has it, or an error naming the file
