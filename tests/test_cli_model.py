@@ -137,12 +137,6 @@ def test_import_keeps_the_bundle_when_the_database_is_unreachable(
     assert registered.returncode == 0, registered.stderr
     assert "registered in the database" in registered.stdout
 
-    skipped = run_semdb(
-        "model", "import", str(tiny_model_dir), "--name", "offline", "--version", "2",
-        "--precision", "fp32", "--no-register", env=env,
-    )  # fmt: skip
-    assert skipped.returncode == 0, skipped.stderr
-
 
 def test_import_without_the_training_extra_says_what_to_install(tmp_path: Path) -> None:
     code = (
