@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -118,6 +119,7 @@ def export_bundle(
     say(f"loading {model_dir}")
     model = _load_sentence_transformer(model_dir)
     facts = _model_facts(model, max_tokens, query_prefix, document_prefix)
+    model.max_seq_length = facts.max_tokens  # the reference truncates where the bundle will
     texts = list(parity_texts) if parity_texts is not None else _default_parity_texts()
 
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -223,7 +225,7 @@ def _model_facts(
             raise ExportError(f"max_tokens must be between 1 and the model's {limit}")
         limit = max_tokens
     return ModelFacts(
-        dimension=int(model.get_sentence_embedding_dimension()),
+        dimension=int(_embedding_dimension(model)),
         pooling=pooling,
         normalize="Normalize" in kinds,
         max_tokens=limit,
@@ -235,6 +237,11 @@ def _model_facts(
     )
 
 
+def _embedding_dimension(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None)  # sentence-transformers >= 5.7
+    return int((getter or model.get_sentence_embedding_dimension)())
+
+
 # -- the graphs -------------------------------------------------------------------------------
 
 
@@ -242,15 +249,21 @@ def _export_graph(model: Any, folder: Path, opset: int) -> Path:
     """optimum's export of the whole pipeline, then only ``sentence_embedding`` kept."""
     import onnx
     from optimum.exporters.onnx import onnx_export_from_model
+    from torch.jit import TracerWarning
 
-    onnx_export_from_model(
-        model,
-        folder,
-        opset=opset,
-        task="feature-extraction",
-        library_name="sentence_transformers",
-        do_validation=False,  # parity on real sentences follows, through semdb's own runtime
-    )
+    with warnings.catch_warnings():
+        # Tracing warns about Python-side branches that are constant for this architecture,
+        # and about the TorchScript exporter being legacy; the parity check decides.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=TracerWarning)
+        onnx_export_from_model(
+            model,
+            folder,
+            opset=opset,
+            task="feature-extraction",
+            library_name="sentence_transformers",
+            do_validation=False,  # parity on real sentences follows, through semdb's runtime
+        )
     path = folder / "model.onnx"
     graph = onnx.load(str(path))
     kept = [o for o in graph.graph.output if o.name == OUTPUT_NAME]

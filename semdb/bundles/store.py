@@ -18,7 +18,9 @@ from semdb.config import semdb_home
 from semdb.errors import BundleError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-IMPORT_FIX = "import it: semdb model import (all-MiniLM-L6-v2) or semdb model import PATH"
+IMPORT_FIX = (
+    "import it: `semdb model import` (all-MiniLM-L6-v2) or `semdb model import PATH --name NAME`"
+)
 
 
 def models_home(home: str | Path | None = None) -> Path:
