@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, RowMapping
 from sqlalchemy.dialects.postgresql import JSONB
 
 from semdb.bundles.bundle import Bundle
@@ -82,7 +82,7 @@ def list_registered(connectable: Engine | Connection) -> list[RegisteredModel]:
     with _transaction(connectable) as connection:
         _check_schema(connection)
         rows = connection.execute(sa.select(models).order_by(models.c.name, models.c.created_at))
-        return [RegisteredModel(**row._mapping) for row in rows]
+        return [_registered(row._mapping) for row in rows]
 
 
 def get_registered(connectable: Engine | Connection, name: str, version: str) -> RegisteredModel:
@@ -138,7 +138,12 @@ def _row(connection: Connection, name: str, version: str) -> RegisteredModel | N
     row = connection.execute(
         sa.select(models).where(models.c.name == name, models.c.version == version)
     ).first()
-    return None if row is None else RegisteredModel(**row._mapping)
+    return None if row is None else _registered(row._mapping)
+
+
+def _registered(mapping: RowMapping) -> RegisteredModel:
+    """The row as a RegisteredModel (columns added later by other parts are left out)."""
+    return RegisteredModel(**{f.name: mapping[f.name] for f in fields(RegisteredModel)})
 
 
 def _check_schema(connection: Connection) -> None:
