@@ -41,8 +41,12 @@ def cli() -> None:
 
 def _register() -> None:
     from semdb.cli.db import db
+    from semdb.cli.embed import embed
+    from semdb.cli.model import model
 
     cli.add_command(db)
+    cli.add_command(embed)
+    cli.add_command(model)
 
 
 _register()
