@@ -1,8 +1,14 @@
 """semdb: a semantic database on PostgreSQL and pgvector.
 
-The runtime never imports torch or transformers; ONNX Runtime is loaded only by the embedder.
+The runtime never imports torch or transformers; ONNX Runtime is loaded only by the embedder
+(``semdb.Embedder`` is imported on first use, so ``import semdb`` stays light).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from semdb.bundles import Bundle
 from semdb.db import EmbeddedServer, create_engine, resolve_url
 from semdb.errors import SemdbError
 from semdb.orm import (
@@ -21,12 +27,17 @@ from semdb.search import (
 )
 from semdb.sync import Worker, backfill, embed_on_flush
 
+if TYPE_CHECKING:
+    from semdb.embed import Embedder
+
 __version__ = "0.1.0"
 
 __all__ = [
     "HNSW",
+    "Bundle",
     "Distance",
     "EmbeddedServer",
+    "Embedder",
     "IVFFlat",
     "SemdbError",
     "VectorType",
@@ -43,3 +54,11 @@ __all__ = [
     "resolve_url",
     "search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Embedder":
+        from semdb.embed import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'semdb' has no attribute {name!r}")

@@ -60,3 +60,19 @@ class SearchError(SemdbError):
 
 class SyncError(SemdbError):
     """Keeping vectors in sync failed: no embedder for a column, a model mismatch."""
+
+
+class BundleError(SemdbError):
+    """A model bundle is missing, incomplete, altered (hash mismatch) or malformed."""
+
+
+class ProviderError(SemdbError):
+    """An ONNX Runtime execution provider (CUDA) was asked for but cannot run here."""
+
+
+class InvalidTextError(SemdbError, ValueError):
+    """A text given to the embedder cannot be embedded (not valid UTF-8)."""
+
+
+class TextTypeError(SemdbError, TypeError):
+    """Something other than a string was given to the embedder where a text belongs."""

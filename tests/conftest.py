@@ -126,14 +126,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """A real embedder of the tiny model (name "tiny", version "1", 32 dimensions): semdb's
-    ONNX Runtime Embedder on the tiny bundle (sync and search tests take it)."""
-    from .embedders import load_tiny_embedder
+def tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported as a semdb bundle (fp32, fp16 and int8 graphs), built once.
 
-    try:
-        bundle = request.getfixturevalue("tiny_bundle")
-    except pytest.FixtureLookupError:
-        bundle = None
-    model_dir = None if bundle is not None else request.getfixturevalue("tiny_model_dir")
-    return load_tiny_embedder(bundle, model_dir)
+    Its folder is shared by the whole session: copy it before changing anything in it.
+    """
+    from training.export import export_bundle
+
+    target = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
+    return export_bundle(
+        tiny_model_dir, target, name="tiny", version="1", precisions=("fp32", "fp16", "int8")
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_bundle: Path):  # type: ignore[no-untyped-def]
+    """semdb's ONNX Runtime Embedder on the tiny bundle (name "tiny", version "1", 32
+    dimensions), on the CPU: what the sync and search tests embed with."""
+    from semdb.embed import Embedder
+
+    return Embedder.load(tiny_bundle, provider="cpu")

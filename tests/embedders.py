@@ -1,10 +1,9 @@
-"""Embedders for the sync tests: semdb's own on the tiny bundle when it exists, and wrappers
-around a real one that record, slow down or fail (to test what a worker does then)."""
+"""Embedders for the sync tests: semdb's own on the tiny bundle, and a wrapper around it that
+records, slows down or fails (to test what a worker does then)."""
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,43 +12,11 @@ from typing import Any
 import numpy as np
 
 
-def load_tiny_embedder(tiny_bundle: Path | None, tiny_model_dir: Path | None) -> Any:
-    """semdb.embed.Embedder on the tiny bundle; before semdb.embed exists, the same tiny
-    model through sentence-transformers (a real model either way)."""
-    try:
-        from semdb.embed import Embedder  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        assert tiny_model_dir is not None
-        return SentenceTransformerEmbedder(tiny_model_dir)
-    assert tiny_bundle is not None
+def load_tiny_embedder(tiny_bundle: Path) -> Any:
+    """semdb's ONNX Runtime Embedder on the tiny bundle, on the CPU."""
+    from semdb.embed import Embedder
+
     return Embedder.load(tiny_bundle, provider="cpu")
-
-
-class SentenceTransformerEmbedder:
-    """The tiny sentence-transformers model behind semdb's embedder interface."""
-
-    model_name = "tiny"
-    model_version = "1"
-
-    def __init__(self, folder: Path) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(folder), device="cpu")
-        self.dimension = int(
-            getattr(
-                self.model, "get_embedding_dimension", self.model.get_sentence_embedding_dimension
-            )()
-            or 0
-        )
-        self._lock = threading.Lock()
-
-    def embed(self, texts: Sequence[str], *, kind: str = "document") -> np.ndarray:
-        with self._lock:
-            vectors = self.model.encode(list(texts), batch_size=64, convert_to_numpy=True)
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text], kind="query")[0]
 
 
 class Recording:

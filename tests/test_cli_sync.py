@@ -20,20 +20,6 @@ from .conftest import run_semdb
 DIM = 32
 
 
-def embedder_available() -> bool:
-    try:
-        import semdb.embed  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_embedder = pytest.mark.skipif(
-    not embedder_available(),
-    reason="semdb.embed (the ONNX Runtime embedder, built on branch embed) is not merged yet",
-)
-
-
 class Base(DeclarativeBase):
     pass
 
@@ -99,7 +85,6 @@ def test_sql_errors_are_one_line_with_the_fix(
     assert "Traceback" not in result.stderr
 
 
-@needs_embedder
 def test_worker_backfill_and_sql_with_an_embedded_query(
     notes: sa.Engine, tiny_bundle: Path
 ) -> None:

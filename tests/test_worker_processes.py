@@ -61,11 +61,8 @@ def tickets(engine: sa.Engine) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture()
-def model_args(request: pytest.FixtureRequest) -> list[str]:
-    try:
-        return ["--bundle", str(request.getfixturevalue("tiny_bundle"))]
-    except pytest.FixtureLookupError:
-        return ["--model-dir", str(request.getfixturevalue("tiny_model_dir"))]
+def model_args(tiny_bundle: Path) -> list[str]:
+    return ["--bundle", str(tiny_bundle)]
 
 
 def insert(engine: sa.Engine, n: int) -> None:

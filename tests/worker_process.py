@@ -1,7 +1,7 @@
 """A worker in its own process, as ``semdb worker`` runs, with a recording embedder.
 
-    python -m tests.worker_process URL LOG [--delay S] [--started FILE] [--until-empty]
-                                   [--bundle PATH | --model-dir PATH] [--batch-size N]
+    python -m tests.worker_process URL LOG --bundle PATH [--delay S] [--started FILE]
+                                   [--until-empty] [--batch-size N]
 
 Prints the worker's statistics as JSON when it stops.
 """
@@ -26,12 +26,11 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--started", type=Path)
     parser.add_argument("--until-empty", action="store_true")
-    parser.add_argument("--bundle", type=Path)
-    parser.add_argument("--model-dir", type=Path)
+    parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=50)
     args = parser.parse_args()
     embedder = Recording(
-        load_tiny_embedder(args.bundle, args.model_dir),
+        load_tiny_embedder(args.bundle),
         log=args.log,
         delay=args.delay,
         started=args.started,

@@ -42,10 +42,14 @@ def cli() -> None:
 def _register() -> None:
     from semdb.cli.backfill import backfill
     from semdb.cli.db import db
+    from semdb.cli.embed import embed
+    from semdb.cli.model import model
     from semdb.cli.sql import sql_command
     from semdb.cli.worker import worker
 
     cli.add_command(db)
+    cli.add_command(embed)
+    cli.add_command(model)
     cli.add_command(worker)
     cli.add_command(backfill)
     cli.add_command(sql_command)

@@ -29,7 +29,7 @@ def model_option(function: Any) -> Any:
 def load_embedder(model: str, provider: str) -> Any:
     """semdb's ONNX Runtime embedder for ``model``."""
     try:
-        from semdb.embed import Embedder  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        from semdb.embed import Embedder
     except ImportError as exc:
         raise SemdbError(
             f"the embedder cannot be loaded here ({exc})",

@@ -170,7 +170,7 @@ def _from_manifest(model: str) -> tuple[str, int]:
     """The model's name and dimension from its bundle's manifest (``model``: a name,
     ``name@version`` or a bundle folder)."""
     try:
-        from semdb.bundles import find_bundle  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        from semdb.bundles import find_bundle
     except ImportError as exc:
         raise DeclarationError(
             f"embedding column for model {model!r} gives no dimension and semdb cannot read "
