@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -190,3 +192,16 @@ def test_hostile_table_and_column_names_are_quoted(engine: sa.Engine) -> None:
         assert found[0].distance == pytest.approx(0.0, abs=1e-6)
     finally:
         metadata.drop_all(engine)
+
+
+def test_the_dimension_comes_from_the_bundle_manifest(tiny_bundle: Path) -> None:
+    column = embedding_column("body", model=str(tiny_bundle)).column
+    spec = semdb.orm.spec_of(column)
+    assert spec is not None and spec.model == "tiny" and spec.dimension == 32
+    assert column.type.dimension == 32
+    assert (
+        semdb.orm.spec_of(embedding_column("body", model="tiny@7", dimension=32).column).model
+        == "tiny"
+    )  # type: ignore[union-attr]
+    with pytest.raises(DeclarationError, match="cannot read the manifest"):
+        embedding_column("body", model="no-such-model-anywhere")
