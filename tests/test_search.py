@@ -413,3 +413,14 @@ def test_pending_rows_are_flushed_before_the_search_and_never_lost(items: sa.Eng
         assert session.get(Item, N + 1) is not None
         session.delete(session.get(Item, N + 1))
         session.commit()
+
+
+def test_the_default_threshold_grows_with_the_square_root_of_the_table(items: sa.Engine) -> None:
+    from semdb.search import exact_below_rows
+
+    assert exact_below_rows(100_000) == 3890 and exact_below_rows(25_000) == 1945
+    with Session(items) as session:  # 4,000 rows: exact below about 780 passing rows
+        wide = search(session, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0)
+        narrow = search(session, Item.embedding, QUERIES[0], k=10, where=Item.c10 == 0)
+    assert wide.plan.path == "index" and "> 778" in wide.plan.reason
+    assert narrow.plan.path == "exact" and "<= 778" in narrow.plan.reason

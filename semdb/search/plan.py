@@ -15,10 +15,10 @@ Two paths, each with its own SQL, so the planner cannot silently swap one for th
     computed, the true top k.
 
 The choice: no filter -> index. With a filter, the planner's own row estimate for the filter
-(``EXPLAIN`` of ``SELECT 1 FROM ... WHERE filter``) is compared with ``exact_below`` rows: an
-exact search over that many rows is as fast as the iterative index scan (measured in
-``bench/query.py``; see :data:`EXACT_BELOW_ROWS`). Without iterative scans (pgvector 0.7) a
-filtered search is always exact, since the index would return fewer than k rows.
+(``EXPLAIN`` of ``SELECT 1 FROM ... WHERE filter``) is compared with ``exact_below`` rows,
+by default :data:`EXACT_BELOW_FACTOR` x sqrt(table rows): an exact search over that many rows
+is as fast as the iterative index scan (measured in ``bench/query.py``). Without iterative
+scans (pgvector 0.7) a filtered search is always exact: the index would return fewer than k.
 
 If the index path still returns fewer than k rows (the estimate was far off, or the scan hit
 ``hnsw.max_scan_tuples``), the search runs again exactly: k rows come back whenever k rows
@@ -27,6 +27,8 @@ pass the filter.
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 import time
 import weakref
@@ -49,10 +51,22 @@ from semdb.search.explain import Explain, plan_root
 PlanPath = Literal["index", "exact"]
 PlanRequest = Literal["auto", "index", "exact"]
 
-#: Estimated rows passing a filter at or below which exact search is chosen. Measured with
-#: bench/query.py (MiniLM vectors of real text, 384-d, HNSW m=16, 2 cores): below about this
-#: many rows, the btree-filtered exact plan is as fast as the iterative index scan.
-EXACT_BELOW_ROWS = 2000
+#: Exact search is chosen when the filter passes at most ``EXACT_BELOW_FACTOR * sqrt(N)``
+#: rows of a table of N rows. Exact search costs about one distance (and one heap row) per
+#: passing row; the iterative index scan visits about k/selectivity graph nodes; the two meet
+#: where passing rows ~ sqrt(N). Measured with bench/query.py (MiniLM vectors of debdesc
+#: texts, 384-d, HNSW m=16 ef_construction=64, ef_search 40, k=10, 2 CPU cores): the
+#: crossover was at ~2,000 passing rows of 26,850 and ~4,100 of 108,696, i.e. 12.2 and
+#: 12.4 x sqrt(N).
+EXACT_BELOW_FACTOR = 12.3
+#: The threshold for a table of 100,000 rows, for reference (about 3,900 rows).
+EXACT_BELOW_ROWS = round(EXACT_BELOW_FACTOR * 100_000**0.5)
+
+
+def exact_below_rows(table_rows: float) -> int:
+    """Passing rows at or below which exact search is as fast as the index, for a table."""
+    return max(1, round(EXACT_BELOW_FACTOR * math.sqrt(max(table_rows, 1.0))))
+
 
 _SAVEPOINT = sql.Identifier("semdb_search")
 
@@ -126,6 +140,32 @@ def estimate_rows(connection: Connection, statement: sa.Select[Any]) -> float:
     return rows
 
 
+_table_rows: dict[tuple[str, str], tuple[float, float]] = {}
+
+
+def table_rows(connection: Connection, target: VectorColumn) -> float:
+    """The planner's row count of the vector column's table (``pg_class.reltuples``),
+    kept for :data:`ESTIMATE_TTL_SECONDS`."""
+    preparer = connection.dialect.identifier_preparer
+    name = str(preparer.format_table(target.table))
+    key = (str(connection.engine.url), name)
+    now = time.monotonic()
+    with _estimates_lock:
+        cached = _table_rows.get(key)
+        if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
+            return cached[0]
+    rows = connection.execute(
+        sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
+    ).scalar()
+    if rows is None or rows < 0:  # never analysed: ask the planner
+        rows = estimate_rows(
+            connection, sa.select(sa.literal_column("1")).select_from(target.table)
+        )
+    with _estimates_lock:
+        _table_rows[key] = (float(rows), now)
+    return float(rows)
+
+
 @contextmanager
 def custom_plans(connection: Connection) -> Iterator[None]:
     """Statements inside are planned for their actual parameter values (no prepared generic
@@ -178,7 +218,10 @@ def choose_plan(
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
     estimated = estimate_rows(connection, filter_statement())
-    threshold = EXACT_BELOW_ROWS if exact_below is None else exact_below
+    if exact_below is None:
+        threshold = exact_below_rows(table_rows(connection, target))
+    else:
+        threshold = exact_below
     if estimated <= threshold:
         return SearchPlan(
             "exact",
@@ -215,6 +258,24 @@ def _settings(
     return settings
 
 
+@functools.lru_cache(maxsize=256)
+def _settings_sql(
+    settings: tuple[tuple[str, str], ...], autocommit: bool
+) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """(open + set, close after success, close after an error), composed once per shape."""
+    assignments = sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+        for name, value in settings
+    )
+    start = sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)
+    release = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
+    return (
+        sql.SQL("{}; SELECT {}").format(start, assignments),
+        sql.SQL("COMMIT").format() if autocommit else release,
+        sql.SQL("ROLLBACK").format() if autocommit else release,
+    )
+
+
 @contextmanager
 def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterator[None]:
     """Apply ``settings`` to the statements inside, and to nothing after them.
@@ -232,23 +293,9 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
     autocommit = bool(getattr(driver, "autocommit", False))
     if not autocommit and not connection.in_transaction():
         connection.begin()
-    assignments = sql.SQL(", ").join(
-        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-        for name, value in settings.items()
-    )
-    opening = sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)
-    closing_ok = (
-        sql.SQL("COMMIT")
-        if autocommit
-        else sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
-    )
-    closing_error = (
-        sql.SQL("ROLLBACK")
-        if autocommit
-        else sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
-    )
+    opening, closing_ok, closing_error = _settings_sql(tuple(settings.items()), autocommit)
     # Straight through the driver (no parameters: one simple-protocol round trip each).
-    driver.execute(sql.SQL("{}; SELECT {}").format(opening, assignments))
+    driver.execute(opening)
     try:
         with custom_plans(connection):
             yield
