@@ -7,8 +7,10 @@ Two paths, each with its own SQL, so the planner cannot silently swap one for th
     with ``SET LOCAL`` for this query only: ``hnsw.ef_search`` (at least k),
     ``hnsw.iterative_scan = relaxed_order`` when a filter is present (pgvector 0.8+: the scan
     goes on until k rows pass the filter) and ``enable_sort = off`` so that the planner keeps
-    the vector index instead of sorting the rows a btree found. Rows come back in nearly
-    sorted order and are re-sorted by distance.
+    the vector index instead of sorting the rows a btree found. Values equal to pgvector's
+    defaults (ef_search 40, no iterative scan) are not sent: an unfiltered search with the
+    default ef_search costs no extra round trip. Rows come back in nearly sorted order and
+    are re-sorted by distance.
 ``exact``
     ``ORDER BY cosine_distance(col, q) LIMIT k`` (the function form, which no index serves):
     the rows passing the filter (through any btree the planner likes), every distance
@@ -236,25 +238,42 @@ def choose_plan(
     )
 
 
+#: pgvector's own defaults: a search whose settings all equal them sends no SET LOCAL (and
+#: saves two round trips); a value set for the whole session then applies to it.
+PGVECTOR_DEFAULTS = {
+    "hnsw.ef_search": "40",
+    "hnsw.iterative_scan": "off",
+    "ivfflat.probes": "1",
+    "ivfflat.iterative_scan": "off",
+}
+
+
 def _settings(
     target: VectorColumn, k: int, ef_search: int | None, filtered: bool, iterative: bool
 ) -> dict[str, str]:
+    """What the index path sets for this query: only what differs from pgvector's defaults,
+    plus ``enable_sort = off`` when a filter could tempt the planner into a btree + sort."""
     from semdb.orm.indexes import HNSW
 
     index = target.spec.index
-    settings: dict[str, str] = {"enable_sort": "off"}
+    wanted: dict[str, str] = {}
     if isinstance(index, HNSW) or index is None:
         ef = ef_search if ef_search is not None else (index.ef_search if index else 40)
         if not 1 <= ef <= 1000:
             raise SearchError(f"ef_search must be from 1 to 1000, got {ef}", fix="pass 40-400")
-        settings["hnsw.ef_search"] = str(min(1000, max(ef, k)))
+        wanted["hnsw.ef_search"] = str(min(1000, max(ef, k)))
         if iterative:
-            settings["hnsw.iterative_scan"] = "relaxed_order" if filtered else "off"
+            wanted["hnsw.iterative_scan"] = "relaxed_order" if filtered else "off"
     else:
         probes = index.probes if ef_search is None else ef_search
-        settings["ivfflat.probes"] = str(min(probes, index.lists))
+        wanted["ivfflat.probes"] = str(min(probes, index.lists))
         if iterative:
-            settings["ivfflat.iterative_scan"] = "relaxed_order" if filtered else "off"
+            wanted["ivfflat.iterative_scan"] = "relaxed_order" if filtered else "off"
+    settings = {
+        name: value for name, value in wanted.items() if PGVECTOR_DEFAULTS.get(name) != value
+    }
+    if filtered:
+        settings["enable_sort"] = "off"
     return settings
 
 
