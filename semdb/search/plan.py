@@ -108,41 +108,51 @@ _estimates: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
 _estimates_lock = threading.Lock()
 
 
-def estimate_rows(connection: Connection, statement: sa.Select[Any]) -> float:
+def estimate_rows(
+    connection: Connection,
+    statement: sa.Select[Any] | Callable[[], sa.Select[Any]],
+    *,
+    key: tuple[Any, ...] | None = None,
+) -> float:
     """The planner's estimate of how many rows ``statement`` returns (not executed).
 
     Estimates are kept for :data:`ESTIMATE_TTL_SECONDS` per (database, SQL, parameter values),
-    so that repeated filters (a tenant, a category) cost no extra round trip.
+    so that repeated filters (a tenant, a category) cost no extra round trip. ``key``, when
+    given, stands for the statement's SQL and values (cheaper than compiling it); the
+    statement may then be a callable that builds it only when the estimate is not known.
     """
-    compiled = statement.compile(dialect=connection.dialect)
-    try:
-        key: tuple[Any, ...] | None = (
-            str(connection.engine.url),
-            compiled.string,
-            tuple(sorted((k, repr(v)) for k, v in compiled.params.items())),
-        )
-    except Exception:
-        key = None
+    if key is None:
+        statement = statement() if callable(statement) else statement
+        compiled = statement.compile(dialect=connection.dialect)
+        try:
+            key = (
+                compiled.string,
+                tuple(sorted((k, repr(v)) for k, v in compiled.params.items())),
+            )
+        except Exception:  # a value without a usable repr: no caching
+            key = None
+    cache_key = None if key is None else (connection.engine.url, *key)
     now = time.monotonic()
-    if key is not None:
+    if cache_key is not None:
         with _estimates_lock:
-            cached = _estimates.get(key)
+            cached = _estimates.get(cache_key)
             if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
-                _estimates.move_to_end(key)
+                _estimates.move_to_end(cache_key)
                 return cached[0]
+    query = statement() if callable(statement) else statement
     with custom_plans(connection):
-        explained = connection.execute(Explain(statement)).scalar()
+        explained = connection.execute(Explain(query)).scalar()
     rows = float(plan_root(explained)["Plan Rows"])
-    if key is not None:
+    if cache_key is not None:
         with _estimates_lock:
-            _estimates[key] = (rows, now)
-            _estimates.move_to_end(key)
+            _estimates[cache_key] = (rows, now)
+            _estimates.move_to_end(cache_key)
             while len(_estimates) > _ESTIMATES_KEPT:
                 _estimates.popitem(last=False)
     return rows
 
 
-_table_rows: dict[tuple[str, str], tuple[float, float]] = {}
+_table_rows: dict[tuple[Any, str], tuple[float, float]] = {}
 
 
 def table_rows(connection: Connection, target: VectorColumn) -> float:
@@ -150,7 +160,7 @@ def table_rows(connection: Connection, target: VectorColumn) -> float:
     kept for :data:`ESTIMATE_TTL_SECONDS`."""
     preparer = connection.dialect.identifier_preparer
     name = str(preparer.format_table(target.table))
-    key = (str(connection.engine.url), name)
+    key = (connection.engine.url, name)
     now = time.monotonic()
     with _estimates_lock:
         cached = _table_rows.get(key)
@@ -192,6 +202,7 @@ def choose_plan(
     k: int,
     filtered: bool,
     filter_statement: Callable[[], sa.Select[Any]],
+    filter_key: tuple[Any, ...] | None = None,
     request: PlanRequest = "auto",
     ef_search: int | None = None,
     exact_below: int | None = None,
@@ -219,7 +230,7 @@ def choose_plan(
         )
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
-    estimated = estimate_rows(connection, filter_statement())
+    estimated = estimate_rows(connection, filter_statement, key=filter_key)
     if exact_below is None:
         threshold = exact_below_rows(table_rows(connection, target))
     else:

@@ -101,6 +101,7 @@ class SemanticQuery:
             k=self.k,
             filtered=self.filtered(),
             filter_statement=self.filter_statement,
+            filter_key=self.filter_key(),
             request=plan,
             ef_search=ef_search,
             exact_below=exact_below,
@@ -116,6 +117,25 @@ class SemanticQuery:
         # that selects no column of the other table is not seen: if it drops rows, the
         # index path returns fewer than k and the search runs again exactly.)
         return self.base.whereclause is not None or len(self.base.columns_clause_froms) > 1
+
+    def filter_key(self) -> tuple[Any, ...] | None:
+        """What identifies the filter statement, cheaply: the table and the WHERE clause with
+        its values written in (None when a statement was given, or a value cannot be written:
+        the statement is then compiled to know)."""
+        if self.where is None:
+            return None
+        if self.extended and (
+            self.base.whereclause is not None
+            or list(self.base.columns_clause_froms) != [self.target.table]
+        ):
+            return None
+        try:
+            literal = self.where.compile(
+                dialect=self.connection.dialect, compile_kwargs={"literal_binds": True}
+            )
+        except Exception:
+            return None
+        return ("filter", self.target.table.fullname, str(literal))
 
     def filter_statement(self) -> sa.Select[Any]:
         """``SELECT 1 FROM <base froms> WHERE <filters>``: what the row estimate is about."""
