@@ -125,6 +125,7 @@ def load_encoder(
     name_or_path: str | Path,
     *,
     backend: Backend = "auto",
+    precision: str | None = None,
     progress: bool = False,
     query_max_tokens: int | None = None,
     document_max_tokens: int | None = None,
@@ -132,8 +133,10 @@ def load_encoder(
     """An :class:`Encoder` for a model bundle (ONNX, semdb's runtime) or a checkpoint (torch).
 
     ``backend="auto"`` uses semdb's ONNX embedder for anything that is not a
-    sentence-transformers folder (a bundle path, or a bundle name in the registry), and
-    PyTorch for a sentence-transformers folder (a training checkpoint, not exported yet).
+    sentence-transformers folder (a bundle folder, ``name`` or ``name@version`` in the
+    model store), and PyTorch for a sentence-transformers folder (a training checkpoint,
+    not exported yet). ``precision`` picks the bundle's graph (fp32, fp16, int8); None lets
+    the embedder choose as it does for users.
     """
     path = Path(name_or_path).expanduser()
     if backend == "auto":
@@ -158,7 +161,7 @@ def load_encoder(
             fix="install semdb with the cpu or gpu extra, or evaluate a checkpoint folder "
             "with --backend torch",
         ) from exc
-    return Embedder.load(str(name_or_path))
+    return Embedder.load(str(name_or_path), precision=precision)
 
 
 def encoder_fingerprint(encoder: Any) -> str | None:
@@ -166,12 +169,11 @@ def encoder_fingerprint(encoder: Any) -> str | None:
     fingerprint = getattr(encoder, "fingerprint", None)
     if isinstance(fingerprint, str) and fingerprint:
         return fingerprint
-    manifest = getattr(encoder, "manifest", None)
-    for attribute in ("onnx_sha256", "sha256", "fingerprint"):
-        value = getattr(manifest, attribute, None)
-        if isinstance(value, str) and value:
-            precision = getattr(encoder, "precision", "")
-            return f"onnx-{value[:16]}-{precision}"
+    bundle = getattr(encoder, "bundle", None)  # semdb.embed.Embedder
+    sha256 = getattr(bundle, "onnx_sha256", None)
+    if isinstance(sha256, str) and sha256:
+        precision = getattr(encoder, "precision", "")
+        return f"onnx-{sha256[:16]}-{precision}-{getattr(encoder, 'max_tokens', '')}"
     return None
 
 

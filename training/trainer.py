@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,8 @@ class TrainResult:
     train_pairs: int
     validation_queries: int
     metrics_log: Path
+    world_size: int = 1
+    replicas_in_sync: bool | None = None  # under torchrun: every process ended with equal weights
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -133,16 +136,18 @@ def training_rows(data: RetrievalSet, hard_negatives: int, *, seed: int) -> dict
     for query_id in data.query_ids:
         relevant = data.qrels[query_id]
         negatives = [d for d in data.negatives.get(query_id, []) if d not in relevant]
+        if hard_negatives > len(corpus_ids) - len(relevant):
+            raise SemdbError(
+                f"the corpus has too few documents for {hard_negatives} negatives per query "
+                f"(query {query_id!r} has {len(corpus_ids) - len(relevant)} non-relevant ones)",
+                fix="ask for fewer hard negatives",
+            )
         for document_id in relevant:
             chosen = negatives[:hard_negatives]
-            while len(chosen) < hard_negatives and len(corpus_ids) > len(relevant):
+            while len(chosen) < hard_negatives:
                 candidate = rng.choice(corpus_ids)
                 if candidate not in relevant and candidate not in chosen:
                     chosen.append(candidate)
-            if len(chosen) < hard_negatives:
-                raise SemdbError(
-                    f"the corpus has too few documents for {hard_negatives} negatives per query"
-                )
             columns["anchor"].append(data.queries[query_id])
             columns["positive"].append(data.corpus[document_id])
             for index, negative in enumerate(chosen):
@@ -159,8 +164,11 @@ def validation_corpus(data: RetrievalSet, size: int, *, seed: int) -> dict[str, 
     return {d: data.corpus[d] for d in data.corpus if d in chosen}
 
 
-def _check_output_dir(config: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, after making sure no earlier run is overwritten."""
+def check_output_dir(config: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, after making sure no earlier run is overwritten.
+
+    With ``overwrite``, the earlier run's checkpoints and model are deleted (only those).
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = config.output_dir / "checkpoints"
@@ -169,11 +177,15 @@ def _check_output_dir(config: TrainConfig) -> Path | None:
         if last is None:
             logger.warning("nothing to resume in %s: starting from the base model", checkpoints)
         return Path(last) if last else None
-    if (last or (config.output_dir / "model").exists()) and not config.overwrite:
-        raise SemdbError(
-            f"{config.output_dir} holds an earlier training run",
-            fix="continue it with --resume, choose another --output, or pass --overwrite",
-        )
+    if last or (config.output_dir / "model").exists():
+        if not config.overwrite:
+            raise SemdbError(
+                f"{config.output_dir} holds an earlier training run",
+                fix="continue it with --resume, choose another --output, or pass --overwrite",
+            )
+        if world()[0] == 0:
+            for owned in (checkpoints, config.output_dir / "model"):
+                shutil.rmtree(owned, ignore_errors=True)
     return None
 
 
@@ -212,7 +224,7 @@ def train(
     from transformers import EarlyStoppingCallback, set_seed
 
     rank, world_size = world()
-    resume_from = _check_output_dir(config)
+    resume_from = check_output_dir(config)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
 
@@ -295,8 +307,9 @@ def train(
         logging_first_step=True,
         report_to="none",
         disable_tqdm=False,
+        # On the CPU, accelerate runs DistributedDataParallel (MULTI_CPU, gloo) only with use_cpu.
+        use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world_size > 1 and not torch.cuda.is_available() else None,
-        ddp_find_unused_parameters=False,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
     )
@@ -320,6 +333,9 @@ def train(
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
 
+    in_sync = replicas_in_sync(model) if world_size > 1 else None
+    if in_sync is False:
+        logger.error("the processes ended with different weights: gradients were not synchronised")
     model_dir = config.output_dir / "model"
     state = trainer.state
     if trainer.is_world_process_zero():
@@ -336,6 +352,8 @@ def train(
         train_pairs=len(rows["anchor"]),
         validation_queries=len(validation_data.query_ids) if validation_data else 0,
         metrics_log=log_path,
+        world_size=world_size,
+        replicas_in_sync=in_sync,
     )
     if rank == 0:
         summary = {"config": config.to_json(), "result": result.to_json()}
@@ -343,6 +361,25 @@ def train(
         if model_dir.is_dir():
             (model_dir / "semdb_training.json").write_text(json.dumps(summary, indent=2))
     return result
+
+
+def replicas_in_sync(model: Any) -> bool:
+    """Under torchrun: whether every process holds the same weights (DDP kept them in sync)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    with torch.no_grad():
+        checksum = torch.stack(
+            [p.detach().double().sum() for p in model.parameters()]
+            + [p.detach().double().abs().sum() for p in model.parameters()]
+        ).sum()
+    device = next(model.parameters()).device
+    mine = checksum.reshape(1).to(device)
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    return all(bool(torch.equal(g, gathered[0])) for g in gathered)
 
 
 class MetricsLog(TrainerCallback):

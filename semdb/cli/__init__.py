@@ -41,8 +41,11 @@ def cli() -> None:
 
 def _register() -> None:
     from semdb.cli.db import db
+    from semdb.cli.train import COMMANDS as TRAINING_COMMANDS
 
     cli.add_command(db)
+    for command in TRAINING_COMMANDS:
+        cli.add_command(command)
 
 
 _register()
