@@ -19,6 +19,7 @@ from typing import Any
 
 from semdb.errors import SemdbError
 from training.data import RetrievalSet, load_source
+from training.encoders import encoder_fingerprint
 from training.trainer import TrainConfig, TrainResult, check_output_dir, train, world
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def add_hard_negatives(
         "count": config.hard_negatives,
         "depth": mining.depth,
         "margin": mining.margin,
-        "model": config.base_model if mining.encoder is None else repr(mining.encoder),
+        "model": config.base_model
+        if mining.encoder is None
+        else encoder_fingerprint(mining.encoder) or type(mining.encoder).__name__,
     }
     if rank == 0 and not _negatives_file_matches(path, fingerprint):
         from training.encoders import SentenceTransformerEncoder
