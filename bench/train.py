@@ -156,8 +156,8 @@ def main() -> None:
     import torch
 
     from semdb.db import libpq_uri, resolve_url
+    from training.config import TrainConfig, default_base_model
     from training.fine_tune import MiningOptions, fine_tune
-    from training.trainer import TrainConfig, default_base_model
 
     started = time.perf_counter()
     load_before = os.getloadavg()

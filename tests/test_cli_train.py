@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from .conftest import run_semdb
 from .tiny_retrieval import tiny_retrieval_set, write_beir_folder
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the tiny model gains nothing from threads
+
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -51,7 +53,8 @@ def test_train_then_eval_the_checkpoint(
     pairs_file: Path, tiny_model_dir: Path, tmp_path: Path, engine: sa.Engine
 ) -> None:
     run = tmp_path / "run"
-    trained = run_semdb(*tiny_train_args(pairs_file, run, tiny_model_dir), timeout=300)
+    args = tiny_train_args(pairs_file, run, tiny_model_dir)
+    trained = run_semdb(*args, env=ONE_THREAD, timeout=300)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "trained 6 steps" in trained.stdout
     assert re.search(r"validation nDCG@10 \(\d+ queries\): 0\.\d{4} -> 0\.\d{4}", trained.stdout)
@@ -59,7 +62,7 @@ def test_train_then_eval_the_checkpoint(
     assert summary["result"]["steps"] == 6 and summary["result"]["world_size"] == 1
     assert (run / "model" / "modules.json").is_file()
 
-    again = run_semdb(*tiny_train_args(pairs_file, run, tiny_model_dir))
+    again = run_semdb(*args)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1].startswith("Error: ")
     assert "holds an earlier training run" in again.stderr
@@ -75,7 +78,7 @@ def test_train_then_eval_the_checkpoint(
         str(tiny_model_dir),
         "--json",
         str(report),
-        env={"SEMDB_HOME": str(tmp_path / "home")},
+        env={"SEMDB_HOME": str(tmp_path / "home"), **ONE_THREAD},
         timeout=300,
     )
     assert scored.returncode == 0, scored.stderr[-3000:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,17 @@ from training.negatives import mine_hard_negatives
 from training.vector_search import CorpusTable, exact_search_numpy
 
 from .tiny_retrieval import tiny_retrieval_set
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads, and they spin when the machine is busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class VectorsByText:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from semdb.errors import SemdbError
+from training.config import TrainConfig, check_output_dir, world
 from training.data import RetrievalSet, load_source
 from training.encoders import encoder_fingerprint
-from training.trainer import TrainConfig, TrainResult, check_output_dir, train, world
+from training.trainer import TrainResult, train
 
 logger = logging.getLogger(__name__)
 

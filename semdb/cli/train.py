@@ -175,12 +175,8 @@ def train_command(
     torchrun --nproc_per_node=2 -m semdb train DATA ...
     """
     _quiet_libraries()
+    from training.config import TrainConfig, check_output_dir, default_base_model, world
     from training.data import load_source
-
-    training_data = load_source(data, split=split)  # bad data fails before torch loads
-    require_training_stack()
-    from training.fine_tune import MiningOptions, fine_tune
-    from training.trainer import TrainConfig, default_base_model, world
 
     config = TrainConfig(
         output_dir=output,
@@ -203,6 +199,13 @@ def train_command(
         resume=resume,
         overwrite=overwrite,
     )
+    # Mistakes fail before torch loads: an earlier run in the way, data that cannot be read.
+    if not overwrite:
+        check_output_dir(config)
+    training_data = load_source(data, split=split)
+    require_training_stack()
+    from training.fine_tune import MiningOptions, fine_tune
+
     mining = MiningOptions(depth=negative_depth, margin=negative_margin, cache_dir=_vector_cache())
     result = fine_tune(training_data, config, mining=mining)
     if world()[0] != 0:
