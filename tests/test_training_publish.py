@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
+from semdb.db import libpq_uri
 from semdb.errors import SemdbError
 from training.publish import deep_merge, model_folder, training_metrics, training_summary
+
+from .tiny_retrieval import tiny_retrieval_set
 
 
 def test_metrics_merge_recursively_so_datasets_sit_side_by_side() -> None:
@@ -50,3 +56,39 @@ def test_training_metrics_come_from_the_run_summary(tmp_path: Path) -> None:
     metrics = training_metrics(training_summary(model))
     assert metrics["validation_ndcg@10"] == {"before": 0.61, "best": 0.66}
     assert metrics["steps"] == 120 and metrics["hard_negatives"] == 1
+
+
+def test_a_run_is_exported_registered_and_scored_through_the_onnx_embedder(
+    tiny_model_dir: Path, tmp_path: Path, engine: sa.Engine, database_url: URL
+) -> None:
+    pytest.importorskip("semdb.embed", reason="the ONNX embedder is not merged yet")
+    pytest.importorskip("training.export", reason="the exporter is not merged yet")
+    from semdb.bundles.registry import get_registered
+
+    from training.encoders import SentenceTransformerEncoder, load_encoder
+    from training.evaluate import evaluate
+    from training.publish import publish_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "model")
+    summary = {
+        "config": {"seed": 1},
+        "result": {"steps": 3, "validation_start": 0.4, "best_metric": 0.5},
+    }
+    (run / "training.json").write_text(json.dumps(summary))
+    url = libpq_uri(database_url)
+    published = publish_run(
+        run, name="tiny-published", version="1", out=tmp_path / "bundle", url=url
+    )
+    assert published.registered
+    row = get_registered(engine, "tiny-published", "1")
+    assert row.metrics["training"]["validation_ndcg@10"] == {"before": 0.4, "best": 0.5}
+
+    data = tiny_retrieval_set(60, offset=300)
+    onnx = evaluate(load_encoder(published.bundle_dir, precision="fp32"), data, url=url)
+    torch = evaluate(SentenceTransformerEncoder.load(tiny_model_dir), data, url=url)
+    assert onnx.encoder.startswith("onnx fp32") and torch.encoder.startswith("torch")
+    assert onnx.metrics["ndcg@10"] == pytest.approx(torch.metrics["ndcg@10"], abs=0.01)
+
+    again = publish_run(run, name="tiny-published", version="1", out=tmp_path / "b2", url=url)
+    assert again.metrics["training"]["steps"] == 3  # same weights: registering is idempotent

@@ -88,7 +88,7 @@ def evaluate(
             seconds["load_vectors"] = time.perf_counter() - started
             started = time.perf_counter()
             hits = table.search(query_vectors, depth, progress=progress)
-        search_label = "pgvector exact (SQL ORDER BY <=> LIMIT k)"
+        search_label = "pgvector exact"  # SQL: ORDER BY embedding <=> query LIMIT k, no index
     elif search == "numpy":
         hits = exact_search_numpy(document_ids, corpus_vectors, query_vectors, depth)
         search_label = "numpy exact"
