@@ -233,9 +233,8 @@ def train_command(
 @click.option("--split", default="test", show_default=True, help="BEIR qrels split to score.")
 @click.option(
     "--baseline",
-    default=DEFAULT_BASELINE,
-    show_default=True,
-    help="Model scored beside MODEL (a bundle name, folder, or checkpoint folder).",
+    help="Model scored beside MODEL (a bundle name, folder, or checkpoint folder) "
+    f"[default: {DEFAULT_BASELINE} when it is in the model store].",
 )
 @click.option("--no-baseline", is_flag=True, help="Score MODEL alone.")
 @click.option(
@@ -263,7 +262,7 @@ def eval_command(
     model: str,
     data: Path,
     split: str,
-    baseline: str,
+    baseline: str | None,
     no_baseline: bool,
     backend: str,
     precision: str | None,
@@ -286,7 +285,9 @@ def eval_command(
     _quiet_libraries()
     test = load_beir(data, split)
     evaluations = []
-    models = [model] if no_baseline else [baseline, model]
+    if baseline is None and not no_baseline:
+        baseline = _default_baseline()
+    models = [model] if no_baseline or baseline is None else [baseline, model]
     for name in models:
         encoder = _encoder(name, backend, precision)
         click.echo(f"scoring {name} on {len(test.query_ids)} queries, {len(test.corpus)} documents")
@@ -305,6 +306,23 @@ def eval_command(
         click.echo(f"written: {json_path}")
     if record:
         _record(model, evaluations, data, split, evaluated_at)
+
+
+def _default_baseline() -> str | None:
+    try:
+        from semdb.bundles.store import find_bundle
+    except ImportError:
+        return None
+    try:
+        find_bundle(DEFAULT_BASELINE, verify=False)
+    except SemdbError:
+        click.echo(
+            f"note: no baseline ({DEFAULT_BASELINE} is not in the model store; import it with "
+            "semdb model import, or name one with --baseline)",
+            err=True,
+        )
+        return None
+    return DEFAULT_BASELINE
 
 
 def _encoder(name: str, backend: str, precision: str | None) -> Any:
