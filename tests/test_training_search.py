@@ -142,25 +142,52 @@ def test_evaluation_through_pgvector_equals_exact_search_in_memory(
     assert through_sql.rankings == in_memory.rankings
     assert "encode_corpus" in through_sql.seconds
     assert in_memory.seconds.get("encode_corpus") == 0.0  # read from the cache
-    assert list(tmp_path.glob("corpus-torch-*.npy"))
+    assert list(tmp_path.glob("torch-*/*.keys.npy"))
 
 
-def test_corpus_cache_is_keyed_by_model_and_corpus(
+def test_corpus_cache_is_keyed_by_model_and_reused_per_text(
     tiny_encoder: SentenceTransformerEncoder, tmp_path: Path
 ) -> None:
-    texts = ["one sentence", "another one"]
+    texts = ["one sentence", "another one", "a third"]
     first, seconds = encode_corpus(
-        tiny_encoder, ["a", "b"], texts, corpus_fingerprint="x", cache_dir=tmp_path
+        tiny_encoder, ["a", "b", "c"], texts, corpus_fingerprint="x", cache_dir=tmp_path
     )
     again, cached_seconds = encode_corpus(
-        tiny_encoder, ["a", "b"], texts, corpus_fingerprint="x", cache_dir=tmp_path
+        tiny_encoder, ["a", "b", "c"], texts, corpus_fingerprint="x", cache_dir=tmp_path
     )
     assert seconds > 0 and cached_seconds == 0.0 and np.array_equal(first, again)
+
+    # another corpus (deduplicated, reordered, one new text): only the new text is encoded
+    counting = CountingEncoder(tiny_encoder)
+    other, _ = encode_corpus(
+        counting,
+        ["c", "z", "a"],
+        [texts[2], "brand new", texts[0]],
+        corpus_fingerprint="y",
+        cache_dir=tmp_path,
+    )
+    assert counting.texts == ["brand new"]
+    assert np.array_equal(other[0], first[2]) and np.array_equal(other[2], first[0])
+    assert np.allclose(other[1], tiny_encoder.embed(["brand new"])[0], atol=1e-6)
+
     shorter = SentenceTransformerEncoder(
         tiny_encoder.model, document_max_tokens=4, fingerprint=tiny_encoder._fingerprint
     )
     _, other_seconds = encode_corpus(
-        shorter, ["a", "b"], texts, corpus_fingerprint="x", cache_dir=tmp_path
+        shorter, ["a", "b", "c"], texts, corpus_fingerprint="x", cache_dir=tmp_path
     )
-    assert other_seconds > 0  # a different truncation is a different cache entry
-    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert other_seconds > 0  # a different truncation is a different encoder
+    assert len(list(tmp_path.glob("*/*.keys.npy"))) == 3
+
+
+class CountingEncoder:
+    """Passes texts to another encoder and remembers which."""
+
+    def __init__(self, inner: SentenceTransformerEncoder) -> None:
+        self.inner = inner
+        self.fingerprint = inner.fingerprint
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str], kind: str = "document") -> np.ndarray:
+        self.texts.extend(texts)
+        return self.inner.embed(texts, kind)  # type: ignore[arg-type]

@@ -177,6 +177,11 @@ def encoder_fingerprint(encoder: Any) -> str | None:
     return None
 
 
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """A 20-byte digest per text: how the cache recognises a document in any corpus."""
+    return np.array([hashlib.sha1(t.encode()).digest() for t in texts], dtype="S20")
+
+
 def encode_corpus(
     encoder: Encoder,
     ids: Sequence[str],
@@ -185,24 +190,82 @@ def encode_corpus(
     corpus_fingerprint: str,
     cache_dir: Path | None = None,
 ) -> tuple[np.ndarray, float]:
-    """The documents' vectors and the seconds it took (0 when read from the cache)."""
+    """The documents' vectors and the seconds spent encoding (0 when all came from the cache).
+
+    With ``cache_dir``, vectors are kept per encoder (``<cache_dir>/<encoder>/<corpus>.npy``,
+    with the texts' digests beside them). A corpus seen before is read back whole; for a new
+    corpus, every text any cached corpus of the same encoder holds is reused (a deduplicated
+    or filtered corpus costs nothing), and only the others are encoded.
+    """
+    if len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
     key = encoder_fingerprint(encoder)
-    cache = None
-    if cache_dir is not None and key is not None:
-        cache = Path(cache_dir) / f"corpus-{key}-{corpus_fingerprint}.npy"
-        if cache.is_file():
-            vectors = np.load(cache)
-            if vectors.shape[0] == len(ids):
-                logger.info("corpus vectors read from %s", cache)
-                return vectors, 0.0
+    folder = Path(cache_dir) / key if cache_dir is not None and key is not None else None
+    keys = text_keys(texts)
+    vectors: np.ndarray | None = None
+    missing = np.arange(len(texts))
+    if folder is not None:
+        exact = folder / f"{corpus_fingerprint}.npy"
+        if exact.is_file() and _keys_path(exact).is_file():
+            cached_keys = np.load(_keys_path(exact))
+            if np.array_equal(cached_keys, keys):
+                logger.info("corpus vectors read from %s", exact)
+                return np.load(exact), 0.0
+        vectors, missing = _reuse(folder, keys)
     started = time.perf_counter()
-    vectors = np.asarray(encoder.embed(list(texts), kind="document"), dtype=np.float32)
-    elapsed = time.perf_counter() - started
-    if vectors.shape[0] != len(ids):
-        raise SemdbError(f"the encoder returned {vectors.shape[0]} vectors for {len(ids)} texts")
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".tmp.npy")
-        np.save(partial, vectors)
-        partial.replace(cache)
+    if len(missing):
+        if len(missing) < len(texts):
+            logger.info("%d of %d documents not cached: encoding them", len(missing), len(texts))
+        fresh = np.asarray(
+            encoder.embed([texts[int(i)] for i in missing], kind="document"), dtype=np.float32
+        )
+        if fresh.shape[0] != len(missing):
+            raise SemdbError(
+                f"the encoder returned {fresh.shape[0]} vectors for {len(missing)} texts"
+            )
+        if vectors is None:
+            vectors = np.empty((len(texts), fresh.shape[1]), dtype=np.float32)
+        vectors[missing] = fresh
+    elapsed = time.perf_counter() - started if len(missing) else 0.0
+    assert vectors is not None
+    if folder is not None and len(missing):
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{corpus_fingerprint}.npy"
+        for path, array in ((_keys_path(target), keys), (target, vectors)):
+            partial = path.with_name(path.name + ".partial.npy")
+            np.save(partial, array)
+            partial.replace(path)
     return vectors, elapsed
+
+
+def _keys_path(vectors_path: Path) -> Path:
+    return vectors_path.with_name(vectors_path.stem + ".keys.npy")
+
+
+def _reuse(folder: Path, keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """Vectors for the texts any cached corpus holds; the indices of the texts still missing."""
+    vectors: np.ndarray | None = None
+    found = np.zeros(len(keys), dtype=bool)
+    if not folder.is_dir():
+        return None, np.arange(len(keys))
+    for path in sorted(folder.glob("*.npy")):
+        if path.name.endswith(".keys.npy") or ".partial" in path.name:
+            continue
+        if not _keys_path(path).is_file():
+            continue
+        cached_keys = np.load(_keys_path(path))
+        position = {k: i for i, k in enumerate(cached_keys.tolist())}
+        wanted = [
+            (i, position[k]) for i, k in enumerate(keys.tolist()) if not found[i] and k in position
+        ]
+        if not wanted:
+            continue
+        cached = np.load(path, mmap_mode="r")
+        if vectors is None:
+            vectors = np.empty((len(keys), cached.shape[1]), dtype=np.float32)
+        rows = np.array(wanted)
+        vectors[rows[:, 0]] = cached[rows[:, 1]]
+        found[rows[:, 0]] = True
+        if found.all():
+            break
+    return vectors, np.flatnonzero(~found)
