@@ -1,17 +1,36 @@
 """semdb: a semantic database on PostgreSQL and pgvector.
 
-The runtime never imports torch or transformers; ONNX Runtime is loaded only by the embedder.
+The runtime never imports torch or transformers; ONNX Runtime is loaded only by the embedder
+(``semdb.Embedder`` is imported on first use, so ``import semdb`` stays light).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from semdb.bundles import Bundle
 from semdb.db import EmbeddedServer, create_engine, resolve_url
 from semdb.errors import SemdbError
+
+if TYPE_CHECKING:
+    from semdb.embed import Embedder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bundle",
     "EmbeddedServer",
+    "Embedder",
     "SemdbError",
     "__version__",
     "create_engine",
     "resolve_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Embedder":
+        from semdb.embed import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'semdb' has no attribute {name!r}")

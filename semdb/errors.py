@@ -44,3 +44,19 @@ class EmbeddedServerError(SemdbError):
 
 class SchemaNotReadyError(SemdbError):
     """The database has not been migrated to the revision this semdb needs."""
+
+
+class BundleError(SemdbError):
+    """A model bundle is missing, incomplete, altered (hash mismatch) or malformed."""
+
+
+class ProviderError(SemdbError):
+    """An ONNX Runtime execution provider (CUDA) was asked for but cannot run here."""
+
+
+class InvalidTextError(SemdbError, ValueError):
+    """A text given to the embedder cannot be embedded (not valid UTF-8)."""
+
+
+class TextTypeError(SemdbError, TypeError):
+    """Something other than a string was given to the embedder where a text belongs."""

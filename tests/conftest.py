@@ -123,3 +123,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from .tiny_model import build_tiny_sentence_transformer
 
     return build_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported as a semdb bundle (fp32, fp16 and int8 graphs), built once.
+
+    Its folder is shared by the whole session: copy it before changing anything in it.
+    """
+    from training.export import export_bundle
+
+    target = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
+    return export_bundle(
+        tiny_model_dir, target, name="tiny", version="1", precisions=("fp32", "fp16", "int8")
+    )

@@ -46,3 +46,43 @@ def test_the_help_of_every_command_loads_no_training_stack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_embedder_loads_onnx_runtime_but_no_training_stack() -> None:
+    code = (
+        "import sys, semdb\n"
+        "assert 'onnxruntime' not in sys.modules\n"
+        "semdb.Embedder\n"
+        "assert 'onnxruntime' in sys.modules\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("embed", {"torch", "transformers", "sqlalchemy", "psycopg", "optimum"}),
+        ("bundles", {"torch", "transformers", "onnxruntime", "optimum"}),
+    ],
+)
+def test_a_package_never_imports_what_its_wall_forbids(package: str, forbidden: set[str]) -> None:
+    """A static check of every import statement, so that no later edit slips one in."""
+    import ast
+    from pathlib import Path
+
+    import semdb
+
+    folder = Path(semdb.__file__).parent / package
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"

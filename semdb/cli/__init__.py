@@ -41,9 +41,13 @@ def cli() -> None:
 
 def _register() -> None:
     from semdb.cli.db import db
+    from semdb.cli.embed import embed
+    from semdb.cli.model import model
     from semdb.cli.train import COMMANDS as TRAINING_COMMANDS
 
     cli.add_command(db)
+    cli.add_command(embed)
+    cli.add_command(model)
     for command in TRAINING_COMMANDS:
         cli.add_command(command)
 

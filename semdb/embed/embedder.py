@@ -1,0 +1,229 @@
+"""The Embedder: texts in, float32 vectors out, with ONNX Runtime alone (no torch).
+
+>>> embedder = Embedder.load("all-MiniLM-L6-v2")           # provider "auto": CUDA if it runs
+>>> vectors = embedder.embed(["first document", "second"])  # (2, 384) float32, input order
+>>> query = embedder.embed_query("what is in the documents?")
+>>> embedder.last_stats.truncated                           # texts cut at max_tokens
+
+What each text becomes:
+
+- documents get the manifest's ``document_prefix``, queries its ``query_prefix``;
+- a text longer than the model's ``max_tokens`` is truncated there, exactly as
+  sentence-transformers does, and counted in ``last_stats.truncated``;
+- the empty string (or only whitespace) is embedded as the model embeds a text with no
+  words, i.e. its special tokens alone: the same vector sentence-transformers gives, a valid
+  unit vector but one that carries no meaning. ``last_stats.empty`` counts them, so a caller
+  that prefers NULL can skip them;
+- None, bytes or any other non-string is a ``TypeError`` naming its index; a string that is
+  not valid UTF-8 (lone surrogates) is a ``ValueError`` naming its index. Nothing is embedded
+  then: no vector is ever silently wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from semdb.bundles.bundle import Bundle, check_precision
+from semdb.bundles.store import find_bundle
+from semdb.embed import providers
+from semdb.embed.batching import TextTokenizer, check_texts, pad_batch, plan_batches
+from semdb.embed.session import OnnxSession
+from semdb.errors import SemdbError, TextTypeError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["document", "query"]
+# Padded tokens per batch. On 2-4 CPU cores batches of ~2k tokens keep the activations in
+# cache (bench/embed.py measured 2048 best for MiniLM); a GPU wants far wider batches.
+DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
+# Texts tokenised at a time: bounds memory for very long inputs; sorting happens within it.
+CHUNK_TEXTS = 8192
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    """What the last ``embed`` call did."""
+
+    texts: int
+    truncated: int
+    empty: int
+    tokens: int
+    padded_tokens: int
+    batches: int
+    seconds: float
+
+
+class Embedder:
+    """A model bundle opened with ONNX Runtime on one execution provider and precision."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        session: OnnxSession,
+        precision: str,
+        *,
+        token_budget: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        manifest = bundle.manifest
+        self.bundle = bundle
+        self.session = session
+        self.precision = precision
+        self.provider = session.provider
+        self.threads = threads
+        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET[self.provider]
+        if self.token_budget < 1:
+            raise SemdbError(f"token_budget must be positive, not {self.token_budget}")
+        self.model_name = manifest.name
+        self.model_version = manifest.version
+        self.dimension = manifest.dimension
+        self.max_tokens = manifest.max_tokens
+        self.normalize = manifest.normalize
+        self.query_prefix = manifest.query_prefix
+        self.document_prefix = manifest.document_prefix
+        self.tokenizer = TextTokenizer(bundle.tokenizer_path, manifest.max_tokens)
+        self.last_stats: EmbedStats | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str] | Bundle,
+        *,
+        provider: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        token_budget: int | None = None,
+        io_binding: bool | None = None,
+    ) -> Embedder:
+        """Open a bundle (a Bundle, a folder, ``name`` or ``name@version`` from the store).
+
+        ``provider``: ``auto`` (CUDA when it really runs, else CPU), ``cuda`` (an error when it
+        cannot run) or ``cpu``. ``precision``: None picks fp16 on CUDA (when the bundle has it)
+        and fp32 on the CPU; ``int8`` is CPU only. ``threads``: ONNX Runtime's intra-op
+        threads (default: one per physical core). ``token_budget``: padded tokens per batch.
+        ``io_binding``: None uses it on CUDA only.
+        """
+        request = providers.check_request(provider)
+        if precision is not None:
+            check_precision(precision)
+        if threads is not None and threads < 1:
+            raise SemdbError(f"threads must be a positive number, not {threads}")
+        if token_budget is not None and token_budget < 1:
+            raise SemdbError(f"token_budget must be positive, not {token_budget}")
+        bundle = model if isinstance(model, Bundle) else find_bundle(model)
+        if precision is not None:
+            bundle.onnx_path(precision)  # the bundle has it, or an error naming the file
+        kwargs = {"token_budget": token_budget, "threads": threads}
+
+        if request == "cuda" or (request == "auto" and precision != "int8"):
+            if not providers.cuda_listed():
+                if request == "cuda":
+                    raise providers.cuda_error()
+            else:
+                chosen = precision or providers.default_precision(
+                    "cuda", bundle.available_precisions
+                )
+                providers.check_precision_for("cuda", chosen)
+                session = OnnxSession(
+                    bundle.onnx_path(chosen), "cuda", threads=threads, io_binding=io_binding
+                )
+                if session.provider == "cuda":
+                    return cls(bundle, session, chosen, **kwargs)
+                if request == "cuda":
+                    raise providers.cuda_error()
+                log.info("CUDA is listed but not running (%s); using the CPU", session.provider)
+        chosen = precision or providers.default_precision("cpu", bundle.available_precisions)
+        session = OnnxSession(
+            bundle.onnx_path(chosen), "cpu", threads=threads, io_binding=io_binding
+        )
+        return cls(bundle, session, chosen, **kwargs)
+
+    # -- embedding ----------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: Iterable[str],
+        *,
+        kind: Kind = "document",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Vectors (float32, len(texts) x dimension), in input order.
+
+        ``kind`` picks the manifest's prefix (``document`` or ``query``). ``on_batch(n)`` is
+        called after each batch with the number of texts it held (for progress bars).
+        Statistics land in :attr:`last_stats`.
+        """
+        if kind not in ("document", "query"):
+            raise SemdbError(f"kind must be 'document' or 'query', not {kind!r}")
+        items = check_texts(texts)
+        prefix = self.query_prefix if kind == "query" else self.document_prefix
+        started = time.perf_counter()
+        result = np.empty((len(items), self.dimension), dtype=np.float32)
+        truncated = empty = tokens = padded = batches = 0
+        for start in range(0, len(items), CHUNK_TEXTS):
+            chunk = items[start : start + CHUNK_TEXTS]
+            empty += sum(1 for text in chunk if not text.strip())
+            tokenized = self.tokenizer.tokenize(
+                [prefix + text for text in chunk] if prefix else chunk
+            )
+            truncated += int(tokenized.truncated.sum())
+            tokens += int(tokenized.lengths.sum())
+            for indices in plan_batches(tokenized.lengths, self.token_budget):
+                input_ids, attention_mask = pad_batch(
+                    tokenized.encodings, indices, self.tokenizer.pad_id
+                )
+                vectors = self.session.run(input_ids, attention_mask)
+                if vectors.shape != (len(indices), self.dimension):
+                    raise SemdbError(
+                        f"the model returned vectors of shape {vectors.shape}, expected "
+                        f"({len(indices)}, {self.dimension}): the bundle's manifest does not "
+                        "match its graph"
+                    )
+                result[start + indices] = vectors
+                padded += input_ids.size
+                batches += 1
+                if on_batch is not None:
+                    on_batch(len(indices))
+        if not np.isfinite(result).all():
+            bad = int(np.flatnonzero(~np.isfinite(result).all(axis=1))[0])
+            raise SemdbError(
+                f"the model produced a non-finite vector for text {bad} ({self.precision} on "
+                f"{self.provider})",
+                fix="use precision fp32; if it persists, the bundle is damaged",
+            )
+        self.last_stats = EmbedStats(
+            texts=len(items),
+            truncated=truncated,
+            empty=empty,
+            tokens=tokens,
+            padded_tokens=padded,
+            batches=batches,
+            seconds=time.perf_counter() - started,
+        )
+        if truncated:
+            log.info(
+                "%d of %d texts truncated at %d tokens", truncated, len(items), self.max_tokens
+            )
+        return result
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        """One query's vector (float32, shape (dimension,)), with the query prefix."""
+        if not isinstance(text, str):
+            raise TextTypeError(
+                f"the query is {'None' if text is None else type(text).__name__}, not a string"
+            )
+        return cast("npt.NDArray[np.float32]", self.embed([text], kind="query")[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder({self.model_name}@{self.model_version}, {self.provider}, {self.precision}, "
+            f"dimension={self.dimension})"
+        )
