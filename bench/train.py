@@ -105,7 +105,10 @@ def base_encoders(args: argparse.Namespace, base_model: str) -> dict[str, Any]:
 
     if args.eval_backend == "torch":
         return {"torch": SentenceTransformerEncoder.load(base_model, progress=True)}
-    bundle = export_once(Path(base_model), args.output.parent / "bundles" / "base", "base")
+    from semdb.bundles.store import DEFAULT_MODEL, bundle_dir
+
+    # The store's all-MiniLM-L6-v2 (what `semdb model import` writes), exported if missing.
+    bundle = export_once(Path(base_model), bundle_dir(DEFAULT_MODEL, "1"), DEFAULT_MODEL)
     return onnx_encoders(bundle, args)
 
 
