@@ -220,9 +220,15 @@ def main() -> None:
 
             shutil.rmtree(bundle)
         tuned = onnx_encoders(export_once(model_dir, bundle, "fine-tuned"), args)
-    evaluations = score("base", base, test, url) + score("fine-tuned", tuned, test, url)
+    evaluations: list[Evaluation] = []
+    references: list[int | None] = []
+    for variant in base:  # each fine-tuned row right under the base row it is compared with
+        references += [None, len(evaluations)]
+        evaluations += score("base", {variant: base[variant]}, test, url)
+        evaluations += score("fine-tuned", {variant: tuned[variant]}, test, url)
 
-    console.print(comparison_table(evaluations, title=f"{args.data.name}: test qrels"))
+    title = f"{args.data.name}: test qrels (change over the base in points)"
+    console.print(comparison_table(evaluations, title=title, references=references))
     lifts = summarise(evaluations)
     report_table(train_result, lifts)
     results = {

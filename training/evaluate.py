@@ -123,24 +123,34 @@ def describe_encoder(encoder: Any) -> str:
     return " ".join(parts)
 
 
-def comparison_table(evaluations: Sequence[Evaluation], *, title: str | None = None) -> Any:
-    """A rich table: one row per model, the metrics, and each row's change over the first."""
+def comparison_table(
+    evaluations: Sequence[Evaluation],
+    *,
+    title: str | None = None,
+    references: Sequence[int | None] | None = None,
+) -> Any:
+    """A rich table: one row per model, the metrics, and each row's change in points.
+
+    ``references[i]`` is the row that row ``i`` is compared with (None: no change shown);
+    by default every row after the first is compared with the first.
+    """
     from rich.table import Table
 
+    if references is None:
+        references = [None, *([0] * (len(evaluations) - 1))]
     table = Table(title=title)
     table.add_column("model")
     names = list(evaluations[0].metrics) if evaluations else []
     for name in names:
         table.add_column(name, justify="right")
     table.add_column("encoder / search")
-    base = evaluations[0] if evaluations else None
-    for index, evaluation in enumerate(evaluations):
+    for evaluation, reference in zip(evaluations, references, strict=True):
         cells = []
         for name in names:
             value = evaluation.metrics[name]
             cell = f"{value:.4f}"
-            if index and base is not None:
-                cell += f" ({100 * (value - base.metrics[name]):+.2f})"
+            if reference is not None:
+                cell += f" ({100 * (value - evaluations[reference].metrics[name]):+.2f})"
             cells.append(cell)
         table.add_row(evaluation.model, *cells, f"{evaluation.encoder} / {evaluation.search}")
     return table
