@@ -85,7 +85,8 @@ def test_a_run_is_exported_registered_and_scored_through_the_onnx_embedder(
     assert row.metrics["training"]["validation_ndcg@10"] == {"before": 0.4, "best": 0.5}
 
     data = tiny_retrieval_set(60, offset=300)
-    onnx = evaluate(load_encoder(published.bundle_dir, precision="fp32"), data, url=url)
+    encoder = load_encoder(published.bundle_dir, precision="fp32")
+    onnx = evaluate(encoder, data, url=url, progress=True, cache_dir=tmp_path / "cache")
     torch = evaluate(SentenceTransformerEncoder.load(tiny_model_dir), data, url=url)
     assert onnx.encoder.startswith("onnx fp32") and torch.encoder.startswith("torch")
     assert onnx.metrics["ndcg@10"] == pytest.approx(torch.metrics["ndcg@10"], abs=0.01)

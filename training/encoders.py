@@ -189,6 +189,7 @@ def encode_corpus(
     *,
     corpus_fingerprint: str,
     cache_dir: Path | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, float]:
     """The documents' vectors and the seconds spent encoding (0 when all came from the cache).
 
@@ -216,9 +217,7 @@ def encode_corpus(
     if len(missing):
         if len(missing) < len(texts):
             logger.info("%d of %d documents not cached: encoding them", len(missing), len(texts))
-        fresh = np.asarray(
-            encoder.embed([texts[int(i)] for i in missing], kind="document"), dtype=np.float32
-        )
+        fresh = embed_documents(encoder, [texts[int(i)] for i in missing], progress=progress)
         if fresh.shape[0] != len(missing):
             raise SemdbError(
                 f"the encoder returned {fresh.shape[0]} vectors for {len(missing)} texts"
@@ -236,6 +235,17 @@ def encode_corpus(
             np.save(partial, array)
             partial.replace(path)
     return vectors, elapsed
+
+
+def embed_documents(encoder: Encoder, texts: list[str], *, progress: bool = False) -> np.ndarray:
+    """``encoder.embed(texts, kind="document")``, with a progress bar for semdb's Embedder."""
+    if not progress or not hasattr(encoder, "bundle"):  # the torch encoder shows its own
+        return np.asarray(encoder.embed(texts, kind="document"), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(texts), desc="embedding documents", unit="doc") as bar:
+        vectors = encoder.embed(texts, kind="document", on_batch=bar.update)  # type: ignore[call-arg]
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def _keys_path(vectors_path: Path) -> Path:

@@ -74,6 +74,7 @@ def evaluate(
             [data.corpus[d] for d in document_ids],
             corpus_fingerprint=data.fingerprint(),
             cache_dir=cache_dir,
+            progress=progress,
         )
     query_ids = data.query_ids
     started = time.perf_counter()

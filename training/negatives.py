@@ -91,6 +91,7 @@ def mine_hard_negatives(
             [data.corpus[d] for d in document_ids],
             corpus_fingerprint=data.fingerprint(),
             cache_dir=cache_dir,
+            progress=progress,
         )
     row_of = {document_id: row for row, document_id in enumerate(document_ids)}
     query_ids = data.query_ids
