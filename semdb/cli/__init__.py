@@ -45,6 +45,7 @@ def _register() -> None:
     from semdb.cli.embed import embed
     from semdb.cli.model import model
     from semdb.cli.sql import sql_command
+    from semdb.cli.train import COMMANDS as TRAINING_COMMANDS
     from semdb.cli.worker import worker
 
     cli.add_command(db)
@@ -53,6 +54,8 @@ def _register() -> None:
     cli.add_command(worker)
     cli.add_command(backfill)
     cli.add_command(sql_command)
+    for command in TRAINING_COMMANDS:
+        cli.add_command(command)
 
 
 _register()

@@ -1,0 +1,441 @@
+"""``semdb train``, ``semdb eval``, ``semdb export``: fine-tune on your data, measure, ship.
+
+The loop::
+
+    semdb train "SELECT question, answer FROM faq" -o runs/faq      # fine-tune (torch)
+    semdb export runs/faq --name faq-minilm                          # ONNX bundle, registered
+    semdb eval faq-minilm ./my-beir-folder --split test --record     # scores beside the base
+
+Thin wrappers over :mod:`training` (which needs the ``train`` extra: torch, transformers,
+sentence-transformers, optimum). Nothing here imports torch until a command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from semdb.errors import SemdbError
+
+TRAIN_EXTRA_FIX = "install the training extra: pip install 'semdb[train]'"
+DEFAULT_BASELINE = "all-MiniLM-L6-v2"
+
+
+def require_training_stack() -> None:
+    """Import torch and sentence-transformers now, or fail with the fix."""
+    import importlib
+
+    for module in ("torch", "transformers", "sentence_transformers", "datasets"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SemdbError(
+                f"this command needs the training extra ({module} is not installed)",
+                fix=TRAIN_EXTRA_FIX,
+            ) from exc
+
+
+def _quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("training").setLevel(logging.INFO)
+
+
+def _vector_cache() -> Path:
+    from semdb.config import semdb_home
+
+    return semdb_home() / "cache" / "vectors"
+
+
+# --- semdb train --------------------------------------------------------------------------
+
+
+@click.command("train")
+@click.argument("data")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/fine-tuned"),
+    show_default=True,
+    help="Run folder: checkpoints/, model/, metrics.jsonl, training.json.",
+)
+@click.option("--split", default="train", show_default=True, help="BEIR qrels split to train on.")
+@click.option(
+    "--base-model", help="Model folder to start from [default: packaged all-MiniLM-L6-v2]."
+)
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs).")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Pairs per step and device: each query's in-batch negatives are the others' documents.",
+)
+@click.option(
+    "--mini-batch-size",
+    type=int,
+    help="Below --batch-size: the cached (GradCache) loss, large batches in small memory.",
+)
+@click.option("--learning-rate", "--lr", type=float, default=5e-5, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
+@click.option(
+    "--max-seq-length",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Tokens kept per text while training (the exported model keeps its own maximum).",
+)
+@click.option(
+    "--hard-negatives",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Negatives per query mined with the base model through pgvector.",
+)
+@click.option(
+    "--negative-margin",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Skip neighbours scoring above (1 - margin) x the positive's score (likely positives).",
+)
+@click.option(
+    "--negative-depth",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Nearest neighbours looked at per query when mining.",
+)
+@click.option("--validation-fraction", type=float, default=0.05, show_default=True)
+@click.option("--validation-queries", type=int, default=500, show_default=True, help="At most.")
+@click.option("--eval-steps", type=int, help="Validate (and checkpoint) every N steps [5 times].")
+@click.option(
+    "--patience",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Stop after this many validations without a better nDCG@10 (0: never).",
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--amp",
+    type=click.Choice(["auto", "off", "fp16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Mixed precision on CUDA (bf16 where supported); never on the CPU.",
+)
+@click.option("--time-budget", type=float, help="Stop after this many minutes (and save).")
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --output.")
+def train_command(
+    data: str,
+    output: Path,
+    split: str,
+    base_model: str | None,
+    epochs: float,
+    max_steps: int | None,
+    batch_size: int,
+    mini_batch_size: int | None,
+    learning_rate: float,
+    warmup_ratio: float,
+    max_seq_length: int,
+    hard_negatives: int,
+    negative_margin: float,
+    negative_depth: int,
+    validation_fraction: float,
+    validation_queries: int,
+    eval_steps: int | None,
+    patience: int,
+    seed: int,
+    amp: str,
+    time_budget: float | None,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    """Fine-tune a text encoder on DATA: a BEIR folder, a .jsonl file, or an SQL query.
+
+    \b
+    DATA examples:
+      ./my-beir-folder                      corpus.jsonl, queries.jsonl, qrels/train.tsv
+      pairs.jsonl                           {"query": ..., "positive": ..., "negative": ...}
+      "SELECT question, answer FROM faq"    run read-only on the semdb database
+
+    Pairs are deduplicated and split (seeded) into train and validation; training stops
+    early when the validation nDCG@10 stops improving. Runs unchanged under torchrun:
+    torchrun --nproc_per_node=2 -m semdb train DATA ...
+    """
+    _quiet_libraries()
+    from training.config import TrainConfig, check_output_dir, default_base_model, world
+    from training.data import load_source
+
+    config = TrainConfig(
+        output_dir=output,
+        base_model=base_model or default_base_model(),
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        mini_batch_size=mini_batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=warmup_ratio,
+        max_seq_length=max_seq_length,
+        hard_negatives=hard_negatives,
+        seed=seed,
+        amp=amp,  # type: ignore[arg-type]
+        eval_steps=eval_steps,
+        early_stopping_patience=patience or None,
+        validation_fraction=validation_fraction,
+        max_validation_queries=validation_queries,
+        time_budget_minutes=time_budget,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    # Mistakes fail before torch loads: an earlier run in the way, data that cannot be read.
+    if not overwrite:
+        check_output_dir(config)
+    training_data = load_source(data, split=split)
+    require_training_stack()
+    from training.fine_tune import MiningOptions, fine_tune
+
+    mining = MiningOptions(depth=negative_depth, margin=negative_margin, cache_dir=_vector_cache())
+    result = fine_tune(training_data, config, mining=mining)
+    if world()[0] != 0:
+        return
+    before, best = result.validation_start, result.best_metric
+    click.echo(
+        f"trained {result.steps} steps in {result.seconds:.0f} s on {result.train_pairs} pairs"
+    )
+    if before is not None and best is not None:
+        click.echo(
+            f"validation nDCG@10 ({result.validation_queries} queries): "
+            f"{before:.4f} -> {best:.4f} ({100 * (best - before):+.2f} points)"
+        )
+    click.echo(f"model: {result.model_dir}")
+    click.echo(f"metrics log: {result.metrics_log}")
+    click.echo(f"next: semdb export {output} --name NAME, then semdb eval NAME DATA --split test")
+
+
+# --- semdb eval ---------------------------------------------------------------------------
+
+
+@click.command("eval")
+@click.argument("model")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="BEIR qrels split to score.")
+@click.option(
+    "--baseline",
+    help="Model scored beside MODEL (a bundle name, folder, or checkpoint folder) "
+    f"[default: {DEFAULT_BASELINE} when it is in the model store].",
+)
+@click.option("--no-baseline", is_flag=True, help="Score MODEL alone.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnx", "torch"]),
+    default="auto",
+    show_default=True,
+    help="auto: semdb's ONNX embedder for bundles, PyTorch for checkpoint folders.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    help="ONNX graph to run [default: the embedder's choice, as users get it].",
+)
+@click.option(
+    "--search",
+    type=click.Choice(["pgvector", "numpy"]),
+    default="pgvector",
+    show_default=True,
+    help="pgvector: exact top-k by SQL in the database; numpy: exact, in memory.",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--record", is_flag=True, help="Store the scores in the model registry.")
+def eval_command(
+    model: str,
+    data: Path,
+    split: str,
+    baseline: str | None,
+    no_baseline: bool,
+    backend: str,
+    precision: str | None,
+    search: str,
+    json_path: Path | None,
+    record: bool,
+) -> None:
+    """Score MODEL on a BEIR folder's qrels: nDCG@10, MRR@10, Recall@10, Recall@100.
+
+    The corpus and queries are embedded by MODEL, the corpus vectors copied into a pgvector
+    table and each query's top 100 asked for by SQL, exact: the path users' queries take.
+    """
+    import json
+
+    from rich.console import Console
+
+    from training.data import load_beir
+    from training.evaluate import comparison_table
+
+    _quiet_libraries()
+    test = load_beir(data, split)
+    evaluations = []
+    if baseline is None and not no_baseline:
+        baseline = _default_baseline()
+    models = [model] if no_baseline or baseline is None else [baseline, model]
+    for name in models:
+        encoder = _encoder(name, backend, precision)
+        click.echo(f"scoring {name} on {len(test.query_ids)} queries, {len(test.corpus)} documents")
+        evaluations.append(_evaluate(encoder, test, name, search))
+    Console().print(comparison_table(evaluations, title=f"{data.name} / {split}"))
+    evaluated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results = {
+        "data": str(data),
+        "split": split,
+        "evaluated_at": evaluated_at,
+        "models": [e.to_json() for e in evaluations],
+    }
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2))
+        click.echo(f"written: {json_path}")
+    if record:
+        _record(model, evaluations, data, split, evaluated_at)
+
+
+def _default_baseline() -> str | None:
+    try:
+        from semdb.bundles.store import find_bundle
+    except ImportError:
+        return None
+    try:
+        find_bundle(DEFAULT_BASELINE, verify=False)
+    except SemdbError:
+        click.echo(
+            f"note: no baseline ({DEFAULT_BASELINE} is not in the model store; import it with "
+            "semdb model import, or name one with --baseline)",
+            err=True,
+        )
+        return None
+    return DEFAULT_BASELINE
+
+
+def _encoder(name: str, backend: str, precision: str | None) -> Any:
+    from training.encoders import load_encoder
+
+    if backend == "torch" or (backend == "auto" and _is_checkpoint(name)):
+        require_training_stack()
+    return load_encoder(name, backend=backend, precision=precision, progress=True)  # type: ignore[arg-type]
+
+
+def _is_checkpoint(name: str) -> bool:
+    path = Path(name).expanduser()
+    return path.is_dir() and (path / "modules.json").is_file()
+
+
+def _evaluate(encoder: Any, data: Any, name: str, search: str) -> Any:
+    from training.evaluate import evaluate
+
+    return evaluate(
+        encoder,
+        data,
+        model=name,
+        search="numpy" if search == "numpy" else "pgvector",
+        cache_dir=_vector_cache(),
+        progress=True,
+    )
+
+
+def _record(model: str, evaluations: list[Any], data: Path, split: str, when: str) -> None:
+    from semdb.bundles.store import find_bundle
+    from semdb.db import create_engine
+    from training.publish import record_model_metrics
+
+    if _is_checkpoint(model):
+        raise SemdbError(
+            f"{model} is a checkpoint folder, not a registered bundle: nothing to record",
+            fix=f"export it first: semdb export {model} --name NAME",
+        )
+    bundle = find_bundle(model, verify=False)
+    scored = evaluations[-1]
+    entry: dict[str, Any] = {
+        **scored.metrics,
+        "queries": scored.queries,
+        "documents": scored.documents,
+        "encoder": scored.encoder,
+        "search": scored.search,
+        "evaluated_at": when,
+    }
+    if len(evaluations) > 1:
+        entry["baseline"] = {"model": evaluations[0].model, **evaluations[0].metrics}
+    engine = create_engine()
+    try:
+        record_model_metrics(
+            engine, bundle.name, bundle.version, {"eval": {f"{data.name}/{split}": entry}}
+        )
+    finally:
+        engine.dispose()
+    click.echo(f"recorded in the registry: {bundle.name} {bundle.version}")
+
+
+# --- semdb export -------------------------------------------------------------------------
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Bundle name (letters, digits, . _ + -).")
+@click.option("--version", "version_", default="1", show_default=True, help="Bundle version.")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    help="Graphs to write (repeat) [default: fp32 and int8; add fp16 for CUDA].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the bundle here instead of the model store (SEMDB_HOME/models).",
+)
+@click.option("--no-register", is_flag=True, help="Do not record the bundle in the database.")
+@click.option("--activate", is_flag=True, help="Make it the active version of its name.")
+def export_command(
+    run: Path,
+    name: str,
+    version_: str,
+    precisions: tuple[str, ...],
+    out: Path | None,
+    no_register: bool,
+    activate: bool,
+) -> None:
+    """Export a training RUN (or a model folder) to an ONNX bundle and register it.
+
+    Pooling and normalisation are inside the graph; the export fails unless the fp32 graph
+    matches PyTorch (cosine >= 0.9999). The run's validation scores go into the registry.
+    """
+    require_training_stack()
+    _quiet_libraries()
+    from training.publish import publish_run
+
+    published = publish_run(
+        run,
+        name=name,
+        version=version_,
+        precisions=precisions or ("fp32", "int8"),
+        out=out,
+        register=not no_register,
+        activate=activate,
+        progress=lambda message: click.echo(f"  {message}", err=True),
+    )
+    click.echo(f"bundle: {published.bundle_dir}")
+    if published.registered:
+        click.echo(f"registered as {name} {version_}")
+    click.echo(f"next: semdb eval {name}@{version_} DATA --split test --record")
+
+
+COMMANDS = (train_command, eval_command, export_command)

@@ -1,0 +1,141 @@
+"""One call from the user's data to a fine-tuned model: load, dedupe, split, mine, train.
+
+>>> result = fine_tune("SELECT question, answer FROM faq", TrainConfig(output_dir=Path("runs/faq")))
+
+What ``semdb train`` runs. Under torchrun every process calls it with the same arguments:
+they load and split the data identically (seeded), the first process mines the hard
+negatives and writes them to ``output_dir/negatives.json``, the others read that file, and
+the trainer runs DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semdb.errors import SemdbError
+from training.config import TrainConfig, check_output_dir, world
+from training.data import RetrievalSet, load_source
+from training.encoders import encoder_fingerprint
+from training.trainer import TrainResult, train
+
+logger = logging.getLogger(__name__)
+
+NEGATIVES_FILE = "negatives.json"
+
+
+@dataclass
+class MiningOptions:
+    """How hard negatives are mined (only when ``TrainConfig.hard_negatives`` > 0)."""
+
+    depth: int = 30
+    margin: float = 0.05
+    encoder: Any = None  # an Encoder; default: the base model (PyTorch)
+    cache_dir: Path | None = None
+    url: str | None = None
+
+
+def prepare_data(
+    source: str | RetrievalSet, config: TrainConfig, *, split: str = "train", url: str | None = None
+) -> tuple[RetrievalSet, RetrievalSet | None]:
+    """Load and deduplicate the data, then split it (train, validation) with the config's seed."""
+    data = source if isinstance(source, RetrievalSet) else load_source(source, split=split, url=url)
+    data, report = data.deduplicated()
+    logger.info("training data: %d pairs, %d queries; %s", len(data), len(data.queries), report)
+    if config.validation_fraction <= 0:
+        return data, None
+    train_set, validation_set = data.split(
+        config.validation_fraction, seed=config.seed, max_validation=config.max_validation_queries
+    )
+    if not validation_set.query_ids:
+        return train_set, None
+    return train_set, validation_set
+
+
+def add_hard_negatives(
+    train_set: RetrievalSet, config: TrainConfig, mining: MiningOptions
+) -> RetrievalSet:
+    """``train_set`` with mined negatives: mined by the first process, shared through a file."""
+    path = config.output_dir / NEGATIVES_FILE
+    rank, world_size = world()
+    fingerprint = {
+        "corpus": train_set.fingerprint(),
+        "queries": len(train_set.query_ids),
+        "count": config.hard_negatives,
+        "depth": mining.depth,
+        "margin": mining.margin,
+        "model": config.base_model
+        if mining.encoder is None
+        else encoder_fingerprint(mining.encoder) or type(mining.encoder).__name__,
+    }
+    if rank == 0 and not _negatives_file_matches(path, fingerprint):
+        from training.encoders import SentenceTransformerEncoder
+        from training.negatives import mine_hard_negatives
+
+        encoder = mining.encoder or SentenceTransformerEncoder.load(
+            config.base_model, progress=True
+        )
+        mined, report = mine_hard_negatives(
+            encoder,
+            train_set,
+            count=config.hard_negatives,
+            depth=mining.depth,
+            margin=mining.margin,
+            url=mining.url,
+            cache_dir=mining.cache_dir,
+            progress=True,
+        )
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(
+            json.dumps(
+                {
+                    "fingerprint": fingerprint,
+                    "report": report.to_json(),
+                    "negatives": mined.negatives,
+                }
+            )
+        )
+        partial.replace(path)
+    elif world_size > 1:
+        _wait_for(path, fingerprint)
+    saved = json.loads(path.read_text())
+    logger.info("hard negatives: %s", saved["report"])
+    return train_set.with_negatives(saved["negatives"])
+
+
+def _negatives_file_matches(path: Path, fingerprint: dict[str, Any]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text()).get("fingerprint") == fingerprint)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _wait_for(path: Path, fingerprint: dict[str, Any], timeout: float = 6 * 3600) -> None:
+    deadline = time.monotonic() + timeout
+    while not _negatives_file_matches(path, fingerprint):
+        if time.monotonic() > deadline:
+            raise SemdbError(f"gave up waiting for the first process to write {path}")
+        time.sleep(2.0)
+
+
+def fine_tune(
+    source: str | RetrievalSet,
+    config: TrainConfig,
+    *,
+    split: str = "train",
+    url: str | None = None,
+    mining: MiningOptions | None = None,
+) -> TrainResult:
+    """Fine-tune ``config.base_model`` on ``source`` (a folder, a .jsonl file or a SELECT)."""
+    check_output_dir(config)  # refuse to overwrite an earlier run before any long work
+    train_set, validation_set = prepare_data(source, config, split=split, url=url)
+    if config.hard_negatives > 0:
+        train_set = add_hard_negatives(train_set, config, mining or MiningOptions(url=url))
+    return train(config, train_set, validation_set)
