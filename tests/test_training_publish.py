@@ -64,7 +64,6 @@ def test_a_run_is_exported_registered_and_scored_through_the_onnx_embedder(
     pytest.importorskip("semdb.embed", reason="the ONNX embedder is not merged yet")
     pytest.importorskip("training.export", reason="the exporter is not merged yet")
     from semdb.bundles.registry import get_registered
-
     from training.encoders import SentenceTransformerEncoder, load_encoder
     from training.evaluate import evaluate
     from training.publish import publish_run

@@ -40,8 +40,11 @@ def corpus_sentences(limit: int = 600) -> list[str]:
     return unique[:limit]
 
 
-def build_tiny_sentence_transformer(target: Path, *, vocab_size: int = 1000) -> Path:
-    """Write a sentence-transformers model folder at ``target`` and return it."""
+def build_tiny_sentence_transformer(
+    target: Path, *, vocab_size: int = 1000, hidden_size: int = 32
+) -> Path:
+    """Write a sentence-transformers model folder at ``target`` and return it
+    (``hidden_size``: the embedding dimension)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -89,10 +92,10 @@ def build_tiny_sentence_transformer(target: Path, *, vocab_size: int = 1000) -> 
     torch.manual_seed(SEED)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=MAX_TOKENS * 2,
     )
     BertModel(config).save_pretrained(backbone)

@@ -237,6 +237,29 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, record
 
 
+def load_beir_corpus(folder: str | Path) -> dict[str, str]:
+    """The documents of a BEIR-layout folder (``corpus.jsonl``): id -> title and text joined
+    by a space (the title may be empty), whitespace normalised."""
+    path = Path(folder) / "corpus.jsonl"
+    if not path.is_file():
+        raise TrainingDataError(
+            f"{folder} is not a BEIR folder: corpus.jsonl is missing",
+            fix="give a folder with corpus.jsonl (and queries.jsonl, qrels/<split>.tsv)",
+        )
+    corpus: dict[str, str] = {}
+    for number, record in _read_jsonl(path):
+        document_id = _field(record, "_id", path, number)
+        title = str(record.get("title") or "")
+        text = str(record.get("text") or "")
+        corpus[document_id] = normalise_text(f"{title} {text}")
+    return corpus
+
+
+def qrels_splits(folder: str | Path) -> list[str]:
+    """The qrels splits a BEIR folder has (``["test", "train"]``), sorted."""
+    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+
+
 def load_beir(folder: str | Path, split: str = "train") -> RetrievalSet:
     """Load a BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
 
@@ -247,19 +270,14 @@ def load_beir(folder: str | Path, split: str = "train") -> RetrievalSet:
     qrels_path = folder / "qrels" / f"{split}.tsv"
     for required in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
         if not required.is_file():
-            available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+            available = qrels_splits(folder)
             hint = f" (qrels splits here: {', '.join(available)})" if available else ""
             raise TrainingDataError(
                 f"{folder} is not a BEIR folder: {required.name} is missing{hint}",
                 fix="give a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv",
             )
     qrels = _read_qrels(qrels_path)
-    corpus: dict[str, str] = {}
-    for number, record in _read_jsonl(folder / "corpus.jsonl"):
-        document_id = _field(record, "_id", folder / "corpus.jsonl", number)
-        title = str(record.get("title") or "")
-        text = str(record.get("text") or "")
-        corpus[document_id] = normalise_text(f"{title} {text}")
+    corpus = load_beir_corpus(folder)
     queries: dict[str, str] = {}
     wanted = set(qrels)
     for number, record in _read_jsonl(folder / "queries.jsonl"):

