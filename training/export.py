@@ -38,7 +38,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -251,7 +252,7 @@ def _export_graph(model: Any, folder: Path, opset: int) -> Path:
     from optimum.exporters.onnx import onnx_export_from_model
     from torch.jit import TracerWarning
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_logs():
         # Tracing warns about Python-side branches that are constant for this architecture,
         # and about the TorchScript exporter being legacy; the parity check decides.
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -343,19 +344,35 @@ def _append_l2_normalisation(graph: Any) -> None:
     assert output.type.tensor_type.elem_type == TensorProto.FLOAT
 
 
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Silence the root and optimum loggers below ERROR meanwhile: their advice (opset 18,
+    pre-processing before quantization) does not apply here and reads like a failure."""
+    loggers = [logging.getLogger(), logging.getLogger("optimum")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _write_int8(source: Path, target: Path) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        source,
-        target,
-        per_channel=True,
-        reduce_range=False,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=list(INT8_OPERATORS),
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with _quiet_logs():  # "consider pre-processing": advice for CNNs, not these graphs
+        quantize_dynamic(
+            source,
+            target,
+            per_channel=True,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OPERATORS),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return {
         "method": "dynamic",
         "per_channel": True,

@@ -6,6 +6,7 @@ Heavy dependencies (ONNX Runtime, torch) are imported inside the commands that n
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -64,4 +65,7 @@ _register()
 
 
 def main() -> None:
+    # semdb reads models from local folders and PyPI packages only: a hub is never asked,
+    # even by libraries that would (transformers looks up configurations when online).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cli(prog_name="semdb")
