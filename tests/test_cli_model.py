@@ -157,3 +157,27 @@ def test_import_without_the_training_extra_says_what_to_install(tmp_path: Path) 
     (line,) = result.stderr.strip().splitlines()
     assert "importing a model needs torch and optimum" in line
     assert "Fix: install the training extra: pip install 'semdb[train]'" in line
+
+
+def test_import_of_the_default_model_again_only_registers_it(
+    engine: sa.Engine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Deployments run `semdb model import` on every start: the second time it must succeed
+    without exporting (here the store holds a bundle under the default model's name)."""
+    from semdb.bundles import DEFAULT_MODEL
+    from training.export import export_bundle
+
+    home = tmp_path / "home"
+    export_bundle(
+        tiny_model_dir,
+        home / "models" / DEFAULT_MODEL / "1",
+        name=DEFAULT_MODEL,
+        version="1",
+        precisions=("fp32",),
+    )
+    before = sorted(p.name for p in (home / "models" / DEFAULT_MODEL).iterdir())
+    result = run_semdb("model", "import", env={"SEMDB_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert f"{DEFAULT_MODEL} 1 is already in the store" in result.stdout
+    assert "in the database as model id" in result.stdout
+    assert sorted(p.name for p in (home / "models" / DEFAULT_MODEL).iterdir()) == before

@@ -17,12 +17,13 @@ import sqlalchemy as sa
 from rich.console import Console
 from sqlalchemy.engine import URL
 
-from semdb.db import libpq_uri
+from semdb.config import DATABASE_URL_VARIABLE
+from semdb.db import create_engine, libpq_uri
 from semdb.errors import SemdbError
 from semdb.quickstart.job import QuickstartReport, run_quickstart
 from semdb.quickstart.tables import table_name_for
 
-from .conftest import run_semdb
+from .conftest import fresh_database, run_semdb
 from .tiny_retrieval import tiny_retrieval_set, write_beir_folder
 
 MODULES = ("json", "csv", "email", "hashlib", "argparse", "getopt", "optparse", "asyncio")
@@ -31,6 +32,22 @@ MODULES = ("json", "csv", "email", "hashlib", "argparse", "getopt", "optparse", 
 def quickstart(console_file: io.StringIO | None = None, **options: object) -> QuickstartReport:
     console = Console(file=console_file or io.StringIO(), width=120)
     return run_quickstart(console=console, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def database_url(server_url: URL) -> Iterator[URL]:
+    """A database of this module's own: the quickstart registers its columns, which other
+    modules' tests (counting registered columns) must not see."""
+    with fresh_database(server_url) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATABASE_URL_VARIABLE, libpq_uri(url))
+        yield url
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: URL) -> Iterator[sa.Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="module")
