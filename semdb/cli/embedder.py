@@ -15,14 +15,20 @@ MODEL_HELP = (
 PROVIDER_CHOICES = ["auto", "cpu", "cuda"]
 
 
-def model_option(function: Any) -> Any:
-    function = click.option(
+def provider_option(function: Any) -> Any:
+    """``--provider auto|cpu|cuda``."""
+    return click.option(
         "--provider",
         type=click.Choice(PROVIDER_CHOICES),
         default="auto",
         show_default=True,
         help="ONNX Runtime execution provider.",
     )(function)
+
+
+def model_option(function: Any) -> Any:
+    """``--model`` (default: the registered columns' model) and ``--provider``."""
+    function = provider_option(function)
     return click.option("--model", "model", default=None, help=MODEL_HELP)(function)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from semdb.cli.embedder import PROVIDER_CHOICES
+from semdb.bundles import PRECISIONS
+from semdb.cli.embedder import provider_option
 
 
 def _modules(value: str | None) -> tuple[str, ...]:
@@ -33,16 +34,10 @@ def _modules(value: str | None) -> tuple[str, ...]:
     metavar="NAME,NAME",
     help="Only these standard library modules (e.g. json,pathlib): a quicker first look.",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(PROVIDER_CHOICES),
-    default="auto",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
+@provider_option
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="Graph precision (default: fp16 on CUDA, fp32 on the CPU; int8 is faster on a CPU).",
 )

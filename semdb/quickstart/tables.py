@@ -8,6 +8,7 @@ built per model: the vector's dimension is the model's.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,16 +32,7 @@ def stdlib_docs_table(metadata: sa.MetaData, *, model: str, dimension: int) -> s
         sa.Column("signature", sa.Text, nullable=False),
         sa.Column("summary", sa.Text, nullable=False),
         sa.Column("doc", sa.Text, nullable=False),
-        embedding_column(
-            "qualname",
-            "summary",
-            model=model,
-            dimension=dimension,
-            index=HNSW(),
-            sync="manual",
-            fulltext="english",
-            name="embedding",
-        ).column,
+        _embedding("qualname", "summary", model=model, dimension=dimension),
         schema=SCHEMA,
     )
 
@@ -52,17 +44,23 @@ def documents_table(metadata: sa.MetaData, name: str, *, model: str, dimension: 
         metadata,
         sa.Column("id", sa.Text, primary_key=True),
         sa.Column("text", sa.Text, nullable=False),
-        embedding_column(
-            "text",
-            model=model,
-            dimension=dimension,
-            index=HNSW(),
-            sync="manual",
-            fulltext="english",
-            name="embedding",
-        ).column,
+        _embedding("text", model=model, dimension=dimension),
         schema=SCHEMA,
     )
+
+
+def _embedding(*sources: str, model: str, dimension: int) -> sa.Column[Any]:
+    """The vector column: HNSW for cosine distance, a GIN full-text index for hybrid search,
+    kept by the quickstart itself (``sync="manual"``: it runs :func:`semdb.backfill`)."""
+    return embedding_column(
+        *sources,
+        model=model,
+        dimension=dimension,
+        index=HNSW(),
+        sync="manual",
+        fulltext="english",
+        name="embedding",
+    ).column
 
 
 def table_name_for(folder_name: str) -> str:
