@@ -40,7 +40,9 @@ def corpus_sentences(limit: int = 600) -> list[str]:
     return unique[:limit]
 
 
-def build_tiny_sentence_transformer(target: Path, *, vocab_size: int = 1000) -> Path:
+def build_tiny_sentence_transformer(
+    target: Path, *, vocab_size: int = 1000, hidden_size: int = 32, seed: int | None = None
+) -> Path:
     """Write a sentence-transformers model folder at ``target`` and return it."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -86,10 +88,10 @@ def build_tiny_sentence_transformer(target: Path, *, vocab_size: int = 1000) -> 
     )
     fast.save_pretrained(backbone)
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED if seed is None else seed)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
@@ -103,7 +105,9 @@ def build_tiny_sentence_transformer(target: Path, *, vocab_size: int = 1000) -> 
     pooling = Pooling(dimension(), "mean")
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     model.save(str(target / "model"))
-    (target / "model" / "TINY_MODEL.json").write_text(json.dumps({"seed": SEED}))
+    (target / "model" / "TINY_MODEL.json").write_text(
+        json.dumps({"seed": SEED if seed is None else seed})
+    )
     return target / "model"
 
 

@@ -123,11 +123,15 @@ class Worker:
         with self.engine.connect() as connection:
             targets = registered(connection, names=self.columns or None)
             if not self.columns:  # every queued column of this model (and version)
+                name, version = self.embedder.model_name, self.embedder.model_version
+                # A column being switched to this very model is the shadow's work only.
+                switching = {
+                    t.shadow_of for t in targets if t.shadow_of and t.accepts(name, version)
+                }
                 targets = [
                     t
                     for t in targets
-                    if t.accepts(self.embedder.model_name, self.embedder.model_version)
-                    and t.sync == "queued"
+                    if t.accepts(name, version) and t.sync == "queued" and t.id not in switching
                 ]
             present = []
             for target in targets:
