@@ -396,3 +396,74 @@ def test_search_on_a_session_checks_the_model_too(docs: sa.Engine, models: dict[
         assert hits[0].row.id == 2
         with pytest.raises(SearchError, match="not comparable"):
             semdb.search(session, Doc.embedding, "document number 2", embedder=models["tiny@2"])
+
+
+def autogenerate(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
+    """What Alembic's autogenerate (with semdb.alembic) wants to change on act_docs."""
+    from alembic.autogenerate import produce_migrations
+
+    def include_name(name: Any, type_: str, parent_names: Any) -> bool:
+        return type_ != "table" or name == TABLE
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"include_name": include_name, "compare_type": True}
+        )
+        return list(produce_migrations(context, metadata).upgrade_ops.ops)
+
+
+def test_alembic_sees_no_drift_during_and_after_an_activation(
+    docs: sa.Engine, models: dict[str, Any]
+) -> None:
+    assert autogenerate(docs, Base.metadata) == []
+    activation = start_activation(docs, COLUMN, "wide@1")
+    Worker(docs, models["wide@1"]).run(until_empty=True)
+    from semdb.sync.activation import build_shadow_indexes
+
+    build_shadow_indexes(docs, activation)
+    assert autogenerate(docs, Base.metadata) == []  # the shadow is semdb's business
+    finish_activation(docs, activation)
+    assert autogenerate(docs, WideBase.metadata) == []  # the declaration, updated
+    assert autogenerate(docs, Base.metadata) != []  # the old one is drift now
+
+
+def test_the_command_line_activates_shows_status_and_explains_errors(
+    docs: sa.Engine, models: dict[str, Any], other_bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from .conftest import run_semdb
+
+    home = tmp_path / "home"
+    shutil.copytree(other_bundles["wide@1"], home / "models" / "wide" / "1")
+    env = {"SEMDB_HOME": str(home)}
+
+    unknown = run_semdb("model", "activate", "nosuch", "--column", COLUMN, env=env)
+    assert unknown.returncode == 1 and "Fix:" in unknown.stderr and "nosuch" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+    started = run_semdb("model", "activate", "wide", "--column", COLUMN, "--no-wait", env=env)
+    assert started.returncode == 0, started.stderr
+    assert "semdb worker --model wide@1" in started.stdout
+    status = run_semdb("model", "status", "--column", COLUMN, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "filling" in status.stdout and "0/40" in status.stdout
+
+    done = run_semdb("model", "activate", "wide@1", "--column", COLUMN, "--embed", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "public.act_docs.embedding now holds vectors of wide@1" in done.stdout
+    assert_all_made_by(docs, models["wide@1"])
+
+    # semdb sql embeds with the model the column holds now.
+    query = run_semdb(
+        "sql",
+        f"SELECT id FROM {TABLE} ORDER BY embedding <=> :q LIMIT 1",
+        "--embed",
+        "q=document number 12",
+        env=env,
+    )
+    assert query.returncode == 0, query.stderr
+    assert " 12 " in query.stdout
+
+    cancelled = run_semdb("model", "cancel", "--column", COLUMN, env=env)
+    assert cancelled.returncode == 1 and "no activation" in cancelled.stderr
