@@ -467,3 +467,17 @@ def test_the_command_line_activates_shows_status_and_explains_errors(
 
     cancelled = run_semdb("model", "cancel", "--column", COLUMN, env=env)
     assert cancelled.returncode == 1 and "no activation" in cancelled.stderr
+
+
+def test_backfill_fills_the_shadow_too(docs: sa.Engine, models: dict[str, Any]) -> None:
+    from semdb.sync import backfill
+
+    activation = start_activation(docs, COLUMN, "tiny@2")
+    assert activation.shadow is not None
+    with pytest.raises(SyncError, match="tiny@2"):  # the old version cannot write there
+        backfill(docs, activation.shadow, models["tiny@1"])
+    stats = backfill(docs, activation.shadow, models["tiny@2"], batch_size=16)
+    assert stats.stale_at_start == 40 and stats.embedded == 40
+    Worker(docs, models["tiny@2"]).run(until_empty=True)  # the queue: all fresh, skipped
+    finish_activation(docs, activation)
+    assert_all_made_by(docs, models["tiny@2"])
