@@ -193,6 +193,11 @@ def _connect(engine: sa.Engine, *, autocommit: bool = False) -> Iterator[psycopg
             fix="end long-running transactions on the table, then run semdb model activate "
             "again (it resumes)",
         ) from exc
+    except psycopg.errors.DuplicateColumn as exc:  # two starts at once: the other one won
+        raise ActivationError(
+            f"another activation of this column started at the same time ({exc})",
+            fix="see semdb model status; run semdb model activate again to resume it",
+        ) from exc
 
 
 def _run(connection: psycopg.Connection[Any], statement: sql.Composable) -> None:
