@@ -146,3 +146,24 @@ def tiny_embedder(tiny_bundle: Path):  # type: ignore[no-untyped-def]
     from semdb.embed import Embedder
 
     return Embedder.load(tiny_bundle, provider="cpu")
+
+
+@pytest.fixture(scope="session")
+def other_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two more tiny bundles (fp32 only) for switching a column between models:
+    ``tiny@2`` (32 dimensions like ``tiny@1``, other weights) and ``wide@1`` (48 dimensions)."""
+    from training.export import export_bundle
+
+    from .tiny_model import build_tiny_sentence_transformer
+
+    root = tmp_path_factory.mktemp("other-bundles")
+    bundles = {}
+    for tag, hidden, seed in (("tiny@2", 32, 7), ("wide@1", 48, 11)):
+        name, _, version = tag.partition("@")
+        model = build_tiny_sentence_transformer(
+            root / f"{name}-{version}-src", hidden_size=hidden, seed=seed
+        )
+        bundles[tag] = export_bundle(
+            model, root / f"{name}-{version}", name=name, version=version, precisions=("fp32",)
+        )
+    return bundles

@@ -96,3 +96,19 @@ def test_programmatic_config_uses_the_same_scripts_as_alembic_ini() -> None:
     from_ini = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
     assert from_ini.get_current_head() == head_revision()
     assert Path(from_ini.dir).resolve() == (ROOT / "migrations").resolve()
+
+
+def test_activations_revision_downgrades_and_upgrades_again(empty_database_url: URL) -> None:
+    engine = semdb.create_engine(empty_database_url)
+    try:
+        upgrade(engine)
+        assert "activations" in tables(engine)
+        downgrade(engine, "0002_sync_and_search")
+        assert "activations" not in tables(engine)
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("vector_columns", "semdb")}
+        assert "model_version" not in columns and "shadow_of" not in columns
+        assert upgrade(engine) == head_revision() == "0003_activations"
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("vector_columns", "semdb")}
+        assert {"model_version", "shadow_of"} <= columns
+    finally:
+        engine.dispose()

@@ -41,10 +41,10 @@ def corpus_sentences(limit: int = 600) -> list[str]:
 
 
 def build_tiny_sentence_transformer(
-    target: Path, *, vocab_size: int = 1000, hidden_size: int = 32
+    target: Path, *, vocab_size: int = 1000, hidden_size: int = 32, seed: int | None = None
 ) -> Path:
     """Write a sentence-transformers model folder at ``target`` and return it
-    (``hidden_size``: the embedding dimension)."""
+    (``hidden_size``: the embedding dimension; ``seed``: other weights)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -89,7 +89,7 @@ def build_tiny_sentence_transformer(
     )
     fast.save_pretrained(backbone)
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED if seed is None else seed)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=hidden_size,
@@ -106,7 +106,9 @@ def build_tiny_sentence_transformer(
     pooling = Pooling(dimension(), "mean")
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     model.save(str(target / "model"))
-    (target / "model" / "TINY_MODEL.json").write_text(json.dumps({"seed": SEED}))
+    (target / "model" / "TINY_MODEL.json").write_text(
+        json.dumps({"seed": SEED if seed is None else seed})
+    )
     return target / "model"
 
 

@@ -59,11 +59,59 @@ def compare_vectors(
         for table in autogen_context.sorted_tables
         if autogen_context.run_object_filters(table, table.name, "table", False, None)
     ]
+    _leave_shadows(connection, upgrade_ops)
     _render_vector_types(autogen_context, upgrade_ops)
     _swap_index_ops(autogen_context, upgrade_ops, tables)
     _index_drift(autogen_context, upgrade_ops, tables)
     _sync_drift(autogen_context, upgrade_ops, tables)
     return PriorityDispatchResult.CONTINUE
+
+
+# -- 0. activations in progress --------------------------------------------------------------
+
+
+def _leave_shadows(connection: sa.Connection, upgrade_ops: ops.UpgradeOps) -> None:
+    """The shadow column of an activation in progress (``semdb model activate``), its
+    companions and its indexes are semdb's, for a while: never drift to drop."""
+    exists = connection.execute(
+        sa.text("SELECT to_regclass('semdb.vector_columns') IS NOT NULL")
+    ).scalar()
+    if not exists:
+        return
+    from semdb.db.schema import vector_columns
+    from semdb.sync.activation import SHADOW_SUFFIX
+
+    default_schema = connection.dialect.default_schema_name or "public"
+    shadows = connection.execute(
+        sa.select(
+            vector_columns.c.table_schema,
+            vector_columns.c.table_name,
+            vector_columns.c.column_name,
+            vector_columns.c.model_column,
+            vector_columns.c.hash_column,
+        ).where(vector_columns.c.shadow_of.is_not(None))
+    ).all()
+    if not shadows:
+        return
+    columns = {(r[0], r[1], name) for r in shadows for name in r[2:]}
+    tables = {(r[0], r[1]) for r in shadows}
+    for container in _containers(upgrade_ops):
+        if not isinstance(container, ops.ModifyTableOps):
+            continue
+        table = (container.schema or default_schema, container.table_name)
+        if table not in tables:
+            continue
+        container.ops = [
+            op
+            for op in container.ops
+            if not (
+                (isinstance(op, ops.DropColumnOp) and (*table, op.column_name) in columns)
+                or (isinstance(op, ops.DropIndexOp) and str(op.index_name).endswith(SHADOW_SUFFIX))
+            )
+        ]
+    upgrade_ops.ops = [
+        op for op in upgrade_ops.ops if not (isinstance(op, ops.ModifyTableOps) and not op.ops)
+    ]
 
 
 # -- 1. column types -------------------------------------------------------------------------
@@ -364,7 +412,9 @@ def _registered(connection: sa.Connection) -> dict[tuple[str, str, str], SyncTar
         return {}
     from semdb.db.schema import vector_columns
 
-    rows = connection.execute(sa.select(vector_columns)).all()
+    rows = connection.execute(
+        sa.select(vector_columns).where(vector_columns.c.shadow_of.is_(None))
+    ).all()
     targets = [SyncTarget.from_row(row) for row in rows]
     return {(t.table_schema, t.table_name, t.column_name): t for t in targets}
 

@@ -40,7 +40,7 @@ def backfill(model: str | None, provider: str, columns: tuple[str, ...], batch_s
         with engine.connect() as connection:
             targets = registered(connection, names=list(columns) or None)
         if not columns:
-            targets = [t for t in targets if t.model == embedder.model_name]
+            targets = [t for t in targets if t.accepts(embedder.model_name, embedder.model_version)]
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -45,12 +45,20 @@ def load_embedder(model: str, provider: str) -> Any:
 
 
 def default_model(engine: sa.Engine, columns: list[str] | None = None) -> str:
-    """The one model the registered columns (or the named ones) use."""
-    from semdb.sync.registry import registered
+    """The one model the registered columns (or the named ones) use now: ``name@version``
+    once an activation pinned the version, else the name (its newest local version)."""
 
     with engine.connect() as connection:
-        targets = registered(connection, names=columns or None)
-    models = sorted({target.model for target in targets})
+        return model_in_use(connection, columns)
+
+
+def model_in_use(connection: sa.Connection, columns: list[str] | None = None) -> str:
+    """:func:`default_model` on an open connection (shadow columns of activations left out,
+    unless named)."""
+    from semdb.sync.registry import registered
+
+    targets = registered(connection, names=columns or None, shadows=bool(columns))
+    models = sorted({target.model_tag for target in targets})
     if len(models) == 1:
         return models[0]
     if not models:

@@ -1,4 +1,5 @@
-"""``semdb model``: import sentence-transformers models as bundles, list and register them.
+"""``semdb model``: import sentence-transformers models as bundles, list and register them,
+and switch a vector column to another model (``activate``, ``status``, ``cancel``).
 
 Bundles live in ``SEMDB_HOME/models/<name>/<version>/``; the database's registry
 (``semdb.models``) records which of them may have written vectors. ``import`` needs the
@@ -170,3 +171,161 @@ def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
         ) from exc
     state = "active" if row.active else "registered"
     click.echo(f"{state} in the database as model id {row.id}")
+
+
+# -- switching a column to another model ------------------------------------------------------
+
+
+@model.command("activate")
+@click.argument("model_ref", metavar="NAME[@VERSION]")
+@click.option(
+    "--column",
+    required=True,
+    metavar="[SCHEMA.]TABLE.COLUMN",
+    help="The registered vector column to switch to this model.",
+)
+@click.option("--dimension", type=int, help="Refuse unless the model makes this many dimensions.")
+@click.option(
+    "--embed",
+    is_flag=True,
+    help="Fill the shadow column in this process (needs the bundle here) instead of waiting "
+    "for workers of the new model.",
+)
+@click.option("--no-wait", is_flag=True, help="Start (or resume) it and return.")
+@click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--batch-size", default=128, show_default=True, help="Rows per batch (--embed).")
+def activate_command(
+    model_ref: str,
+    column: str,
+    dimension: int | None,
+    embed: bool,
+    no_wait: bool,
+    timeout: float | None,
+    provider: str,
+    batch_size: int,
+) -> None:
+    """Switch a vector column to another registered model, without stopping queries.
+
+    The new model's vectors are made into a shadow column by the workers (semdb worker
+    --model NAME@VERSION, or --embed here), its index is built, then the column is swapped in
+    one transaction. Run it again to resume an interrupted activation.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from semdb.db import create_engine
+    from semdb.sync.activation import activate
+
+    engine = create_engine()
+    console = Console(stderr=True)
+    try:
+        embedder = None
+        if embed:
+            from semdb.cli.embedder import load_embedder
+            from semdb.sync.activation import resolve_model
+
+            name, version, _ = resolve_model(engine, model_ref)
+            embedder = load_embedder(f"{name}@{version}", provider)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            disable=no_wait,
+        ) as progress:
+            task = progress.add_task(f"{column} -> {model_ref}", total=None)
+            hinted: list[bool] = []
+
+            def show(activation: Any, state: Any) -> None:
+                progress.update(task, total=state.rows, completed=state.done)
+                if embedder is None and not hinted:
+                    hinted.append(True)
+                    progress.console.print(
+                        f"waiting for workers of {activation.to_model}: "
+                        f"semdb worker --model {activation.to_model}"
+                    )
+
+            def step(message: str) -> None:
+                progress.update(task, description=f"{column}: {message}")
+
+            result = activate(
+                engine,
+                column,
+                model_ref,
+                dimension=dimension,
+                embedder=embedder,
+                wait=not no_wait,
+                timeout_seconds=timeout,
+                batch_size=batch_size,
+                on_progress=show,
+                on_step=step,
+            )
+    finally:
+        engine.dispose()
+    if result.status == "switched":
+        click.echo(f"{result.column.name} now holds vectors of {result.to_model}")
+    else:
+        click.echo(
+            f"{result.column.name}: switching to {result.to_model} ({result.dimension} "
+            f"dimensions); run workers: semdb worker --model {result.to_model}; then run this "
+            "command again without --no-wait to finish"
+        )
+
+
+@model.command("status")
+@click.option("--column", metavar="[SCHEMA.]TABLE.COLUMN", help="Only this column.")
+def status_command(column: str | None) -> None:
+    """Show the registered vector columns' models and the activations (with progress)."""
+    from semdb.db import create_engine
+    from semdb.sync.activation import activation_progress, list_activations
+    from semdb.sync.registry import registered
+
+    engine = create_engine()
+    try:
+        with engine.connect() as connection:
+            targets = registered(connection, names=[column] if column else None, shadows=False)
+        activations = list_activations(engine, column)
+        columns = Table(title="vector columns")
+        for name in ("column", "model", "dimension", "sync"):
+            columns.add_column(name)
+        for target in targets:
+            columns.add_row(target.name, target.model_tag, str(target.dimension), target.sync)
+        history = Table(title="activations")
+        for name in ("id", "column", "from", "to", "status", "done", "queued", "started"):
+            history.add_column(name)
+        for activation in activations:
+            done = queued = ""
+            if activation.status == "filling":
+                state = activation_progress(engine, activation)
+                done, queued = f"{state.done}/{state.rows}", str(state.queued)
+            history.add_row(
+                str(activation.id),
+                activation.column.name,
+                activation.from_model,
+                activation.to_model,
+                activation.status,
+                done,
+                queued,
+                f"{activation.started_at:%Y-%m-%d %H:%M}",
+            )
+    finally:
+        engine.dispose()
+    console = Console()
+    console.print(columns)
+    if activations:
+        console.print(history)
+
+
+@model.command("cancel")
+@click.option("--column", required=True, metavar="[SCHEMA.]TABLE.COLUMN")
+def cancel_command(column: str) -> None:
+    """Cancel a column's activation in progress: drop its shadow column, keep the column."""
+    from semdb.db import create_engine
+    from semdb.sync.activation import cancel_activation
+
+    engine = create_engine()
+    try:
+        cancelled = cancel_activation(engine, column)
+    finally:
+        engine.dispose()
+    click.echo(f"cancelled: {cancelled.column.name} keeps {cancelled.from_model}")

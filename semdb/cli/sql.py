@@ -3,10 +3,12 @@
     semdb sql "SELECT title FROM docs ORDER BY embedding <=> :q LIMIT 5" --embed q="cheap flights"
 
 ``--embed NAME=TEXT`` binds ``:NAME`` to the query vector of TEXT (in binary, typed
-``vector(n)``); ``--param NAME=VALUE`` binds ``:NAME`` to a text value (cast it in SQL as
-needed). Values are always bound, never pasted into the statement. ``--set NAME=VALUE``
-sets a server setting for this statement's transaction only (``set_config(..., true)``, the
-function form of ``SET LOCAL``), e.g. ``--set hnsw.iterative_scan=relaxed_order``.
+``vector(n)``), embedded by ``--model`` or else by the model the registered columns hold now
+(``name@version`` after ``semdb model activate``); ``--param NAME=VALUE`` binds ``:NAME``
+to a text value (cast it in SQL as needed). Values are always bound, never pasted into the
+statement. ``--set NAME=VALUE`` sets a server setting for this statement's transaction only
+(``set_config(..., true)``, the function form of ``SET LOCAL``), e.g.
+``--set hnsw.iterative_scan=relaxed_order``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from semdb.cli.embedder import default_model, load_embedder, model_option
+from semdb.cli.embedder import default_model, load_embedder, model_in_use, model_option
 from semdb.db import create_engine
 from semdb.errors import SemdbError
 
@@ -106,8 +108,10 @@ def sql_command(
         bindings: list[sa.BindParameter[Any]] = [
             sa.bindparam(name, value, type_=sa.Text) for name, value in values.items()
         ]
+        defaulted: str | None = None
         if texts:
-            embedder = load_embedder(model or default_model(engine), provider)
+            defaulted = None if model else default_model(engine)
+            embedder = load_embedder(model or defaulted or "", provider)
             for name, text in texts.items():
                 vector = embedder.embed_query(text)
                 bindings.append(
@@ -122,6 +126,14 @@ def sql_command(
                     sa.select(sa.func.set_config(name, value, True)),
                 )
             result = connection.execute(query)
+            if defaulted is not None and model_in_use(connection) != defaulted:
+                # An activation switched the column between loading the model and running
+                # the statement (which now holds the table): the vectors would not compare.
+                raise SemdbError(
+                    f"the registered column switched from {defaulted} to "
+                    f"{model_in_use(connection)} while the statement ran; nothing was kept",
+                    fix="run the statement again (it embeds with the new model)",
+                )
             if not result.returns_rows:
                 click.echo(f"{result.rowcount} row(s) affected")
                 return

@@ -86,7 +86,37 @@ vector_columns = Table(
     Column("model_column", Text, nullable=False),
     Column("hash_column", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The version of ``model`` the column's vectors are made by, once an activation pinned
+    # it (NULL: any version of ``model``, as a migration registers it).
+    Column("model_version", Text, nullable=True),
+    # Set on the shadow column of an activation in progress: the id of the live column it
+    # will replace (see semdb.sync.activation).
+    Column("shadow_of", Integer, nullable=True),
     UniqueConstraint("table_schema", "table_name", "column_name"),
+)
+
+# Switching a vector column to another model (``semdb model activate``): the new model's
+# vectors are made into a shadow column by the workers, then swapped in at once. One row per
+# activation; at most one is ``filling`` per column; ``switched`` and ``cancelled`` stay as
+# the column's history.
+activations = Table(
+    "activations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("column_id", Integer, nullable=False),
+    Column("shadow_column_id", Integer, nullable=True),
+    Column("from_model", Text, nullable=False),
+    Column("to_model", Text, nullable=False),
+    Column("dimension", Integer, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'filling'")),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+Index(
+    "ix_activations_one_filling_per_column",
+    activations.c.column_id,
+    unique=True,
+    postgresql_where=activations.c.status == "filling",
 )
 
 # Rows whose text changed and whose vector must be (re)made. Triggers insert here (never

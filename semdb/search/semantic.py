@@ -25,6 +25,7 @@ from semdb.search.explain import Explain, plan_root
 from semdb.search.plan import PlanPath, PlanRequest, SearchPlan, choose_plan, planner_settings
 from semdb.search.query import query_vector
 from semdb.search.results import Hit, SearchResult
+from semdb.sync.registry import check_query_model
 
 MAX_K = 10000
 Bind = Session | Connection
@@ -92,8 +93,11 @@ class SemanticQuery:
         self.where = _check_filter(where)
         self.base = _base_statement(self.target, statement)
         self.extended = statement is not None
-        self.vector: FloatArray = query_vector(self.target, query, embedder)
         self.connection = connection_of(bind)
+        if isinstance(query, str) and embedder is not None:
+            # The model the column holds now (an activation may have switched it).
+            check_query_model(self.connection, self.target, embedder)
+        self.vector: FloatArray = query_vector(self.target, query, embedder)
         self.single_entity = _single_entity(self.base)
         self.plan: SearchPlan = choose_plan(
             self.connection,

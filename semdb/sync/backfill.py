@@ -23,6 +23,8 @@ from semdb.db.url import libpq_uri
 from semdb.errors import DimensionMismatchError, SyncError
 from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
+from semdb.sync.registration import TargetChanged, hold_registration
+from semdb.sync.registry import registered_target
 from semdb.sync.target import SyncTarget, ident
 from semdb.sync.write import VectorWrite, write_vectors
 
@@ -95,13 +97,16 @@ def backfill(
     after each batch (for a progress bar)."""
     if not isinstance(target, SyncTarget):
         default_schema = engine.dialect.default_schema_name or "public"
-        target = SyncTarget.from_column(target, default_schema=default_schema)
+        declared = SyncTarget.from_column(target, default_schema=default_schema)
+        with engine.connect() as connection:
+            target = registered_target(connection, declared) or declared
     if batch_size < 1:
         raise SyncError(f"batch_size must be positive, got {batch_size}", fix="use 64-512")
-    if target.model != embedder.model_name:
+    if not target.accepts(embedder.model_name, embedder.model_version):
         raise SyncError(
-            f"{target.name} is embedded with model {target.model!r}, not {embedder.model_name!r}",
-            fix=f"load the model {target.model!r}",
+            f"{target.name} is embedded with model {target.model_tag!r}, not "
+            f"{model_tag(embedder)!r}",
+            fix=f"load the model {target.model_tag!r}",
         )
     if target.dimension != embedder.dimension:
         raise DimensionMismatchError(
@@ -124,6 +129,12 @@ def backfill(
             if last is not None:
                 parameters.update({f"k{i}": value for i, value in enumerate(last)})
             with connection.transaction():
+                try:
+                    hold_registration(connection, target)
+                except TargetChanged as exc:
+                    raise SyncError(
+                        f"backfill stopped: {exc.message}", fix="run semdb backfill again"
+                    ) from exc
                 rows = connection.execute(
                     _page_statement(target, last is None), parameters
                 ).fetchall()

@@ -1,13 +1,25 @@
-"""``semdb.vector_columns``: which vector columns semdb keeps in sync, readable by any host."""
+"""``semdb.vector_columns``: which vector columns semdb keeps in sync, readable by any host.
+
+Also the one answer to "which model made the vectors of this column, now": the registry row
+(``model``, pinned ``model_version`` after an activation, ``dimension``).
+:func:`check_query_model` is what a text search asks before it embeds the query, so that a
+query is never compared with vectors of another model, even while an activation switches
+the column (see :mod:`semdb.sync.activation`).
+"""
 
 from __future__ import annotations
+
+import weakref
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert
 
 from semdb.db.schema import vector_columns
-from semdb.errors import SchemaNotReadyError, SyncError
+from semdb.errors import DimensionMismatchError, SchemaNotReadyError, SearchError, SyncError
+from semdb.orm.columns import VectorColumn
+from semdb.protocols import TextEmbedder
 from semdb.sync.target import SyncTarget
 
 
@@ -16,9 +28,13 @@ def register_statement(target: SyncTarget) -> sa.Executable:
     row = target.as_row()
     statement = insert(vector_columns).values(**row)
     keys = ("table_schema", "table_name", "column_name")
-    return statement.on_conflict_do_update(
-        index_elements=list(keys), set_={k: v for k, v in row.items() if k not in keys}
+    updates: dict[str, Any] = {k: v for k, v in row.items() if k not in keys}
+    # A version pinned by an activation stays, unless the migration names another model.
+    updates["model_version"] = sa.case(
+        (vector_columns.c.model == statement.excluded.model, vector_columns.c.model_version),
+        else_=sa.null(),
     )
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
 
 
 def unregister_statement(target: SyncTarget) -> sa.Executable:
@@ -49,12 +65,30 @@ def find(connection: Connection, schema: str, table: str, column: str) -> SyncTa
     return None if row is None else SyncTarget.from_row(row)
 
 
+def registered_target(connection: Connection, declared: SyncTarget) -> SyncTarget | None:
+    """The registration of the column ``declared`` names, or None (no registry, or the
+    column is not in it)."""
+    if not _has_registry(connection):
+        return None
+    return find(connection, declared.table_schema, declared.table_name, declared.column_name)
+
+
 def registered(
-    connection: Connection, *, model: str | None = None, names: list[str] | None = None
+    connection: Connection,
+    *,
+    model: str | None = None,
+    names: list[str] | None = None,
+    shadows: bool = True,
 ) -> list[SyncTarget]:
-    """The registered columns, optionally those of ``model`` or named ``[schema.]table.column``."""
+    """The registered columns, optionally those of ``model`` or named ``[schema.]table.column``.
+
+    ``shadows=False`` leaves out the shadow columns of activations in progress (the columns
+    queries do not see).
+    """
     _require_schema(connection)
     statement = sa.select(vector_columns).order_by(vector_columns.c.id)
+    if not shadows:
+        statement = statement.where(vector_columns.c.shadow_of.is_(None))
     if model is not None:
         statement = statement.where(vector_columns.c.model == model)
     targets = [SyncTarget.from_row(row) for row in connection.execute(statement)]
@@ -85,6 +119,24 @@ def _matches(target: SyncTarget, parts: list[str]) -> bool:
     return False
 
 
+_REGISTRY_SEEN: weakref.WeakKeyDictionary[sa.Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_registry(connection: Connection) -> bool:
+    """Does this database have semdb.vector_columns? (Remembered per engine once it has.)"""
+    engine = connection.engine
+    if _REGISTRY_SEEN.get(engine):
+        return True
+    exists = bool(
+        connection.execute(
+            sa.text("SELECT to_regclass('semdb.vector_columns') IS NOT NULL")
+        ).scalar()
+    )
+    if exists:
+        _REGISTRY_SEEN[engine] = True
+    return exists
+
+
 def _require_schema(connection: Connection) -> None:
     exists = connection.execute(
         sa.text("SELECT to_regclass('semdb.vector_columns') IS NOT NULL")
@@ -93,4 +145,66 @@ def _require_schema(connection: Connection) -> None:
         raise SchemaNotReadyError(
             "semdb's sync tables are missing from this database",
             fix="run: semdb db upgrade",
+        )
+
+
+def current_model_statement(target: VectorColumn, default_schema: str) -> sa.Select[Any]:
+    """The registry row of ``target``'s column, read under a lock on its table.
+
+    The reference to the table (a subquery that reads no row) makes PostgreSQL take ACCESS
+    SHARE on it before the statement's snapshot is taken, and keep it to the end of the
+    transaction: an activation's switch (ACCESS EXCLUSIVE) either committed before this read,
+    and the row says so, or waits until the caller's transaction (its search) is over.
+    """
+    table = target.table
+    holds_table = sa.exists(sa.select(sa.literal(1)).select_from(table).where(sa.false()))
+    return sa.select(
+        vector_columns.c.model, vector_columns.c.model_version, vector_columns.c.dimension
+    ).where(
+        vector_columns.c.table_schema == (table.schema or default_schema),
+        vector_columns.c.table_name == table.name,
+        vector_columns.c.column_name == target.column.name,
+        vector_columns.c.shadow_of.is_(None),
+        ~holds_table,
+    )
+
+
+def check_query_model(connection: Connection, column: Any, embedder: TextEmbedder) -> None:
+    """Raise unless ``embedder`` is the model whose vectors ``column`` holds now.
+
+    ``column``: ``Doc.embedding``, ``docs.c.embedding`` or a VectorColumn. Columns missing
+    from the registry (declared only in Python) are left to the declaration's checks.
+    Returns nothing useful beyond the check; one indexed read of a small table.
+    """
+    from semdb.orm.columns import vector_column
+
+    target = vector_column(column)
+    if not _has_registry(connection):
+        return
+    default_schema = connection.dialect.default_schema_name or "public"
+    row = connection.execute(current_model_statement(target, default_schema)).first()
+    if row is None:
+        return
+    model, version, dimension = row
+    tag = f"{model}@{version}" if version else model
+    spec = target.spec
+    if model != spec.model or dimension != spec.dimension:
+        raise SearchError(
+            f"{target.name} is declared with model {spec.model!r} ({spec.dimension} "
+            f"dimensions), but the database column now holds vectors of {tag} ({dimension} "
+            "dimensions): the column was switched with semdb model activate",
+            fix=f"update the declaration: embedding_column(..., model={model!r}, "
+            f"dimension={dimension}), and load that model",
+        )
+    if embedder.dimension != dimension:
+        raise DimensionMismatchError(
+            f"{target.name} holds {dimension}-dimensional vectors of {tag}; the embedder "
+            f"makes {embedder.dimension}-dimensional ones ({embedder.model_name})",
+            fix=f"load the model {tag}",
+        )
+    if embedder.model_name != model or (version and embedder.model_version != version):
+        raise SearchError(
+            f"{target.name} holds vectors of {tag}; the embedder is "
+            f"{embedder.model_name}@{embedder.model_version}: its vectors are not comparable",
+            fix=f"load the model {tag}: semdb.Embedder.load({tag!r})",
         )

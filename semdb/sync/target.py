@@ -61,6 +61,10 @@ class SyncTarget:
     model_column: str = ""
     hash_column: str = ""
     id: int | None = None
+    # Set by activations only (never by migrations): the pinned model version, and for the
+    # shadow column of an activation in progress, the id of the column it will replace.
+    model_version: str | None = None
+    shadow_of: int | None = None
 
     def __post_init__(self) -> None:
         if not self.key_columns:
@@ -82,6 +86,15 @@ class SyncTarget:
     @property
     def name(self) -> str:
         return f"{self.table_schema}.{self.table_name}.{self.column_name}"
+
+    @property
+    def model_tag(self) -> str:
+        """``name@version`` when the version is pinned, else the model name alone."""
+        return f"{self.model}@{self.model_version}" if self.model_version else self.model
+
+    def accepts(self, name: str, version: str) -> bool:
+        """Are vectors of model ``name`` version ``version`` what this column holds?"""
+        return name == self.model and (self.model_version is None or version == self.model_version)
 
     @property
     def table_sql(self) -> sql.Identifier:
@@ -108,7 +121,12 @@ class SyncTarget:
         values = {field: mapping[field] for field in _TARGET_FIELDS}
         values["key_columns"] = tuple(values["key_columns"])
         values["sources"] = tuple(values["sources"])
-        return cls(id=mapping.get("id"), **values)
+        return cls(
+            id=mapping.get("id"),
+            model_version=mapping.get("model_version"),
+            shadow_of=mapping.get("shadow_of"),
+            **values,
+        )
 
     @classmethod
     def from_column(cls, column: Any, *, default_schema: str = "public") -> SyncTarget:

@@ -30,6 +30,7 @@ from semdb.errors import DimensionMismatchError, SyncError
 from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.claim import Claimed, claim
+from semdb.sync.registration import TargetChanged, hold_registration
 from semdb.sync.registry import registered
 from semdb.sync.target import SyncTarget
 from semdb.sync.write import VectorWrite, finish, record_failures, worker_name, write_vectors
@@ -91,6 +92,7 @@ class Worker:
         self._stop = threading.Event()
         self._connection: psycopg.Connection[Any] | None = None
         self.targets: list[SyncTarget] = []
+        self._reload = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,9 +122,16 @@ class Worker:
     def _load_targets(self) -> list[SyncTarget]:
         with self.engine.connect() as connection:
             targets = registered(connection, names=self.columns or None)
-            if not self.columns:  # every queued column of this model
+            if not self.columns:  # every queued column of this model (and version)
+                name, version = self.embedder.model_name, self.embedder.model_version
+                # A column being switched to this very model is the shadow's work only.
+                switching = {
+                    t.shadow_of for t in targets if t.shadow_of and t.accepts(name, version)
+                }
                 targets = [
-                    t for t in targets if t.model == self.embedder.model_name and t.sync == "queued"
+                    t
+                    for t in targets
+                    if t.accepts(name, version) and t.sync == "queued" and t.id not in switching
                 ]
             present = []
             for target in targets:
@@ -136,11 +145,11 @@ class Worker:
                     log.warning("%s is registered but its table is gone: skipped", target.name)
             targets = present
         for target in targets:
-            if target.model != self.embedder.model_name:
+            if not target.accepts(self.embedder.model_name, self.embedder.model_version):
                 raise SyncError(
-                    f"{target.name} is embedded with model {target.model!r}; this worker runs "
-                    f"{self.embedder.model_name!r}",
-                    fix=f"start a worker with --model {target.model}",
+                    f"{target.name} is embedded with model {target.model_tag!r}; this worker "
+                    f"runs {self.model!r}",
+                    fix=f"start a worker with --model {target.model_tag}",
                 )
             if target.dimension != self.embedder.dimension:
                 raise DimensionMismatchError(
@@ -183,6 +192,9 @@ class Worker:
                 reconnect_wait = self.poll_seconds
                 if on_batch is not None and done:
                     on_batch(self.stats)
+                if self._reload:  # a column was switched or went away: read the registry
+                    self._reload = False
+                    self.targets = self._load_targets()
                 if done == 0:
                     if until_empty:
                         break
@@ -201,6 +213,10 @@ class Worker:
                 break
             try:
                 total += self._batch(connection, target)
+            except TargetChanged as exc:
+                log.warning("%s", exc)
+                self.targets.remove(target)
+                self._reload = True
             except (
                 psycopg.errors.UndefinedTable,
                 psycopg.errors.UndefinedObject,
@@ -212,6 +228,7 @@ class Worker:
 
     def _batch(self, connection: psycopg.Connection[Any], target: SyncTarget) -> int:
         with connection.transaction():
+            hold_registration(connection, target)
             claimed = claim(connection, target, limit=self.batch_size, model=self.model)
             if not claimed:
                 return 0
