@@ -30,6 +30,7 @@ pass the filter.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import threading
 import time
@@ -43,6 +44,7 @@ from typing import Any, Literal, cast
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine
 
 from semdb.db.preflight import parse_version
@@ -71,6 +73,8 @@ def exact_below_rows(table_rows: float) -> int:
 
 
 _SAVEPOINT = sql.Identifier("semdb_search")
+IDLE = TransactionStatus.IDLE
+INERROR = TransactionStatus.INERROR
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ def estimate_rows(
             )
         except Exception:  # a value without a usable repr: no caching
             key = None
-    cache_key = None if key is None else (connection.engine.url, *key)
+    cache_key = None if key is None else (_database(connection), *key)
     now = time.monotonic()
     if cache_key is not None:
         with _estimates_lock:
@@ -152,20 +156,19 @@ def estimate_rows(
     return rows
 
 
-_table_rows: dict[tuple[Any, str], tuple[float, float]] = {}
+_table_rows: dict[tuple[Any, ...], tuple[float, float]] = {}
 
 
 def table_rows(connection: Connection, target: VectorColumn) -> float:
     """The planner's row count of the vector column's table (``pg_class.reltuples``),
     kept for :data:`ESTIMATE_TTL_SECONDS`."""
-    preparer = connection.dialect.identifier_preparer
-    name = str(preparer.format_table(target.table))
-    key = (connection.engine.url, name)
+    key = (_database(connection), target.table)
     now = time.monotonic()
     with _estimates_lock:
         cached = _table_rows.get(key)
         if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
             return cached[0]
+    name = str(connection.dialect.identifier_preparer.format_table(target.table))
     rows = connection.execute(
         sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
     ).scalar()
@@ -176,6 +179,21 @@ def table_rows(connection: Connection, target: VectorColumn) -> float:
     with _estimates_lock:
         _table_rows[key] = (float(rows), now)
     return float(rows)
+
+
+_databases: weakref.WeakKeyDictionary[Engine, tuple[str, int]] = weakref.WeakKeyDictionary()
+_engine_numbers = itertools.count()
+
+
+def _database(connection: Connection) -> tuple[str, int]:
+    """What stands for the connection's database in cache keys: one token per engine (hashing
+    the engine's URL on every search costs more than the rest of the lookup)."""
+    engine = connection.engine
+    token = _databases.get(engine)
+    if token is None:
+        with _estimates_lock:  # a number never reused, unlike id(): no stale estimates
+            token = _databases.setdefault(engine, ("engine", next(_engine_numbers)))
+    return token
 
 
 @contextmanager
@@ -288,21 +306,74 @@ def _settings(
     return settings
 
 
+class _SettingsCursor(psycopg.Cursor[Any]):
+    """A cursor that runs each statement under planner settings, in one round trip.
+
+    ``execute`` sends, in psycopg's pipeline mode and followed by a single Sync: the opening
+    commands (a savepoint, when inside a transaction), ``set_config(name, value, true)`` (that
+    is ``SET LOCAL``), the statement itself, and the closing commands (back to the savepoint,
+    which restores the previous values). Without a transaction (autocommit), the commands up
+    to the Sync form one implicit transaction, which ends with them and takes the settings
+    along: no savepoint, no BEGIN/COMMIT. Subclassed once per settings (see
+    :func:`_settings_cursor`).
+    """
+
+    opening: tuple[sql.Composed, ...] = ()
+    closing: tuple[sql.Composed, ...] = ()
+    recover: sql.Composed | None = None  # after an error inside a caller's transaction
+
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> _SettingsCursor:
+        connection = self._conn
+        try:
+            with connection.pipeline():
+                for command in self.opening:
+                    psycopg.Cursor(connection).execute(command)
+                super().execute(query, params, prepare=prepare, binary=binary)
+                for command in self.closing:
+                    psycopg.Cursor(connection).execute(command)
+        except psycopg.Error:
+            if self.recover is not None and connection.info.transaction_status == INERROR:
+                try:  # back to the savepoint: the caller's transaction stays usable
+                    psycopg.Cursor(connection).execute(self.recover)
+                except psycopg.Error:  # no savepoint (it failed itself): report the first error
+                    pass
+            raise
+        return self
+
+
 @functools.lru_cache(maxsize=256)
-def _settings_sql(
-    settings: tuple[tuple[str, str], ...], autocommit: bool
-) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-    """(open + set, close after success, close after an error), composed once per shape."""
-    assignments = sql.SQL(", ").join(
-        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-        for name, value in settings
+def _settings_cursor(
+    settings: tuple[tuple[str, str], ...], in_transaction: bool
+) -> type[_SettingsCursor]:
+    """The cursor class that applies ``settings``, made once per settings and mode."""
+    assignments = sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+            for name, value in settings
+        )
     )
-    start = sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)
-    release = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
-    return (
-        sql.SQL("{}; SELECT {}").format(start, assignments),
-        sql.SQL("COMMIT").format() if autocommit else release,
-        sql.SQL("ROLLBACK").format() if autocommit else release,
+    if not in_transaction:
+        return type("SettingsCursor", (_SettingsCursor,), {"opening": (assignments,)})
+    return type(
+        "SettingsCursor",
+        (_SettingsCursor,),
+        {
+            "opening": (sql.SQL("SAVEPOINT {}").format(_SAVEPOINT), assignments),
+            "closing": (
+                sql.SQL("ROLLBACK TO SAVEPOINT {}").format(_SAVEPOINT),
+                sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT),
+            ),
+            "recover": sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(
+                _SAVEPOINT
+            ),
+        },
     )
 
 
@@ -310,10 +381,12 @@ def _settings_sql(
 def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterator[None]:
     """Apply ``settings`` to the statements inside, and to nothing after them.
 
-    Inside the caller's transaction, a savepoint is taken and the settings are set with
-    ``set_config(..., is_local => true)`` (``SET LOCAL``); rolling back to the savepoint
-    afterwards restores the previous values exactly, and also keeps the caller's transaction
-    usable if the search fails. In autocommit mode a short transaction is opened instead.
+    Each statement executed inside runs in one round trip with its settings (see
+    :class:`_SettingsCursor`): inside the caller's transaction, a savepoint is taken, the
+    settings set with ``set_config(..., is_local => true)`` (``SET LOCAL``), the statement run,
+    and the savepoint rolled back to and released, which restores the previous values exactly
+    and keeps the caller's transaction usable if the search fails. In autocommit mode the
+    commands form one implicit transaction that ends with them.
     """
     if not settings:
         with custom_plans(connection):
@@ -323,16 +396,11 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
     autocommit = bool(getattr(driver, "autocommit", False))
     if not autocommit and not connection.in_transaction():
         connection.begin()
-    opening, closing_ok, closing_error = _settings_sql(tuple(settings.items()), autocommit)
-    # Straight through the driver (no parameters: one simple-protocol round trip each).
-    driver.execute(opening)
+    in_transaction = not autocommit or driver.info.transaction_status != IDLE
+    previous = driver.cursor_factory
+    driver.cursor_factory = _settings_cursor(tuple(settings.items()), in_transaction)
     try:
         with custom_plans(connection):
             yield
-    except BaseException:
-        try:
-            driver.execute(closing_error)
-        except psycopg.Error:  # the connection itself failed: report the first error
-            pass
-        raise
-    driver.execute(closing_ok)
+    finally:
+        driver.cursor_factory = previous
