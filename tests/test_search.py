@@ -4,6 +4,7 @@ filters, joins, Core, thresholds, more-like-this, hybrid search, hostile input."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -233,6 +234,110 @@ def test_autocommit_connections_work(items: sa.Engine) -> None:
         )
         assert hits.plan.path == "index" and len(hits) == 5
         assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
+
+
+def test_autocommit_search_errors_leave_no_settings_behind(items: sa.Engine) -> None:
+    with items.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sa.text("SET hnsw.ef_search = 55"))
+        with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
+            search(
+                connection,
+                Item.embedding,
+                QUERIES[0],
+                k=10,
+                where=(Item.c10 / 0) > 1,
+                plan="index",
+                ef_search=300,
+            )
+        values = connection.execute(
+            sa.text(
+                "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
+                "current_setting('hnsw.iterative_scan')"
+            )
+        ).one()
+        assert tuple(values) == ("55", "on", "off")
+        hits = search(
+            connection, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0, plan="index"
+        )
+        assert len(hits) == 10
+        connection.execute(sa.text("RESET hnsw.ef_search"))
+
+
+def _round_trips(connection: sa.Connection, action: Any) -> int:
+    """How many times the client waited for the server during ``action`` (libpq's trace:
+    a run of messages sent, then a run of messages received, is one round trip)."""
+    import tempfile
+
+    import psycopg
+
+    driver = connection.connection.dbapi_connection
+    assert isinstance(driver, psycopg.Connection)
+    with tempfile.TemporaryFile(mode="w+") as trace:
+        driver.pgconn.trace(trace.fileno())
+        driver.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            action()
+        finally:
+            driver.pgconn.untrace()
+        trace.seek(0)
+        directions = [line.split("\t", 1)[0] for line in trace if line.strip()]
+    pairs = zip(directions, directions[1:], strict=False)
+    return sum(1 for a, b in pairs if a == "F" and b == "B")
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transaction"])
+def test_the_index_path_sends_settings_and_query_in_one_round_trip(
+    items: sa.Engine, autocommit: bool
+) -> None:
+    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    with items.connect().execution_options(**options) as connection:
+        connection.execute(sa.text("SELECT 1"))  # the transaction (if any) has begun
+
+        def run() -> None:
+            hits = search(
+                connection, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0, plan="index"
+            )
+            assert hits.plan.settings and len(hits) == 10
+
+        run()  # pgvector's version looked up once per engine
+        assert _round_trips(connection, run) == 1
+        assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
+
+
+def test_unfiltered_searches_may_be_prepared_filtered_ones_never(items: sa.Engine) -> None:
+    """A prepared statement's generic plan cannot see a filter's selectivity: only searches
+    whose one value is the query vector are left to psycopg's prepared statements."""
+    with items.connect() as connection:
+        for query in QUERIES[:8]:
+            search(connection, Item.embedding, query, k=7)
+            search(connection, Item.embedding, query, k=7, where=Item.c1000 == 7)
+        prepared = (
+            connection.execute(
+                sa.text(
+                    "SELECT statement FROM pg_prepared_statements WHERE statement LIKE '%LIMIT 7%'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(prepared) == 1 and "WHERE" not in prepared[0]
+
+
+def test_filter_keys_tell_values_apart(items: sa.Engine) -> None:
+    from semdb.search.semantic import SemanticQuery
+
+    with items.connect() as connection:
+
+        def key(where: Any) -> Any:
+            return SemanticQuery(
+                connection, Item.embedding, QUERIES[0], k=3, where=where
+            ).filter_key()
+
+        assert key(Item.c10 == 3) == key(Item.c10 == 3)
+        assert key(Item.c10 == 3) != key(Item.c10 == 4)
+        assert key(Item.c10 == 3) != key(Item.c100 == 3)
+        assert key(Item.c10.in_([1, 2])) != key(Item.c10.in_([1, 3]))
+        assert key(Item.body == "1") != key(Item.c10 == 1)
 
 
 def test_core_search_returns_rows_with_distances(items: sa.Engine) -> None:

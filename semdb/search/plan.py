@@ -29,6 +29,7 @@ pass the filter.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -378,7 +379,9 @@ def _settings_cursor(
 
 
 @contextmanager
-def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterator[None]:
+def planner_settings(
+    connection: Connection, settings: dict[str, str], *, custom: bool = True
+) -> Iterator[None]:
     """Apply ``settings`` to the statements inside, and to nothing after them.
 
     Each statement executed inside runs in one round trip with its settings (see
@@ -387,9 +390,12 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
     and the savepoint rolled back to and released, which restores the previous values exactly
     and keeps the caller's transaction usable if the search fails. In autocommit mode the
     commands form one implicit transaction that ends with them.
+
+    ``custom``: plan the statements for their actual values (see :func:`custom_plans`).
     """
+    plans = custom_plans(connection) if custom else contextlib.nullcontext()
     if not settings:
-        with custom_plans(connection):
+        with plans:
             yield
         return
     driver = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
@@ -400,7 +406,7 @@ def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterat
     previous = driver.cursor_factory
     driver.cursor_factory = _settings_cursor(tuple(settings.items()), in_transaction)
     try:
-        with custom_plans(connection):
+        with plans:
             yield
     finally:
         driver.cursor_factory = previous

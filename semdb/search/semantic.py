@@ -59,13 +59,18 @@ def execute_search(
     statement: sa.Executable,
     settings: dict[str, str],
     parameters: dict[str, Any] | None = None,
+    *,
+    filtered: bool = True,
 ) -> list[sa.Row[Any]]:
     """Run a search statement under its planner settings.
 
     The settings live in a savepoint that is rolled back afterwards, so nothing may be written
     inside it: a Session's autoflush is held off (it was flushed when the search began).
+    A ``filtered`` statement is planned for its actual values (no prepared generic plan); an
+    unfiltered one may run as a server-side prepared statement (psycopg prepares a statement
+    run often): its only value is the query vector, which no plan choice depends on.
     """
-    with planner_settings(connection, settings):
+    with planner_settings(connection, settings, custom=filtered):
         if isinstance(bind, Session):
             with bind.no_autoflush:
                 return list(bind.execute(statement, parameters).all())
@@ -104,7 +109,7 @@ class SemanticQuery:
         self.vector: FloatArray = query_vector(self.target, query, embedder)
         self.connection = connection_of(bind)
         self.single_entity = _single_entity(self.base)
-        filtered = self.filtered()
+        self.is_filtered = filtered = self.filtered()
         self.plan: SearchPlan = choose_plan(
             self.connection,
             self.target,
@@ -167,8 +172,11 @@ class SemanticQuery:
                 distance = self.target.index_distance(query)
             else:
                 distance = self.target.exact_distance(query)
+            # k written into the SQL (a checked integer): the planner knows it even in a
+            # prepared statement's generic plan.
+            limit = sa.literal_column(str(int(self.k)), sa.Integer)
             template = (
-                self.base.add_columns(distance.label("distance")).order_by(distance).limit(self.k)
+                self.base.add_columns(distance.label("distance")).order_by(distance).limit(limit)
             )
             if self.base_key is not None:
                 _remember(key, template)
@@ -209,7 +217,12 @@ class SemanticQuery:
 
     def _execute(self, path: PlanPath) -> list[sa.Row[Any]]:
         return execute_search(
-            self.bind, self.connection, self.statement(path), self.settings(path), self.parameters()
+            self.bind,
+            self.connection,
+            self.statement(path),
+            self.settings(path),
+            self.parameters(),
+            filtered=self.is_filtered,
         )
 
     def _hit(self, row: sa.Row[Any]) -> Hit:
