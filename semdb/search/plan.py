@@ -8,9 +8,9 @@ Two paths, each with its own SQL, so the planner cannot silently swap one for th
     ``hnsw.iterative_scan = relaxed_order`` when a filter is present (pgvector 0.8+: the scan
     goes on until k rows pass the filter) and ``enable_sort = off`` so that the planner keeps
     the vector index instead of sorting the rows a btree found. Values equal to pgvector's
-    defaults (ef_search 40, no iterative scan) are not sent: an unfiltered search with the
-    default ef_search costs no extra round trip. Rows come back in nearly sorted order and
-    are re-sorted by distance.
+    defaults (ef_search 40, no iterative scan) are not sent. The settings travel with the
+    query in one round trip (psycopg's pipeline mode, see :func:`planner_settings`). Rows
+    come back in nearly sorted order and are re-sorted by distance.
 ``exact``
     ``ORDER BY cosine_distance(col, q) LIMIT k`` (the function form, which no index serves):
     the rows passing the filter (through any btree the planner likes), every distance
@@ -268,8 +268,8 @@ def choose_plan(
     )
 
 
-#: pgvector's own defaults: a search whose settings all equal them sends no SET LOCAL (and
-#: saves two round trips); a value set for the whole session then applies to it.
+#: pgvector's own defaults: a search whose settings all equal them sends no SET LOCAL (a plain
+#: statement, no pipeline); a value set for the whole session then applies to it.
 PGVECTOR_DEFAULTS = {
     "hnsw.ef_search": "40",
     "hnsw.iterative_scan": "off",
