@@ -323,6 +323,40 @@ def test_unfiltered_searches_may_be_prepared_filtered_ones_never(items: sa.Engin
     assert len(prepared) == 1 and "WHERE" not in prepared[0]
 
 
+@pytest.mark.parametrize("path", ["index", "exact"])
+def test_filters_of_one_shape_with_other_values_find_their_own_rows(
+    items: sa.Engine, path: str
+) -> None:
+    """Statements are reused per filter shape with the values bound at execution: each
+    search must see its own values, never those of the search that built the statement."""
+    with Session(items) as session:
+        for value in (3, 4, 3, 9):
+            hits = search(
+                session, Item.embedding, QUERIES[1], k=5, where=Item.c10 == value, plan=path
+            )
+            assert len(hits) == 5 and {h.row.c10 for h in hits} == {value}
+        for values in ([1, 2], [5, 6, 7], [8]):
+            hits = search(
+                session, Item.embedding, QUERIES[2], k=6, where=Item.c10.in_(values), plan=path
+            )
+            assert len(hits) == 6 and {h.row.c10 for h in hits} <= set(values)
+        for low, high in ((10, 12), (50, 50)):
+            hits = search(
+                session,
+                Item.embedding,
+                QUERIES[3],
+                k=4,
+                where=sa.and_(Item.c100.between(low, high), Item.body != "x"),
+                plan=path,
+            )
+            assert len(hits) == 4 and all(low <= h.row.c100 <= high for h in hits)
+            truth = exact_top_k(
+                VECTORS, QUERIES[3], 4, (np.arange(N) % 100 >= low) & (np.arange(N) % 100 <= high)
+            )
+            if path == "exact":
+                assert [h.row.id for h in hits] == truth
+
+
 def test_filter_keys_tell_values_apart(items: sa.Engine) -> None:
     from semdb.search.semantic import SemanticQuery
 

@@ -109,6 +109,7 @@ class SemanticQuery:
         self.vector: FloatArray = query_vector(self.target, query, embedder)
         self.connection = connection_of(bind)
         self.single_entity = _single_entity(self.base)
+        self._filter_values: dict[str, Any] = {}
         self.is_filtered = filtered = self.filtered()
         self.plan: SearchPlan = choose_plan(
             self.connection,
@@ -160,11 +161,16 @@ class SemanticQuery:
         return counted.where(self.where) if self.where is not None else counted
 
     def statement(self, path: PlanPath) -> sa.Select[Any]:
-        """The search statement for ``path``, the query vector bound at execution
-        (:data:`QUERY_VECTOR`): built once per statement shape, path and k, then only the
-        filter is added."""
+        """The search statement for ``path``; :meth:`parameters` gives the values to bind.
+
+        Built once per statement shape, path and k (the query vector bound at execution, as
+        :data:`QUERY_VECTOR`), and once more per filter shape: a filter of a shape seen
+        before (the same SQLAlchemy cache key) reuses that statement with its values bound
+        at execution, so SQLAlchemy finds its compiled form without walking the statement.
+        """
+        self._filter_values = {}
         key = (self.target.column, self.target.entity, self.base_key, path, self.k)
-        template = _templates.get(key) if self.base_key is not None else None
+        template: sa.Select[Any] | None = _templates.get(key) if self.base_key is not None else None
         if template is None:
             vector_type = self.target.query_value(None, for_index=path == "index").type
             query = sa.bindparam(QUERY_VECTOR, type_=vector_type)
@@ -180,11 +186,31 @@ class SemanticQuery:
             )
             if self.base_key is not None:
                 _remember(key, template)
-        return template.where(self.where) if self.where is not None else template
+        if self.where is None:
+            return template
+        where_key = self.where._generate_cache_key() if self.base_key is not None else None
+        if where_key is None:
+            return template.where(self.where)
+        full_key = (*key, where_key.key)
+        known = _templates.get(full_key)
+        if known is not None:
+            statement: sa.Select[Any] = known[0]
+            names: tuple[str, ...] = known[1]
+            self._filter_values = {
+                name: bind.effective_value
+                for name, bind in zip(names, where_key.bindparams, strict=True)
+            }
+            return statement
+        statement = template.where(self.where)
+        names = tuple(bind.key for bind in where_key.bindparams)
+        if len(set(names)) == len(names) and QUERY_VECTOR not in names:
+            _remember(full_key, (statement, names))
+        return statement
 
     def parameters(self) -> dict[str, Any]:
-        """The values :meth:`statement` leaves to bind: the query vector."""
-        return {QUERY_VECTOR: self.vector}
+        """The values :meth:`statement` leaves to bind: the query vector, and the filter's
+        values when the statement was built for an earlier filter of the same shape."""
+        return {**self._filter_values, QUERY_VECTOR: self.vector}
 
     def settings(self, path: PlanPath) -> dict[str, str]:
         return self.plan.settings if path == "index" else {}
@@ -327,13 +353,14 @@ def _default_statement(target: VectorColumn) -> sa.Select[Any]:
     return sa.select(target.entity) if target.entity is not None else sa.select(target.table)
 
 
-#: The search statements built so far, by (column, entity, statement shape, path, k).
-_templates: OrderedDict[tuple[Any, ...], sa.Select[Any]] = OrderedDict()
+#: The search statements built so far, by (column, entity, statement shape, path, k), and by
+#: the same and the filter's shape (with the names of the filter's bound parameters).
+_templates: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 _TEMPLATES_KEPT = 512
 _templates_lock = threading.Lock()
 
 
-def _remember(key: tuple[Any, ...], template: sa.Select[Any]) -> None:
+def _remember(key: tuple[Any, ...], template: Any) -> None:
     with _templates_lock:
         _templates[key] = template
         while len(_templates) > _TEMPLATES_KEPT:
