@@ -283,9 +283,19 @@ def _settings(
 ) -> dict[str, str]:
     """What the index path sets for this query: only what differs from pgvector's defaults,
     plus ``enable_sort = off`` when a filter could tempt the planner into a btree + sort."""
+    try:
+        known = _index_settings(target.spec.index, k, ef_search, filtered, iterative)
+    except TypeError:  # an index declaration that cannot be a cache key
+        known = _index_settings.__wrapped__(target.spec.index, k, ef_search, filtered, iterative)
+    return dict(known)  # a copy: result.plan.settings belongs to the caller
+
+
+@functools.lru_cache(maxsize=1024)
+def _index_settings(
+    index: Any, k: int, ef_search: int | None, filtered: bool, iterative: bool
+) -> dict[str, str]:
     from semdb.orm.indexes import HNSW
 
-    index = target.spec.index
     wanted: dict[str, str] = {}
     if isinstance(index, HNSW) or index is None:
         ef = ef_search if ef_search is not None else (index.ef_search if index else 40)

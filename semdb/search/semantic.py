@@ -26,7 +26,7 @@ from semdb.orm.types import FloatArray
 from semdb.protocols import TextEmbedder
 from semdb.search.explain import Explain, plan_root
 from semdb.search.plan import PlanPath, PlanRequest, SearchPlan, choose_plan, planner_settings
-from semdb.search.query import query_vector
+from semdb.search.query import query_vector, wire_vector
 from semdb.search.results import Hit, SearchResult
 
 MAX_K = 10000
@@ -108,8 +108,14 @@ class SemanticQuery:
         self.extended = statement is not None
         self.vector: FloatArray = query_vector(self.target, query, embedder)
         self.connection = connection_of(bind)
-        self.single_entity = _single_entity(self.base)
+        shape = (
+            None
+            if self.base_key is None
+            else (self.target.column, self.target.entity, self.base_key)
+        )
+        self.single_entity = _single_entity(self.base, shape)
         self._filter_values: dict[str, Any] = {}
+        self._wire: Any = self.vector  # encoded by statement(), for its path
         self.is_filtered = filtered = self.filtered()
         self.plan: SearchPlan = choose_plan(
             self.connection,
@@ -169,6 +175,8 @@ class SemanticQuery:
         at execution, so SQLAlchemy finds its compiled form without walking the statement.
         """
         self._filter_values = {}
+        storage = self.target.index_storage() if path == "index" else self.target.spec.storage
+        self._wire = wire_vector(self.vector, storage, self.target)
         key = (self.target.column, self.target.entity, self.base_key, path, self.k)
         template: sa.Select[Any] | None = _templates.get(key) if self.base_key is not None else None
         if template is None:
@@ -210,7 +218,7 @@ class SemanticQuery:
     def parameters(self) -> dict[str, Any]:
         """The values :meth:`statement` leaves to bind: the query vector, and the filter's
         values when the statement was built for an earlier filter of the same shape."""
-        return {**self._filter_values, QUERY_VECTOR: self.vector}
+        return {**self._filter_values, QUERY_VECTOR: self._wire}
 
     def settings(self, path: PlanPath) -> dict[str, str]:
         return self.plan.settings if path == "index" else {}
@@ -314,6 +322,8 @@ def explain_search(
 def _check_filter(where: Any) -> Any:
     if where is None:
         return None
+    if isinstance(where, sa.ColumnElement):
+        return where  # what sa.and_(where) returns for it
     if isinstance(where, str):
         raise SearchError(
             "where must be a SQLAlchemy expression, not a string of SQL",
@@ -360,6 +370,9 @@ _TEMPLATES_KEPT = 512
 _templates_lock = threading.Lock()
 
 
+_single_entities: dict[tuple[Any, ...], bool] = {}
+
+
 def _remember(key: tuple[Any, ...], template: Any) -> None:
     with _templates_lock:
         _templates[key] = template
@@ -387,7 +400,15 @@ def _key_values(values: Any) -> tuple[Any, ...] | None:
     return tuple(out)
 
 
-def _single_entity(statement: sa.Select[Any]) -> bool:
+def _single_entity(statement: sa.Select[Any], shape: Any = None) -> bool:
+    """Does the statement select one ORM entity (hits then carry the object itself)?"""
+    if shape is not None:
+        known = _single_entities.get(shape)
+        if known is None:
+            if len(_single_entities) > _TEMPLATES_KEPT:
+                _single_entities.clear()
+            known = _single_entities[shape] = _single_entity(statement)
+        return known
     descriptions = statement.column_descriptions
     if len(descriptions) != 1:
         return False
