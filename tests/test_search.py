@@ -459,6 +459,13 @@ def test_hybrid_search_with_a_filter(items: sa.Engine) -> None:
         ({"where": 42}, SearchError, "boolean expression"),
         ({"plan": "fastest"}, SearchError, "plan must be"),
         ({"query": np.zeros(DIM + 1)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": np.zeros(DIM + 1, np.float32)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": np.full(DIM, np.nan, np.float32)}, DimensionMismatchError, "NaN or infinite"),
+        (
+            {"query": np.r_[np.ones(DIM - 1), np.inf].astype(np.float32)},
+            DimensionMismatchError,
+            "NaN",
+        ),
         ({"query": "text without an embedder"}, SearchError, "needs an embedder"),
         ({"statement": "SELECT * FROM search_items"}, SearchError, "must be a select"),
     ],
@@ -469,6 +476,11 @@ def test_bad_arguments_are_refused_with_the_culprit(
     query = kwargs.pop("query", QUERIES[0])
     with Session(items) as session, pytest.raises(error, match=culprit):
         search(session, Item.embedding, query, **kwargs)
+
+
+def test_huge_but_finite_query_values_are_a_valid_vector(items: sa.Engine) -> None:
+    with Session(items) as session:  # the finiteness check must not overflow on them
+        assert len(search(session, Item.embedding, np.full(DIM, 3e38, np.float32), k=3)) == 3
 
 
 def test_hostile_strings_in_filters_are_only_values(items: sa.Engine) -> None:
