@@ -4,6 +4,7 @@ filters, joins, Core, thresholds, more-like-this, hybrid search, hostile input."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -235,6 +236,144 @@ def test_autocommit_connections_work(items: sa.Engine) -> None:
         assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
 
 
+def test_autocommit_search_errors_leave_no_settings_behind(items: sa.Engine) -> None:
+    with items.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sa.text("SET hnsw.ef_search = 55"))
+        with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
+            search(
+                connection,
+                Item.embedding,
+                QUERIES[0],
+                k=10,
+                where=(Item.c10 / 0) > 1,
+                plan="index",
+                ef_search=300,
+            )
+        values = connection.execute(
+            sa.text(
+                "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
+                "current_setting('hnsw.iterative_scan')"
+            )
+        ).one()
+        assert tuple(values) == ("55", "on", "off")
+        hits = search(
+            connection, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0, plan="index"
+        )
+        assert len(hits) == 10
+        connection.execute(sa.text("RESET hnsw.ef_search"))
+
+
+def _round_trips(connection: sa.Connection, action: Any) -> int:
+    """How many times the client waited for the server during ``action`` (libpq's trace:
+    a run of messages sent, then a run of messages received, is one round trip)."""
+    import tempfile
+
+    import psycopg
+
+    driver = connection.connection.dbapi_connection
+    assert isinstance(driver, psycopg.Connection)
+    with tempfile.TemporaryFile(mode="w+") as trace:
+        driver.pgconn.trace(trace.fileno())
+        driver.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            action()
+        finally:
+            driver.pgconn.untrace()
+        trace.seek(0)
+        directions = [line.split("\t", 1)[0] for line in trace if line.strip()]
+    pairs = zip(directions, directions[1:], strict=False)
+    return sum(1 for a, b in pairs if a == "F" and b == "B")
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transaction"])
+def test_the_index_path_sends_settings_and_query_in_one_round_trip(
+    items: sa.Engine, autocommit: bool
+) -> None:
+    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    with items.connect().execution_options(**options) as connection:
+        connection.execute(sa.text("SELECT 1"))  # the transaction (if any) has begun
+
+        def run() -> None:
+            hits = search(
+                connection, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0, plan="index"
+            )
+            assert hits.plan.settings and len(hits) == 10
+
+        run()  # pgvector's version looked up once per engine
+        assert _round_trips(connection, run) == 1
+        assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
+
+
+def test_unfiltered_searches_may_be_prepared_filtered_ones_never(items: sa.Engine) -> None:
+    """A prepared statement's generic plan cannot see a filter's selectivity: only searches
+    whose one value is the query vector are left to psycopg's prepared statements."""
+    with items.connect() as connection:
+        for query in QUERIES[:8]:
+            search(connection, Item.embedding, query, k=7)
+            search(connection, Item.embedding, query, k=7, where=Item.c1000 == 7)
+        prepared = (
+            connection.execute(
+                sa.text(
+                    "SELECT statement FROM pg_prepared_statements WHERE statement LIKE '%LIMIT 7%'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(prepared) == 1 and "WHERE" not in prepared[0]
+
+
+@pytest.mark.parametrize("path", ["index", "exact"])
+def test_filters_of_one_shape_with_other_values_find_their_own_rows(
+    items: sa.Engine, path: str
+) -> None:
+    """Statements are reused per filter shape with the values bound at execution: each
+    search must see its own values, never those of the search that built the statement."""
+    with Session(items) as session:
+        for value in (3, 4, 3, 9):
+            hits = search(
+                session, Item.embedding, QUERIES[1], k=5, where=Item.c10 == value, plan=path
+            )
+            assert len(hits) == 5 and {h.row.c10 for h in hits} == {value}
+        for values in ([1, 2], [5, 6, 7], [8]):
+            hits = search(
+                session, Item.embedding, QUERIES[2], k=6, where=Item.c10.in_(values), plan=path
+            )
+            assert len(hits) == 6 and {h.row.c10 for h in hits} <= set(values)
+        for low, high in ((10, 12), (50, 50)):
+            hits = search(
+                session,
+                Item.embedding,
+                QUERIES[3],
+                k=4,
+                where=sa.and_(Item.c100.between(low, high), Item.body != "x"),
+                plan=path,
+            )
+            assert len(hits) == 4 and all(low <= h.row.c100 <= high for h in hits)
+            truth = exact_top_k(
+                VECTORS, QUERIES[3], 4, (np.arange(N) % 100 >= low) & (np.arange(N) % 100 <= high)
+            )
+            if path == "exact":
+                assert [h.row.id for h in hits] == truth
+
+
+def test_filter_keys_tell_values_apart(items: sa.Engine) -> None:
+    from semdb.search.semantic import SemanticQuery
+
+    with items.connect() as connection:
+
+        def key(where: Any) -> Any:
+            return SemanticQuery(
+                connection, Item.embedding, QUERIES[0], k=3, where=where
+            ).filter_key()
+
+        assert key(Item.c10 == 3) == key(Item.c10 == 3)
+        assert key(Item.c10 == 3) != key(Item.c10 == 4)
+        assert key(Item.c10 == 3) != key(Item.c100 == 3)
+        assert key(Item.c10.in_([1, 2])) != key(Item.c10.in_([1, 3]))
+        assert key(Item.body == "1") != key(Item.c10 == 1)
+
+
 def test_core_search_returns_rows_with_distances(items: sa.Engine) -> None:
     table = Item.__table__
     with items.connect() as connection:
@@ -320,6 +459,13 @@ def test_hybrid_search_with_a_filter(items: sa.Engine) -> None:
         ({"where": 42}, SearchError, "boolean expression"),
         ({"plan": "fastest"}, SearchError, "plan must be"),
         ({"query": np.zeros(DIM + 1)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": np.zeros(DIM + 1, np.float32)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": np.full(DIM, np.nan, np.float32)}, DimensionMismatchError, "NaN or infinite"),
+        (
+            {"query": np.r_[np.ones(DIM - 1), np.inf].astype(np.float32)},
+            DimensionMismatchError,
+            "NaN",
+        ),
         ({"query": "text without an embedder"}, SearchError, "needs an embedder"),
         ({"statement": "SELECT * FROM search_items"}, SearchError, "must be a select"),
     ],
@@ -330,6 +476,11 @@ def test_bad_arguments_are_refused_with_the_culprit(
     query = kwargs.pop("query", QUERIES[0])
     with Session(items) as session, pytest.raises(error, match=culprit):
         search(session, Item.embedding, query, **kwargs)
+
+
+def test_huge_but_finite_query_values_are_a_valid_vector(items: sa.Engine) -> None:
+    with Session(items) as session:  # the finiteness check must not overflow on them
+        assert len(search(session, Item.embedding, np.full(DIM, 3e38, np.float32), k=3)) == 3
 
 
 def test_hostile_strings_in_filters_are_only_values(items: sa.Engine) -> None:

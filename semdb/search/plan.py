@@ -8,9 +8,9 @@ Two paths, each with its own SQL, so the planner cannot silently swap one for th
     ``hnsw.iterative_scan = relaxed_order`` when a filter is present (pgvector 0.8+: the scan
     goes on until k rows pass the filter) and ``enable_sort = off`` so that the planner keeps
     the vector index instead of sorting the rows a btree found. Values equal to pgvector's
-    defaults (ef_search 40, no iterative scan) are not sent: an unfiltered search with the
-    default ef_search costs no extra round trip. Rows come back in nearly sorted order and
-    are re-sorted by distance.
+    defaults (ef_search 40, no iterative scan) are not sent. The settings travel with the
+    query in one round trip (psycopg's pipeline mode, see :func:`planner_settings`). Rows
+    come back in nearly sorted order and are re-sorted by distance.
 ``exact``
     ``ORDER BY cosine_distance(col, q) LIMIT k`` (the function form, which no index serves):
     the rows passing the filter (through any btree the planner likes), every distance
@@ -29,7 +29,9 @@ pass the filter.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import math
 import threading
 import time
@@ -43,6 +45,7 @@ from typing import Any, Literal, cast
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine
 
 from semdb.db.preflight import parse_version
@@ -71,6 +74,8 @@ def exact_below_rows(table_rows: float) -> int:
 
 
 _SAVEPOINT = sql.Identifier("semdb_search")
+IDLE = TransactionStatus.IDLE
+INERROR = TransactionStatus.INERROR
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ def estimate_rows(
             )
         except Exception:  # a value without a usable repr: no caching
             key = None
-    cache_key = None if key is None else (connection.engine.url, *key)
+    cache_key = None if key is None else (_database(connection), *key)
     now = time.monotonic()
     if cache_key is not None:
         with _estimates_lock:
@@ -152,20 +157,19 @@ def estimate_rows(
     return rows
 
 
-_table_rows: dict[tuple[Any, str], tuple[float, float]] = {}
+_table_rows: dict[tuple[Any, ...], tuple[float, float]] = {}
 
 
 def table_rows(connection: Connection, target: VectorColumn) -> float:
     """The planner's row count of the vector column's table (``pg_class.reltuples``),
     kept for :data:`ESTIMATE_TTL_SECONDS`."""
-    preparer = connection.dialect.identifier_preparer
-    name = str(preparer.format_table(target.table))
-    key = (connection.engine.url, name)
+    key = (_database(connection), target.table)
     now = time.monotonic()
     with _estimates_lock:
         cached = _table_rows.get(key)
         if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
             return cached[0]
+    name = str(connection.dialect.identifier_preparer.format_table(target.table))
     rows = connection.execute(
         sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
     ).scalar()
@@ -176,6 +180,21 @@ def table_rows(connection: Connection, target: VectorColumn) -> float:
     with _estimates_lock:
         _table_rows[key] = (float(rows), now)
     return float(rows)
+
+
+_databases: weakref.WeakKeyDictionary[Engine, tuple[str, int]] = weakref.WeakKeyDictionary()
+_engine_numbers = itertools.count()
+
+
+def _database(connection: Connection) -> tuple[str, int]:
+    """What stands for the connection's database in cache keys: one token per engine (hashing
+    the engine's URL on every search costs more than the rest of the lookup)."""
+    engine = connection.engine
+    token = _databases.get(engine)
+    if token is None:
+        with _estimates_lock:  # a number never reused, unlike id(): no stale estimates
+            token = _databases.setdefault(engine, ("engine", next(_engine_numbers)))
+    return token
 
 
 @contextmanager
@@ -249,8 +268,8 @@ def choose_plan(
     )
 
 
-#: pgvector's own defaults: a search whose settings all equal them sends no SET LOCAL (and
-#: saves two round trips); a value set for the whole session then applies to it.
+#: pgvector's own defaults: a search whose settings all equal them sends no SET LOCAL (a plain
+#: statement, no pipeline); a value set for the whole session then applies to it.
 PGVECTOR_DEFAULTS = {
     "hnsw.ef_search": "40",
     "hnsw.iterative_scan": "off",
@@ -264,9 +283,19 @@ def _settings(
 ) -> dict[str, str]:
     """What the index path sets for this query: only what differs from pgvector's defaults,
     plus ``enable_sort = off`` when a filter could tempt the planner into a btree + sort."""
+    try:
+        known = _index_settings(target.spec.index, k, ef_search, filtered, iterative)
+    except TypeError:  # an index declaration that cannot be a cache key
+        known = _index_settings.__wrapped__(target.spec.index, k, ef_search, filtered, iterative)
+    return dict(known)  # a copy: result.plan.settings belongs to the caller
+
+
+@functools.lru_cache(maxsize=1024)
+def _index_settings(
+    index: Any, k: int, ef_search: int | None, filtered: bool, iterative: bool
+) -> dict[str, str]:
     from semdb.orm.indexes import HNSW
 
-    index = target.spec.index
     wanted: dict[str, str] = {}
     if isinstance(index, HNSW) or index is None:
         ef = ef_search if ef_search is not None else (index.ef_search if index else 40)
@@ -288,51 +317,106 @@ def _settings(
     return settings
 
 
+class _SettingsCursor(psycopg.Cursor[Any]):
+    """A cursor that runs each statement under planner settings, in one round trip.
+
+    ``execute`` sends, in psycopg's pipeline mode and followed by a single Sync: the opening
+    commands (a savepoint, when inside a transaction), ``set_config(name, value, true)`` (that
+    is ``SET LOCAL``), the statement itself, and the closing commands (back to the savepoint,
+    which restores the previous values). Without a transaction (autocommit), the commands up
+    to the Sync form one implicit transaction, which ends with them and takes the settings
+    along: no savepoint, no BEGIN/COMMIT. Subclassed once per settings (see
+    :func:`_settings_cursor`).
+    """
+
+    opening: tuple[sql.Composed, ...] = ()
+    closing: tuple[sql.Composed, ...] = ()
+    recover: sql.Composed | None = None  # after an error inside a caller's transaction
+
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> _SettingsCursor:
+        connection = self._conn
+        try:
+            with connection.pipeline():
+                for command in self.opening:
+                    psycopg.Cursor(connection).execute(command)
+                super().execute(query, params, prepare=prepare, binary=binary)
+                for command in self.closing:
+                    psycopg.Cursor(connection).execute(command)
+        except psycopg.Error:
+            if self.recover is not None and connection.info.transaction_status == INERROR:
+                try:  # back to the savepoint: the caller's transaction stays usable
+                    psycopg.Cursor(connection).execute(self.recover)
+                except psycopg.Error:  # no savepoint (it failed itself): report the first error
+                    pass
+            raise
+        return self
+
+
 @functools.lru_cache(maxsize=256)
-def _settings_sql(
-    settings: tuple[tuple[str, str], ...], autocommit: bool
-) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-    """(open + set, close after success, close after an error), composed once per shape."""
-    assignments = sql.SQL(", ").join(
-        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-        for name, value in settings
+def _settings_cursor(
+    settings: tuple[tuple[str, str], ...], in_transaction: bool
+) -> type[_SettingsCursor]:
+    """The cursor class that applies ``settings``, made once per settings and mode."""
+    assignments = sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+            for name, value in settings
+        )
     )
-    start = sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)
-    release = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
-    return (
-        sql.SQL("{}; SELECT {}").format(start, assignments),
-        sql.SQL("COMMIT").format() if autocommit else release,
-        sql.SQL("ROLLBACK").format() if autocommit else release,
+    if not in_transaction:
+        return type("SettingsCursor", (_SettingsCursor,), {"opening": (assignments,)})
+    return type(
+        "SettingsCursor",
+        (_SettingsCursor,),
+        {
+            "opening": (sql.SQL("SAVEPOINT {}").format(_SAVEPOINT), assignments),
+            "closing": (
+                sql.SQL("ROLLBACK TO SAVEPOINT {}").format(_SAVEPOINT),
+                sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT),
+            ),
+            "recover": sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(
+                _SAVEPOINT
+            ),
+        },
     )
 
 
 @contextmanager
-def planner_settings(connection: Connection, settings: dict[str, str]) -> Iterator[None]:
+def planner_settings(
+    connection: Connection, settings: dict[str, str], *, custom: bool = True
+) -> Iterator[None]:
     """Apply ``settings`` to the statements inside, and to nothing after them.
 
-    Inside the caller's transaction, a savepoint is taken and the settings are set with
-    ``set_config(..., is_local => true)`` (``SET LOCAL``); rolling back to the savepoint
-    afterwards restores the previous values exactly, and also keeps the caller's transaction
-    usable if the search fails. In autocommit mode a short transaction is opened instead.
+    Each statement executed inside runs in one round trip with its settings (see
+    :class:`_SettingsCursor`): inside the caller's transaction, a savepoint is taken, the
+    settings set with ``set_config(..., is_local => true)`` (``SET LOCAL``), the statement run,
+    and the savepoint rolled back to and released, which restores the previous values exactly
+    and keeps the caller's transaction usable if the search fails. In autocommit mode the
+    commands form one implicit transaction that ends with them.
+
+    ``custom``: plan the statements for their actual values (see :func:`custom_plans`).
     """
+    plans = custom_plans(connection) if custom else contextlib.nullcontext()
     if not settings:
-        with custom_plans(connection):
+        with plans:
             yield
         return
     driver = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
     autocommit = bool(getattr(driver, "autocommit", False))
     if not autocommit and not connection.in_transaction():
         connection.begin()
-    opening, closing_ok, closing_error = _settings_sql(tuple(settings.items()), autocommit)
-    # Straight through the driver (no parameters: one simple-protocol round trip each).
-    driver.execute(opening)
+    in_transaction = not autocommit or driver.info.transaction_status != IDLE
+    previous = driver.cursor_factory
+    driver.cursor_factory = _settings_cursor(tuple(settings.items()), in_transaction)
     try:
-        with custom_plans(connection):
+        with plans:
             yield
-    except BaseException:
-        try:
-            driver.execute(closing_error)
-        except psycopg.Error:  # the connection itself failed: report the first error
-            pass
-        raise
-    driver.execute(closing_ok)
+    finally:
+        driver.cursor_factory = previous

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any
+
+import numpy as np
 
 from semdb.errors import DimensionMismatchError, SearchError
 from semdb.orm.columns import VectorColumn
-from semdb.orm.types import FloatArray, as_float32
+from semdb.orm.types import FloatArray, WireVector, as_float32, encode_vector
 from semdb.protocols import TextEmbedder
 
 
@@ -22,8 +26,33 @@ def query_vector(target: VectorColumn, query: Any, embedder: TextEmbedder | None
         vector = embedder.embed_query(query)
     else:
         vector = query
+    if (
+        type(vector) is np.ndarray
+        and vector.dtype == np.float32
+        and vector.shape == (target.dimension,)
+        # a float64 sum of float32 values cannot overflow: finite exactly when all are
+        and math.isfinite(vector.sum(dtype=np.float64))
+    ):
+        return vector  # what embedders return, checked in one pass
     return as_float32(
         vector, dimension=target.dimension, where=f"the query vector for {target.name}"
+    )
+
+
+_VECTOR_HEADER = struct.Struct(">HH")
+_BIG_ENDIAN_FLOAT32 = np.dtype(">f4")
+
+
+def wire_vector(vector: FloatArray, storage: str, target: VectorColumn) -> WireVector:
+    """A checked query vector (see :func:`query_vector`) in pgvector's binary format for a
+    ``storage`` (vector or halfvec) parameter: encoded once, not checked again on binding."""
+    if storage == "vector":
+        return WireVector(
+            _VECTOR_HEADER.pack(vector.shape[0], 0) + vector.astype(_BIG_ENDIAN_FLOAT32).tobytes()
+        )
+    where = f"the query vector for {target.name}"
+    return WireVector(
+        encode_vector(vector, dimension=vector.shape[0], storage=storage, where=where)
     )
 
 

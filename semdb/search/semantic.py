@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -23,11 +26,13 @@ from semdb.orm.types import FloatArray
 from semdb.protocols import TextEmbedder
 from semdb.search.explain import Explain, plan_root
 from semdb.search.plan import PlanPath, PlanRequest, SearchPlan, choose_plan, planner_settings
-from semdb.search.query import query_vector
+from semdb.search.query import query_vector, wire_vector
 from semdb.search.results import Hit, SearchResult
 from semdb.sync.registry import check_query_model
 
 MAX_K = 10000
+#: The name of the query vector's bound parameter in search statements.
+QUERY_VECTOR = "semdb_query_vector"
 Bind = Session | Connection
 
 
@@ -50,18 +55,27 @@ def connection_of(bind: Bind) -> Connection:
 
 
 def execute_search(
-    bind: Bind, connection: Connection, statement: sa.Executable, settings: dict[str, str]
+    bind: Bind,
+    connection: Connection,
+    statement: sa.Executable,
+    settings: dict[str, str],
+    parameters: dict[str, Any] | None = None,
+    *,
+    filtered: bool = True,
 ) -> list[sa.Row[Any]]:
     """Run a search statement under its planner settings.
 
     The settings live in a savepoint that is rolled back afterwards, so nothing may be written
     inside it: a Session's autoflush is held off (it was flushed when the search began).
+    A ``filtered`` statement is planned for its actual values (no prepared generic plan); an
+    unfiltered one may run as a server-side prepared statement (psycopg prepares a statement
+    run often): its only value is the query vector, which no plan choice depends on.
     """
-    with planner_settings(connection, settings):
+    with planner_settings(connection, settings, custom=filtered):
         if isinstance(bind, Session):
             with bind.no_autoflush:
-                return list(bind.execute(statement).all())
-        return list(bind.execute(statement).all())
+                return list(bind.execute(statement, parameters).all())
+        return list(bind.execute(statement, parameters).all())
 
 
 def check_k(k: int) -> int:
@@ -91,21 +105,29 @@ class SemanticQuery:
         self.target: VectorColumn = vector_column(column)
         self.k = check_k(k)
         self.where = _check_filter(where)
-        self.base = _base_statement(self.target, statement)
+        self.base, self.base_key = _base_statement(self.target, statement)
         self.extended = statement is not None
         self.connection = connection_of(bind)
         if isinstance(query, str) and embedder is not None:
             # The model the column holds now (an activation may have switched it).
             check_query_model(self.connection, self.target, embedder)
         self.vector: FloatArray = query_vector(self.target, query, embedder)
-        self.single_entity = _single_entity(self.base)
+        shape = (
+            None
+            if self.base_key is None
+            else (self.target.column, self.target.entity, self.base_key)
+        )
+        self.single_entity = _single_entity(self.base, shape)
+        self._filter_values: dict[str, Any] = {}
+        self._wire: Any = self.vector  # encoded by statement(), for its path
+        self.is_filtered = filtered = self.filtered()
         self.plan: SearchPlan = choose_plan(
             self.connection,
             self.target,
             k=self.k,
-            filtered=self.filtered(),
+            filtered=filtered,
             filter_statement=self.filter_statement,
-            filter_key=self.filter_key(),
+            filter_key=self.filter_key() if filtered and plan == "auto" else None,
             request=plan,
             ef_search=ef_search,
             exact_below=exact_below,
@@ -123,9 +145,9 @@ class SemanticQuery:
         return self.base.whereclause is not None or len(self.base.columns_clause_froms) > 1
 
     def filter_key(self) -> tuple[Any, ...] | None:
-        """What identifies the filter statement, cheaply: the table and the WHERE clause with
-        its values written in (None when a statement was given, or a value cannot be written:
-        the statement is then compiled to know)."""
+        """What identifies the filter statement, cheaply: the table, the WHERE clause's
+        SQLAlchemy cache key and its values (None when a statement was given, or a value
+        cannot be used as a key: the statement is then compiled to know)."""
         if self.where is None:
             return None
         if self.extended and (
@@ -133,13 +155,13 @@ class SemanticQuery:
             or list(self.base.columns_clause_froms) != [self.target.table]
         ):
             return None
-        try:
-            literal = self.where.compile(
-                dialect=self.connection.dialect, compile_kwargs={"literal_binds": True}
-            )
-        except Exception:
+        cache_key = self.where._generate_cache_key()
+        if cache_key is None:
             return None
-        return ("filter", self.target.table.fullname, str(literal))
+        values = _key_values(bind.effective_value for bind in cache_key.bindparams)
+        if values is None:
+            return None
+        return ("filter", self.target.table, cache_key.key, values)
 
     def filter_statement(self) -> sa.Select[Any]:
         """``SELECT 1 FROM <base froms> WHERE <filters>``: what the row estimate is about."""
@@ -149,15 +171,58 @@ class SemanticQuery:
         return counted.where(self.where) if self.where is not None else counted
 
     def statement(self, path: PlanPath) -> sa.Select[Any]:
-        query = self.target.query_value(self.vector, for_index=path == "index")
-        if path == "index":
-            distance = self.target.index_distance(query)
-        else:
-            distance = self.target.exact_distance(query)
-        statement = self.base.add_columns(distance.label("distance"))
-        if self.where is not None:
-            statement = statement.where(self.where)
-        return statement.order_by(distance).limit(self.k)
+        """The search statement for ``path``; :meth:`parameters` gives the values to bind.
+
+        Built once per statement shape, path and k (the query vector bound at execution, as
+        :data:`QUERY_VECTOR`), and once more per filter shape: a filter of a shape seen
+        before (the same SQLAlchemy cache key) reuses that statement with its values bound
+        at execution, so SQLAlchemy finds its compiled form without walking the statement.
+        """
+        self._filter_values = {}
+        storage = self.target.index_storage() if path == "index" else self.target.spec.storage
+        self._wire = wire_vector(self.vector, storage, self.target)
+        key = (self.target.column, self.target.entity, self.base_key, path, self.k)
+        template: sa.Select[Any] | None = _templates.get(key) if self.base_key is not None else None
+        if template is None:
+            vector_type = self.target.query_value(None, for_index=path == "index").type
+            query = sa.bindparam(QUERY_VECTOR, type_=vector_type)
+            if path == "index":
+                distance = self.target.index_distance(query)
+            else:
+                distance = self.target.exact_distance(query)
+            # k written into the SQL (a checked integer): the planner knows it even in a
+            # prepared statement's generic plan.
+            limit = sa.literal_column(str(int(self.k)), sa.Integer)
+            template = (
+                self.base.add_columns(distance.label("distance")).order_by(distance).limit(limit)
+            )
+            if self.base_key is not None:
+                _remember(key, template)
+        if self.where is None:
+            return template
+        where_key = self.where._generate_cache_key() if self.base_key is not None else None
+        if where_key is None:
+            return template.where(self.where)
+        full_key = (*key, where_key.key)
+        known = _templates.get(full_key)
+        if known is not None:
+            statement: sa.Select[Any] = known[0]
+            names: tuple[str, ...] = known[1]
+            self._filter_values = {
+                name: bind.effective_value
+                for name, bind in zip(names, where_key.bindparams, strict=True)
+            }
+            return statement
+        statement = template.where(self.where)
+        names = tuple(bind.key for bind in where_key.bindparams)
+        if len(set(names)) == len(names) and QUERY_VECTOR not in names:
+            _remember(full_key, (statement, names))
+        return statement
+
+    def parameters(self) -> dict[str, Any]:
+        """The values :meth:`statement` leaves to bind: the query vector, and the filter's
+        values when the statement was built for an earlier filter of the same shape."""
+        return {**self._filter_values, QUERY_VECTOR: self._wire}
 
     def settings(self, path: PlanPath) -> dict[str, str]:
         return self.plan.settings if path == "index" else {}
@@ -184,12 +249,19 @@ class SemanticQuery:
         """The root of the JSON plan of the chosen path, under the same settings."""
         with planner_settings(self.connection, self.settings(self.plan.path)):
             explained = self.connection.execute(
-                Explain(self.statement(self.plan.path), analyze=analyze)
+                Explain(self.statement(self.plan.path), analyze=analyze), self.parameters()
             ).scalar()
         return plan_root(explained)
 
     def _execute(self, path: PlanPath) -> list[sa.Row[Any]]:
-        return execute_search(self.bind, self.connection, self.statement(path), self.settings(path))
+        return execute_search(
+            self.bind,
+            self.connection,
+            self.statement(path),
+            self.settings(path),
+            self.parameters(),
+            filtered=self.is_filtered,
+        )
 
     def _hit(self, row: sa.Row[Any]) -> Hit:
         distance = float(row[-1])
@@ -254,6 +326,8 @@ def explain_search(
 def _check_filter(where: Any) -> Any:
     if where is None:
         return None
+    if isinstance(where, sa.ColumnElement):
+        return where  # what sa.and_(where) returns for it
     if isinstance(where, str):
         raise SearchError(
             "where must be a SQLAlchemy expression, not a string of SQL",
@@ -268,19 +342,77 @@ def _check_filter(where: Any) -> Any:
         ) from exc
 
 
-def _base_statement(target: VectorColumn, statement: sa.Select[Any] | None) -> sa.Select[Any]:
+def _base_statement(
+    target: VectorColumn, statement: sa.Select[Any] | None
+) -> tuple[sa.Select[Any], Any]:
+    """The statement to extend, and what identifies its shape for :data:`_templates` (None
+    when it holds values of its own: it is then built for each search)."""
     if statement is None:
-        return sa.select(target.entity) if target.entity is not None else sa.select(target.table)
+        return _default_statement(target), "default"
     if not isinstance(statement, sa.Select):
         raise SearchError(
             f"statement must be a select(), got {type(statement).__name__}",
             fix="pass e.g. statement=select(Doc).join(Doc.author)",
         )
     # search orders by distance and limits to k: an ORDER BY or LIMIT given is replaced.
-    return statement.order_by(None).limit(None)
+    if statement._order_by_clauses or statement._limit_clause is not None:
+        statement = statement.order_by(None).limit(None)
+    cache_key = statement._generate_cache_key()
+    if cache_key is None or cache_key.bindparams:
+        return statement, None
+    return statement, cache_key.key
 
 
-def _single_entity(statement: sa.Select[Any]) -> bool:
+def _default_statement(target: VectorColumn) -> sa.Select[Any]:
+    return sa.select(target.entity) if target.entity is not None else sa.select(target.table)
+
+
+#: The search statements built so far, by (column, entity, statement shape, path, k), and by
+#: the same and the filter's shape (with the names of the filter's bound parameters).
+_templates: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_TEMPLATES_KEPT = 512
+_templates_lock = threading.Lock()
+
+
+_single_entities: dict[tuple[Any, ...], bool] = {}
+
+
+def _remember(key: tuple[Any, ...], template: Any) -> None:
+    with _templates_lock:
+        _templates[key] = template
+        while len(_templates) > _TEMPLATES_KEPT:
+            _templates.popitem(last=False)
+
+
+def _key_values(values: Any) -> tuple[Any, ...] | None:
+    """Filter values as a hashable tuple for a cache key, or None if one cannot be."""
+    out: list[Any] = []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            nested = _key_values(value)
+            if nested is None:
+                return None
+            out.append((type(value).__name__, nested))
+        elif isinstance(value, np.ndarray):
+            out.append(("ndarray", value.dtype.str, value.shape, value.tobytes()))
+        else:
+            try:
+                hash(value)
+            except TypeError:
+                return None
+            out.append((type(value).__name__, value))
+    return tuple(out)
+
+
+def _single_entity(statement: sa.Select[Any], shape: Any = None) -> bool:
+    """Does the statement select one ORM entity (hits then carry the object itself)?"""
+    if shape is not None:
+        known = _single_entities.get(shape)
+        if known is None:
+            if len(_single_entities) > _TEMPLATES_KEPT:
+                _single_entities.clear()
+            known = _single_entities[shape] = _single_entity(statement)
+        return known
     descriptions = statement.column_descriptions
     if len(descriptions) != 1:
         return False
