@@ -136,10 +136,25 @@ def test_evaluation_through_pgvector_equals_exact_search_in_memory(
     through_sql = evaluate(tiny_encoder, data, model="tiny", url=url, cache_dir=tmp_path)
     in_memory = evaluate(tiny_encoder, data, model="tiny", search="numpy", cache_dir=tmp_path)
     assert through_sql.documents == 80 and through_sql.queries == len(data.query_ids) > 60
-    assert through_sql.metrics == pytest.approx(in_memory.metrics, abs=1e-9)
     assert 0.0 < through_sql.metrics["ndcg@10"] < 1.0
     assert through_sql.metrics["recall@100"] == 1.0  # 80 documents: all of them come back
-    assert through_sql.rankings == in_memory.rankings
+    # The same order, except where two documents score the same to float32 precision: SQL
+    # (pgvector) and numpy sum in different orders, so a near-tie may come out either way.
+    ids = list(data.corpus)
+    documents = dict(zip(ids, tiny_encoder.embed([data.corpus[i] for i in ids]), strict=True))
+    queries = tiny_encoder.embed([data.queries[q] for q in data.query_ids], kind="query")
+    swapped = 0
+    for query_id, query in zip(data.query_ids, queries, strict=True):
+        sql_order, numpy_order = through_sql.rankings[query_id], in_memory.rankings[query_id]
+        assert sorted(sql_order) == sorted(numpy_order)
+        for a, b in zip(sql_order, numpy_order, strict=True):
+            if a != b:
+                swapped += 1
+                assert abs(float(documents[a] @ query) - float(documents[b] @ query)) < 1e-5
+    if swapped == 0:
+        assert through_sql.metrics == pytest.approx(in_memory.metrics, abs=1e-9)
+    else:
+        assert through_sql.metrics == pytest.approx(in_memory.metrics, abs=0.02)
     assert "encode_corpus" in through_sql.seconds
     assert in_memory.seconds.get("encode_corpus") == 0.0  # read from the cache
     assert list(tmp_path.glob("torch-*/*.keys.npy"))
