@@ -575,3 +575,24 @@ def test_the_default_threshold_grows_with_the_square_root_of_the_table(items: sa
         narrow = search(session, Item.embedding, QUERIES[0], k=10, where=Item.c10 == 0)
     assert wide.plan.path == "index" and "> 778" in wide.plan.reason
     assert narrow.plan.path == "exact" and "<= 778" in narrow.plan.reason
+
+
+def test_hits_leave_the_stored_vector_out_until_it_is_read(items: sa.Engine) -> None:
+    """A vector comes back as text (kilobytes per row): the default statement does not fetch
+    it. ORM hits load it when it is read; Core rows do not carry it."""
+    query = QUERIES[0]
+    with Session(items) as session:
+        hits = search(session, Item.embedding, query, k=3)
+        state = sa.inspect(hits[0].row)
+        assert {"embedding", "embedding_hash"} <= state.unloaded
+        assert "body" not in state.unloaded
+        stored = hits[0].row.embedding  # loaded on access
+        assert np.allclose(stored, VECTORS[hits[0].row.id], atol=1e-6)
+    with items.connect() as connection:
+        rows = search(connection, Item.__table__.c.embedding, query, k=3)
+        assert "embedding" not in rows[0].row._fields and "body" in rows[0].row._fields
+        assert "embedding_model" in rows[0].row._fields
+        # asked for, the vector comes back
+        table = Item.__table__
+        asked = search(connection, table.c.embedding, query, k=3, statement=sa.select(table))
+        assert np.allclose(asked[0].row.embedding, VECTORS[asked[0].row.id], atol=1e-6)
