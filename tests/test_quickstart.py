@@ -206,16 +206,20 @@ def test_table_names_from_folders() -> None:
 def test_bad_input_is_refused_with_the_fix(
     first_run: tuple[QuickstartReport, str], tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    result = run_semdb("quickstart", "--data", str(tmp_path))
+    # A model store of its own: a bad argument must be refused before the default model
+    # is imported into it (which would take a while, and leave a bundle behind).
+    home = {"SEMDB_HOME": str(tmp_path / "home")}
+    result = run_semdb("quickstart", "--data", str(tmp_path), env=home)
     assert result.returncode != 0
     assert "no corpus.jsonl there" in result.stderr and "Traceback" not in result.stderr
 
-    result = run_semdb("quickstart", "--modules", "json,not_a_module")
+    result = run_semdb("quickstart", "--modules", "json,not_a_module", env=home)
     assert result.returncode != 0
     assert "not standard library modules: not_a_module" in result.stderr
 
-    result = run_semdb("quickstart", "--model", str(tmp_path / "missing"))
+    result = run_semdb("quickstart", "--model", str(tmp_path / "missing"), env=home)
     assert result.returncode != 0 and "no model bundle" in result.stderr
+    assert not (tmp_path / "home" / "models").exists()
 
 
 def test_a_model_of_another_dimension_needs_reset(

@@ -29,6 +29,7 @@ from semdb.errors import SemdbError
 from semdb.protocols import model_tag
 from semdb.quickstart import examples as ex
 from semdb.quickstart.loading import LoadCounts, upsert_rows
+from semdb.quickstart.stdlib_docs import check_modules
 from semdb.quickstart.tables import (
     SCHEMA,
     check_existing,
@@ -82,7 +83,9 @@ def run_quickstart(
     library modules; ``reset``: drop the quickstart's tables first."""
     console = console or Console()
     report = QuickstartReport()
+    # Bad arguments are refused before anything runs (the model import alone takes a while).
     folder = _check_data(data) if data is not None else None
+    check_modules(modules)
     step = _stepper(console, report)
 
     with step("database") as done:

@@ -121,15 +121,20 @@ def _extract(only: Sequence[str] = ()) -> list[DocEntry]:
     return sorted(entries.values(), key=lambda e: e.qualname)
 
 
-def stdlib_docs(modules: Sequence[str] = (), *, python: str | None = None) -> list[DocEntry]:
-    """The documentation of the standard library of ``python`` (default: this interpreter),
-    extracted in a child process; ``modules`` keeps only these top-level modules."""
+def check_modules(modules: Sequence[str]) -> None:
+    """An error naming the names that are not top-level standard library modules."""
     unknown = sorted(set(modules) - set(sys.stdlib_module_names))
     if unknown:
         raise SemdbError(
             f"not standard library modules: {', '.join(unknown)}",
             fix="name top-level modules of the standard library, e.g. json,pathlib",
         )
+
+
+def stdlib_docs(modules: Sequence[str] = (), *, python: str | None = None) -> list[DocEntry]:
+    """The documentation of the standard library of ``python`` (default: this interpreter),
+    extracted in a child process; ``modules`` keeps only these top-level modules."""
+    check_modules(modules)
     command = [
         python or sys.executable,
         "-c",
