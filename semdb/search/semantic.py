@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -145,6 +146,12 @@ class SemanticQuery:
         # index path returns fewer than k and the search runs again exactly.)
         return self.base.whereclause is not None or len(self.base.columns_clause_froms) > 1
 
+    @functools.cached_property
+    def where_cache_key(self) -> Any:
+        """SQLAlchemy's cache key of the filter (its shape and values), computed once: the
+        plan's estimate cache and each path's statement both look it up."""
+        return self.where._generate_cache_key() if self.where is not None else None
+
     def filter_key(self) -> tuple[Any, ...] | None:
         """What identifies the filter statement, cheaply: the table, the WHERE clause's
         SQLAlchemy cache key and its values (None when a statement was given, or a value
@@ -156,7 +163,7 @@ class SemanticQuery:
             or list(self.base.columns_clause_froms) != [self.target.table]
         ):
             return None
-        cache_key = self.where._generate_cache_key()
+        cache_key = self.where_cache_key
         if cache_key is None:
             return None
         values = _key_values(bind.effective_value for bind in cache_key.bindparams)
@@ -201,7 +208,7 @@ class SemanticQuery:
                 _remember(key, template)
         if self.where is None:
             return template
-        where_key = self.where._generate_cache_key() if self.base_key is not None else None
+        where_key = self.where_cache_key if self.base_key is not None else None
         if where_key is None:
             return template.where(self.where)
         full_key = (*key, where_key.key)
