@@ -263,10 +263,7 @@ def _load(
         # Registered (sync "manual": no triggers; the quickstart embeds with backfill), so
         # that semdb.hybrid_search() in SQL and `semdb backfill` know the column.
         register(connection, SyncTarget.from_column(table.c.embedding))
-        counts = upsert_rows(connection, table, key, rows)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(sa.text(f"ANALYZE {_table_sql(table)}"))
-    return counts
+        return upsert_rows(connection, table, key, rows)
 
 
 def _embed(engine: sa.Engine, table: sa.Table, embedder: Any, console: Console) -> Any:
@@ -301,6 +298,8 @@ def _build_indexes(engine: sa.Engine, table: sa.Table) -> str:
             if index.name not in existing:
                 index.create(connection)
                 built.append(str(index.name))
+    # Statistics once the vectors and the expression indexes exist (the plan choice of the
+    # example searches reads them); the embedding step rewrote every row.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(sa.text(f"ANALYZE {_table_sql(table)}"))
     if not built:
