@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from semdb.bundles.bundle import PRECISIONS, Bundle
-from semdb.bundles.store import DEFAULT_MODEL, bundle_dir, find_bundle
+from semdb.bundles.store import DEFAULT_MODEL, bundle_dir, find_bundle, models_home
 from semdb.errors import BundleError, SemdbError
 
 TRAIN_FIX = "install the training extra: pip install 'semdb[train]'"
@@ -60,10 +60,9 @@ def import_model(
 def default_bundle(progress: Callable[[str], None] | None = None) -> tuple[Bundle, bool]:
     """The default model's newest bundle, imported first when the store has none; and
     whether it was imported now."""
-    try:
+    if (models_home() / DEFAULT_MODEL).is_dir():
+        # In the store: a damaged bundle is an error to see, not a reason to import again.
         return find_bundle(DEFAULT_MODEL), False
-    except BundleError:
-        pass
     return import_model(progress=progress), True
 
 
