@@ -14,19 +14,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from semdb.cli.embedder import default_model, load_embedder, model_option
+from semdb.cli.embedder import columns_option, default_model, load_embedder, model_option
 from semdb.db import create_engine
 
 
 @click.command()
 @model_option
-@click.option(
-    "--column",
-    "columns",
-    multiple=True,
-    metavar="TABLE.COLUMN",
-    help="Only these registered columns (repeatable). Default: all of the model.",
-)
+@columns_option
 @click.option("--batch-size", default=256, show_default=True, help="Rows embedded per batch.")
 def backfill(model: str | None, provider: str, columns: tuple[str, ...], batch_size: int) -> None:
     """Embed rows whose vector is missing or was made from other text or another model."""

@@ -26,6 +26,17 @@ def provider_option(function: Any) -> Any:
     )(function)
 
 
+def columns_option(function: Any) -> Any:
+    """``--column TABLE.COLUMN`` (repeatable): only these registered columns."""
+    return click.option(
+        "--column",
+        "columns",
+        multiple=True,
+        metavar="TABLE.COLUMN",
+        help="Only these registered columns (repeatable). Default: all of the model.",
+    )(function)
+
+
 def model_option(function: Any) -> Any:
     """``--model`` (default: the registered columns' model) and ``--provider``."""
     function = provider_option(function)

@@ -9,19 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from semdb.cli.embedder import default_model, load_embedder, model_option
+from semdb.cli.embedder import columns_option, default_model, load_embedder, model_option
 from semdb.db import create_engine
 
 
 @click.command()
 @model_option
-@click.option(
-    "--column",
-    "columns",
-    multiple=True,
-    metavar="TABLE.COLUMN",
-    help="Only these registered columns (repeatable). Default: all of the model.",
-)
+@columns_option
 @click.option("--batch-size", default=128, show_default=True, help="Rows claimed per batch.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds to wait when idle.")
 @click.option(
