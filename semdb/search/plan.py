@@ -29,7 +29,6 @@ pass the filter.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -327,11 +326,19 @@ class _SettingsCursor(psycopg.Cursor[Any]):
     to the Sync form one implicit transaction, which ends with them and takes the settings
     along: no savepoint, no BEGIN/COMMIT. Subclassed once per settings (see
     :func:`_settings_cursor`).
+
+    The commands are encoded once, with the class. The ``set_config`` statement runs as a
+    server-side prepared statement when the connection allows them (psycopg's
+    ``prepare_threshold`` is not None; PgBouncer users turn it off): the server then neither
+    parses nor plans it again. ``custom``: the statement itself is never prepared, so that it
+    is planned for its actual values (see :func:`custom_plans`).
     """
 
-    opening: tuple[sql.Composed, ...] = ()
-    closing: tuple[sql.Composed, ...] = ()
-    recover: sql.Composed | None = None  # after an error inside a caller's transaction
+    opening: tuple[bytes, ...] = ()
+    assignments: bytes = b""
+    closing: tuple[bytes, ...] = ()
+    recover: bytes | None = None  # after an error inside a caller's transaction
+    custom: bool = True
 
     def execute(
         self,
@@ -342,17 +349,22 @@ class _SettingsCursor(psycopg.Cursor[Any]):
         binary: bool | None = None,
     ) -> _SettingsCursor:
         connection = self._conn
+        prepare_settings = connection.prepare_threshold is not None
         try:
             with connection.pipeline():
-                for command in self.opening:
-                    psycopg.Cursor(connection).execute(command)
-                super().execute(query, params, prepare=prepare, binary=binary)
-                for command in self.closing:
-                    psycopg.Cursor(connection).execute(command)
+                command = psycopg.Cursor(connection)
+                for opening in self.opening:
+                    command.execute(opening, prepare=False)
+                command.execute(self.assignments, prepare=prepare_settings)
+                super().execute(
+                    query, params, prepare=False if self.custom else prepare, binary=binary
+                )
+                for closing in self.closing:
+                    command.execute(closing, prepare=False)
         except psycopg.Error:
             if self.recover is not None and connection.info.transaction_status == INERROR:
                 try:  # back to the savepoint: the caller's transaction stays usable
-                    psycopg.Cursor(connection).execute(self.recover)
+                    psycopg.Cursor(connection).execute(self.recover, prepare=False)
                 except psycopg.Error:  # no savepoint (it failed itself): report the first error
                     pass
             raise
@@ -361,7 +373,7 @@ class _SettingsCursor(psycopg.Cursor[Any]):
 
 @functools.lru_cache(maxsize=256)
 def _settings_cursor(
-    settings: tuple[tuple[str, str], ...], in_transaction: bool
+    settings: tuple[tuple[str, str], ...], in_transaction: bool, custom: bool
 ) -> type[_SettingsCursor]:
     """The cursor class that applies ``settings``, made once per settings and mode."""
     assignments = sql.SQL("SELECT {}").format(
@@ -370,22 +382,19 @@ def _settings_cursor(
             for name, value in settings
         )
     )
-    if not in_transaction:
-        return type("SettingsCursor", (_SettingsCursor,), {"opening": (assignments,)})
-    return type(
-        "SettingsCursor",
-        (_SettingsCursor,),
-        {
-            "opening": (sql.SQL("SAVEPOINT {}").format(_SAVEPOINT), assignments),
+    attributes: dict[str, Any] = {"assignments": assignments.as_bytes(None), "custom": custom}
+    if in_transaction:
+        attributes |= {
+            "opening": (sql.SQL("SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),),
             "closing": (
-                sql.SQL("ROLLBACK TO SAVEPOINT {}").format(_SAVEPOINT),
-                sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT),
+                sql.SQL("ROLLBACK TO SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),
+                sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),
             ),
-            "recover": sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(
-                _SAVEPOINT
-            ),
-        },
-    )
+            "recover": sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}")
+            .format(_SAVEPOINT)
+            .as_bytes(None),
+        }
+    return type("SettingsCursor", (_SettingsCursor,), attributes)
 
 
 @contextmanager
@@ -403,9 +412,11 @@ def planner_settings(
 
     ``custom``: plan the statements for their actual values (see :func:`custom_plans`).
     """
-    plans = custom_plans(connection) if custom else contextlib.nullcontext()
     if not settings:
-        with plans:
+        if not custom:
+            yield
+            return
+        with custom_plans(connection):
             yield
         return
     driver = cast(psycopg.Connection[Any], connection.connection.dbapi_connection)
@@ -414,9 +425,8 @@ def planner_settings(
         connection.begin()
     in_transaction = not autocommit or driver.info.transaction_status != IDLE
     previous = driver.cursor_factory
-    driver.cursor_factory = _settings_cursor(tuple(settings.items()), in_transaction)
+    driver.cursor_factory = _settings_cursor(tuple(settings.items()), in_transaction, custom)
     try:
-        with plans:
-            yield
+        yield
     finally:
         driver.cursor_factory = previous

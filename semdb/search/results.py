@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from semdb.search.plan import SearchPlan
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     """One result: ``row`` is the ORM object for ``select(Entity)`` searches, else the
-    SQLAlchemy ``Row`` (which also carries ``distance``, or ``score`` for hybrid search)."""
+    SQLAlchemy ``Row`` (which also carries ``distance``, or ``score`` for hybrid search).
+    A named tuple (``for row, distance in hits``): a search makes k of them, and a frozen
+    dataclass costs five times as much to build."""
 
     row: Any
     distance: float
 
 
-@dataclass(frozen=True)
-class HybridHit:
+class HybridHit(NamedTuple):
     """One hybrid result: the fused RRF ``score`` (larger is better) and each leg's rank
     (None when that leg did not find the row)."""
 
