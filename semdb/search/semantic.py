@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,8 @@ class SemanticQuery:
             if self.base_key is None
             else (self.target.column, self.target.entity, self.base_key)
         )
-        self.single_entity = _single_entity(self.base, shape)
+        self.shape = _shape_of(self.base, shape)
+        self.single_entity = self.shape.single_entity
         self._filter_values: dict[str, Any] = {}
         self._wire: Any = self.vector  # encoded by statement(), for its path
         self.is_filtered = filtered = self.filtered()
@@ -144,7 +146,7 @@ class SemanticQuery:
         # More than one table selected (a join) or a WHERE in the statement given. (A join
         # that selects no column of the other table is not seen: if it drops rows, the
         # index path returns fewer than k and the search runs again exactly.)
-        return self.base.whereclause is not None or len(self.base.columns_clause_froms) > 1
+        return self.shape.has_where or len(self.shape.froms) > 1
 
     @functools.cached_property
     def where_cache_key(self) -> Any:
@@ -158,10 +160,7 @@ class SemanticQuery:
         cannot be used as a key: the statement is then compiled to know)."""
         if self.where is None:
             return None
-        if self.extended and (
-            self.base.whereclause is not None
-            or list(self.base.columns_clause_froms) != [self.target.table]
-        ):
+        if self.extended and (self.shape.has_where or self.shape.froms != (self.target.table,)):
             return None
         cache_key = self.where_cache_key
         if cache_key is None:
@@ -413,7 +412,7 @@ _TEMPLATES_KEPT = 512
 _templates_lock = threading.Lock()
 
 
-_single_entities: dict[tuple[Any, ...], bool] = {}
+_shapes: dict[tuple[Any, ...], _Shape] = {}
 
 
 def _remember(key: tuple[Any, ...], template: Any) -> None:
@@ -443,15 +442,33 @@ def _key_values(values: Any) -> tuple[Any, ...] | None:
     return tuple(out)
 
 
-def _single_entity(statement: sa.Select[Any], shape: Any = None) -> bool:
-    """Does the statement select one ORM entity (hits then carry the object itself)?"""
+@dataclass(frozen=True)
+class _Shape:
+    """What a search needs to know of the statement it extends, found once per shape."""
+
+    single_entity: bool  # select(Entity): hits carry the object itself
+    has_where: bool  # the statement filters rows itself
+    froms: tuple[Any, ...]  # the tables (or joins) its columns come from
+
+
+def _shape_of(statement: sa.Select[Any], shape: Any = None) -> _Shape:
+    """The :class:`_Shape` of ``statement``, kept by ``shape`` (None: not kept)."""
     if shape is not None:
-        known = _single_entities.get(shape)
+        known = _shapes.get(shape)
         if known is None:
-            if len(_single_entities) > _TEMPLATES_KEPT:
-                _single_entities.clear()
-            known = _single_entities[shape] = _single_entity(statement)
+            if len(_shapes) > _TEMPLATES_KEPT:
+                _shapes.clear()
+            known = _shapes[shape] = _shape_of(statement)
         return known
+    return _Shape(
+        single_entity=_single_entity(statement),
+        has_where=statement.whereclause is not None,
+        froms=tuple(statement.columns_clause_froms),
+    )
+
+
+def _single_entity(statement: sa.Select[Any]) -> bool:
+    """Does the statement select one ORM entity (hits then carry the object itself)?"""
     descriptions = statement.column_descriptions
     if len(descriptions) != 1:
         return False
