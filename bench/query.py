@@ -6,24 +6,30 @@
 The table holds the debdesc texts (see bench/data.py) with an HNSW index (m=16,
 ef_construction=64, cosine) and a btree on ``bucket`` (uniform 0-999), so ``bucket < t``
 passes t/10 % of the rows. Held-out rows are the queries. For each selectivity, every query
-runs once through each plan, side by side in one run: the queries go in blocks of 10, and each
-block runs through every plan in turn, in a new random order per block. Within its turn a plan
-runs like a serving process, one search after another. ``--block 1`` interleaves the plans
-query by query instead. Every search then starts on caches cold from five other clients'
-work, which inflates every fixed per-query cost (plain psycopg's exact plan at 0.1%: about
-0.12 ms a query in a row, 0.28 ms interleaved) and with it the share of client-side Python.
-A plan's queries/s come from its median block (see ``_queries_per_second``). The plans:
+runs once through each plan, side by side in one run, the plans in a new random order for
+each query (``--block N``: N queries a plan in a row instead). A plan's queries/s is one over
+its median time per query (``qps_mean`` in the JSON is the mean): a noisy neighbour's burst
+slows whichever plans were running then, and the median sets those queries aside.
+
+Interleaving query by query starts every search on caches made cold by the other clients'
+work. That inflates every fixed per-query cost, client-side Python included: plain psycopg's
+exact plan at 0.1% took about 0.12 ms a query run in a row, 0.28 ms interleaved. The
+``sa`` plans measure that share. The plans:
 
 - ``pg hnsw``: plain psycopg, ``ORDER BY embedding <=> q LIMIT k``, ef_search 40, no
   iterative scan (pgvector's default);
 - ``pg iterative``: the same with ``hnsw.iterative_scan = relaxed_order`` (the planner may
   still choose the btree);
 - ``pg exact``: ``ORDER BY cosine_distance(embedding, q)``: exact, through the btree or a scan;
+- ``sa hnsw``, ``sa iterative``, ``sa exact``: the same plans as Core statements executed by
+  SQLAlchemy (session settings, statement built once, vector bound in binary): what
+  SQLAlchemy's own execution costs, the floor for any helper that runs through it;
 - ``semdb``: ``semdb.search(connection, Doc.embedding, q, k=10, where=Doc.bucket < t)``, plan
   chosen automatically; also ``semdb index`` and ``semdb exact`` (forced), to show the
   crossover that EXACT_BELOW_FACTOR encodes.
 
-"best pg" is the fastest pg plan that returns k rows at recall >= 0.95. Recall is against
+"best pg" is the fastest pg plan that returns k rows at recall >= 0.95 (and "best sa" the
+fastest sa plan). Recall is against
 exact top-k computed in numpy. Results: a table, and bench/results/query.json.
 """
 
@@ -47,7 +53,7 @@ from bench.data import write_result
 
 K = 10
 #: Queries a plan runs in a row, in its turn (see the module documentation).
-BLOCK = 10
+BLOCK = 1
 THRESHOLDS = [None, 500, 200, 100, 50, 20, 10, 5, 1]  # bucket < t passes t/10 %
 DIM = 384
 
@@ -323,8 +329,7 @@ def _measure(
 
 
 def _queries_per_second(block_seconds: list[float]) -> float:
-    """Queries per second from the median block: a noisy neighbour's burst slows a few
-    blocks of whichever plans were running then, and the median sets those aside."""
+    """Queries per second from the median block (see the module documentation)."""
     return 1.0 / float(np.median(block_seconds))
 
 
@@ -338,8 +343,7 @@ def main() -> None:
         "--block",
         type=int,
         default=BLOCK,
-        help=f"queries each plan runs in a row before the next plan's turn (default {BLOCK}; "
-        "1 interleaves every query: cold caches for all)",
+        help=f"queries each plan runs in a row before the next plan's turn (default {BLOCK})",
     )
     args = parser.parse_args()
 

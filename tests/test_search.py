@@ -323,6 +323,43 @@ def test_unfiltered_searches_may_be_prepared_filtered_ones_never(items: sa.Engin
     assert len(prepared) == 1 and "WHERE" not in prepared[0]
 
 
+@pytest.mark.parametrize("filtered", [True, False], ids=["filtered", "unfiltered"])
+def test_searches_inside_a_transaction_keep_the_callers_prepared_statements(
+    items: sa.Engine, filtered: bool
+) -> None:
+    """A search's settings are scoped by a savepoint, rolled back to afterwards. psycopg
+    deallocates all its prepared statements when it sees a ROLLBACK command status, which
+    ROLLBACK TO SAVEPOINT returns: that must not happen on the caller's connection."""
+    caller = sa.text("SELECT count(*) FROM search_items WHERE c1000 = :value")
+
+    def prepared(connection: sa.Connection) -> list[str]:
+        return list(
+            connection.execute(sa.text("SELECT statement FROM pg_prepared_statements"))
+            .scalars()
+            .all()
+        )
+
+    with items.connect() as connection:
+        for value in range(6):  # psycopg prepares a statement on its fifth run
+            connection.execute(caller, {"value": value})
+        assert any("c1000 = $1" in statement for statement in prepared(connection))
+        for query in QUERIES[:3]:
+            hits = search(
+                connection,
+                Item.embedding,
+                query,
+                k=7,
+                where=Item.c2 == 0 if filtered else None,
+                plan="index",
+                ef_search=100,
+            )
+            assert hits.plan.settings and len(hits) == 7
+        statements = prepared(connection)
+        assert connection.in_transaction()
+    assert any("c1000 = $1" in statement for statement in statements)
+    assert any("set_config" in statement for statement in statements)  # prepared once, kept
+
+
 @pytest.mark.parametrize("path", ["index", "exact"])
 def test_filters_of_one_shape_with_other_values_find_their_own_rows(
     items: sa.Engine, path: str

@@ -349,26 +349,50 @@ class _SettingsCursor(psycopg.Cursor[Any]):
         binary: bool | None = None,
     ) -> _SettingsCursor:
         connection = self._conn
-        prepare_settings = connection.prepare_threshold is not None
+        threshold = connection.prepare_threshold
         try:
             with connection.pipeline():
                 command = psycopg.Cursor(connection)
-                for opening in self.opening:
-                    command.execute(opening, prepare=False)
-                command.execute(self.assignments, prepare=prepare_settings)
+                with _uncounted(connection):
+                    for opening in self.opening:
+                        command.execute(opening, prepare=False)
+                command.execute(self.assignments, prepare=threshold is not None)
                 super().execute(
                     query, params, prepare=False if self.custom else prepare, binary=binary
                 )
-                for closing in self.closing:
-                    command.execute(closing, prepare=False)
+                with _uncounted(connection):
+                    for closing in self.closing:
+                        command.execute(closing, prepare=False)
         except psycopg.Error:
             if self.recover is not None and connection.info.transaction_status == INERROR:
                 try:  # back to the savepoint: the caller's transaction stays usable
-                    psycopg.Cursor(connection).execute(self.recover, prepare=False)
+                    with _uncounted(connection):
+                        psycopg.Cursor(connection).execute(self.recover, prepare=False)
                 except psycopg.Error:  # no savepoint (it failed itself): report the first error
                     pass
             raise
         return self
+
+
+@contextmanager
+def _uncounted(connection: psycopg.Connection[Any]) -> Iterator[None]:
+    """Commands sent inside are left out of psycopg's prepared-statement bookkeeping.
+
+    psycopg takes a ``ROLLBACK`` command status (which ``ROLLBACK TO SAVEPOINT`` returns) as a
+    sign that its prepared statements may be stale, and deallocates all of them: every search
+    inside a transaction would wipe the caller's prepared statements (and semdb's own
+    ``set_config``). With ``prepare_threshold`` None while a command is sent, psycopg does not
+    track it, so it never looks at its status.
+    """
+    threshold = connection.prepare_threshold
+    if threshold is None:
+        yield
+        return
+    connection.prepare_threshold = None
+    try:
+        yield
+    finally:
+        connection.prepare_threshold = threshold
 
 
 @functools.lru_cache(maxsize=256)
