@@ -477,7 +477,8 @@ def main() -> None:
             f"{unfiltered['semdb_vs_exact']:.1f}x the exact plan's q/s"
         )
     path = write_result(
-        "query" if not args.synthetic else "query-synthetic",
+        ("query" if not args.synthetic else "query-synthetic")
+        + (f"-block{args.block}" if args.block != BLOCK else ""),
         {
             "rows": int(keep.sum()),
             "queries": len(queries),
