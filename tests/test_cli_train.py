@@ -118,7 +118,7 @@ def test_the_same_command_runs_under_torchrun_on_two_cpu_processes(
     run = tmp_path / "ddp"
     args = tiny_train_args(pairs_file, run, tiny_model_dir)
     result = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29561", "-m", "semdb", *args],
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "semdb", *args],
         capture_output=True,
         text=True,
         timeout=600,
