@@ -11,6 +11,7 @@ import json
 import click
 
 from semdb.bundles import DEFAULT_MODEL, PRECISIONS
+from semdb.cli.embedder import provider_option
 
 
 @click.command()
@@ -22,13 +23,7 @@ from semdb.bundles import DEFAULT_MODEL, PRECISIONS
     show_default=True,
     help="Bundle: NAME, NAME@VERSION or a folder.",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(["auto", "cuda", "cpu"]),
-    default="auto",
-    show_default=True,
-    help="auto: CUDA when it really runs, else CPU.",
-)
+@provider_option
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),

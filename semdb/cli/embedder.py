@@ -22,7 +22,7 @@ def provider_option(function: Any) -> Any:
         type=click.Choice(PROVIDER_CHOICES),
         default="auto",
         show_default=True,
-        help="ONNX Runtime execution provider.",
+        help="ONNX Runtime execution provider; auto: CUDA when it really runs, else CPU.",
     )(function)
 
 

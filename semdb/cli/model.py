@@ -22,6 +22,7 @@ from rich.table import Table
 from semdb.bundles import DEFAULT_MODEL, PRECISIONS, find_bundle, list_bundles, models_home
 from semdb.bundles.importer import import_model
 from semdb.bundles.store import bundle_dir
+from semdb.cli.embedder import provider_option
 from semdb.errors import (
     DatabaseUnavailableError,
     ExtensionMissingError,
@@ -193,7 +194,7 @@ def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
 )
 @click.option("--no-wait", is_flag=True, help="Start (or resume) it and return.")
 @click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@provider_option
 @click.option("--batch-size", default=128, show_default=True, help="Rows per batch (--embed).")
 def activate_command(
     model_ref: str,

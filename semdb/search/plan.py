@@ -201,16 +201,29 @@ def custom_plans(connection: Connection) -> Iterator[None]:
     """Statements inside are planned for their actual parameter values (no prepared generic
     plan): a generic plan cannot know how selective ``bucket < $1`` is, and picks the wrong
     index. psycopg's prepared statements are turned off on this connection meanwhile."""
-    driver = connection.connection.dbapi_connection
-    previous = getattr(driver, "prepare_threshold", None)
-    if previous is None:
+    with unprepared(connection.connection.dbapi_connection):
+        yield
+
+
+@contextmanager
+def unprepared(driver: Any) -> Iterator[None]:
+    """psycopg neither prepares nor tracks the statements sent inside (``prepare_threshold``
+    None meanwhile; a driver without one is left alone).
+
+    Besides keeping generic plans away (:func:`custom_plans`), this keeps semdb's savepoint
+    commands out of psycopg's bookkeeping: psycopg takes a ``ROLLBACK`` command status (which
+    ``ROLLBACK TO SAVEPOINT`` returns) as a sign that its prepared statements may be stale,
+    and deallocates all of them, the caller's included, on every search in a transaction.
+    """
+    threshold = getattr(driver, "prepare_threshold", None)
+    if threshold is None:
         yield
         return
-    driver.prepare_threshold = None  # type: ignore[union-attr]
+    driver.prepare_threshold = None
     try:
         yield
     finally:
-        driver.prepare_threshold = previous  # type: ignore[union-attr]
+        driver.prepare_threshold = threshold
 
 
 def choose_plan(
@@ -353,46 +366,25 @@ class _SettingsCursor(psycopg.Cursor[Any]):
         try:
             with connection.pipeline():
                 command = psycopg.Cursor(connection)
-                with _uncounted(connection):
+                with unprepared(connection):
                     for opening in self.opening:
                         command.execute(opening, prepare=False)
                 command.execute(self.assignments, prepare=threshold is not None)
                 super().execute(
                     query, params, prepare=False if self.custom else prepare, binary=binary
                 )
-                with _uncounted(connection):
+                with unprepared(connection):
                     for closing in self.closing:
                         command.execute(closing, prepare=False)
         except psycopg.Error:
             if self.recover is not None and connection.info.transaction_status == INERROR:
                 try:  # back to the savepoint: the caller's transaction stays usable
-                    with _uncounted(connection):
+                    with unprepared(connection):
                         psycopg.Cursor(connection).execute(self.recover, prepare=False)
                 except psycopg.Error:  # no savepoint (it failed itself): report the first error
                     pass
             raise
         return self
-
-
-@contextmanager
-def _uncounted(connection: psycopg.Connection[Any]) -> Iterator[None]:
-    """Commands sent inside are left out of psycopg's prepared-statement bookkeeping.
-
-    psycopg takes a ``ROLLBACK`` command status (which ``ROLLBACK TO SAVEPOINT`` returns) as a
-    sign that its prepared statements may be stale, and deallocates all of them: every search
-    inside a transaction would wipe the caller's prepared statements (and semdb's own
-    ``set_config``). With ``prepare_threshold`` None while a command is sent, psycopg does not
-    track it, so it never looks at its status.
-    """
-    threshold = connection.prepare_threshold
-    if threshold is None:
-        yield
-        return
-    connection.prepare_threshold = None
-    try:
-        yield
-    finally:
-        connection.prepare_threshold = threshold
 
 
 @functools.lru_cache(maxsize=256)
