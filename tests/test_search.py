@@ -3,6 +3,7 @@ filters, joins, Core, thresholds, more-like-this, hybrid search, hostile input."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,13 @@ def items(engine: sa.Engine) -> Iterator[sa.Engine]:
     with engine.begin() as connection:
         connection.execute(unregister_statement(SyncTarget.from_column(Item.embedding)))
     Base.metadata.drop_all(engine)
+
+
+@pytest.fixture(params=["orm", "core"])
+def column(request: pytest.FixtureRequest) -> Any:
+    """The ORM attribute (SQLAlchemy runs the search, ORM objects come back) or the table's
+    column (Core rows, run on the psycopg connection itself from a statement's second run)."""
+    return Item.embedding if request.param == "orm" else Item.__table__.c.embedding
 
 
 def mask(column: str, value: int) -> np.ndarray:
@@ -236,19 +244,27 @@ def test_autocommit_connections_work(items: sa.Engine) -> None:
         assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
 
 
-def test_autocommit_search_errors_leave_no_settings_behind(items: sa.Engine) -> None:
+@pytest.mark.parametrize("path", ["index", "exact"])
+def test_autocommit_search_errors_leave_no_settings_behind(
+    items: sa.Engine, column: Any, path: str
+) -> None:
     with items.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(sa.text("SET hnsw.ef_search = 55"))
-        with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
-            search(
-                connection,
-                Item.embedding,
-                QUERIES[0],
-                k=10,
-                where=(Item.c10 / 0) > 1,
-                plan="index",
-                ef_search=300,
-            )
+        for divisor in (1, 0):  # a first search of the shape, then the one that fails
+            if divisor == 0:
+                failing = pytest.raises(sa.exc.DataError, match="division by zero")
+            else:
+                failing = contextlib.nullcontext()
+            with failing:
+                search(
+                    connection,
+                    column,
+                    QUERIES[0],
+                    k=10,
+                    where=(Item.c10 / divisor) > -1,
+                    plan=path,
+                    ef_search=300,
+                )
         values = connection.execute(
             sa.text(
                 "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
@@ -256,9 +272,7 @@ def test_autocommit_search_errors_leave_no_settings_behind(items: sa.Engine) -> 
             )
         ).one()
         assert tuple(values) == ("55", "on", "off")
-        hits = search(
-            connection, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0, plan="index"
-        )
+        hits = search(connection, column, QUERIES[0], k=10, where=Item.c2 == 0, plan="index")
         assert len(hits) == 10
         connection.execute(sa.text("RESET hnsw.ef_search"))
 
@@ -287,16 +301,14 @@ def _round_trips(connection: sa.Connection, action: Any) -> int:
 
 @pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transaction"])
 def test_the_index_path_sends_settings_and_query_in_one_round_trip(
-    items: sa.Engine, autocommit: bool
+    items: sa.Engine, autocommit: bool, column: Any
 ) -> None:
     options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     with items.connect().execution_options(**options) as connection:
         connection.execute(sa.text("SELECT 1"))  # the transaction (if any) has begun
 
         def run() -> None:
-            hits = search(
-                connection, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0, plan="index"
-            )
+            hits = search(connection, column, QUERIES[0], k=10, where=Item.c2 == 0, plan="index")
             assert hits.plan.settings and len(hits) == 10
 
         run()  # pgvector's version looked up once per engine
@@ -304,13 +316,15 @@ def test_the_index_path_sends_settings_and_query_in_one_round_trip(
         assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
 
 
-def test_unfiltered_searches_may_be_prepared_filtered_ones_never(items: sa.Engine) -> None:
+def test_unfiltered_searches_may_be_prepared_filtered_ones_never(
+    items: sa.Engine, column: Any
+) -> None:
     """A prepared statement's generic plan cannot see a filter's selectivity: only searches
     whose one value is the query vector are left to psycopg's prepared statements."""
     with items.connect() as connection:
         for query in QUERIES[:8]:
-            search(connection, Item.embedding, query, k=7)
-            search(connection, Item.embedding, query, k=7, where=Item.c1000 == 7)
+            search(connection, column, query, k=7)
+            search(connection, column, query, k=7, where=Item.c1000 == 7)
         prepared = (
             connection.execute(
                 sa.text(
@@ -325,7 +339,7 @@ def test_unfiltered_searches_may_be_prepared_filtered_ones_never(items: sa.Engin
 
 @pytest.mark.parametrize("filtered", [True, False], ids=["filtered", "unfiltered"])
 def test_searches_inside_a_transaction_keep_the_callers_prepared_statements(
-    items: sa.Engine, filtered: bool
+    items: sa.Engine, filtered: bool, column: Any
 ) -> None:
     """A search's settings are scoped by a savepoint, rolled back to afterwards. psycopg
     deallocates all its prepared statements when it sees a ROLLBACK command status, which
@@ -346,7 +360,7 @@ def test_searches_inside_a_transaction_keep_the_callers_prepared_statements(
         for query in QUERIES[:3]:
             hits = search(
                 connection,
-                Item.embedding,
+                column,
                 query,
                 k=7,
                 where=Item.c2 == 0 if filtered else None,
@@ -633,3 +647,125 @@ def test_hits_leave_the_stored_vector_out_until_it_is_read(items: sa.Engine) -> 
         table = Item.__table__
         asked = search(connection, table.c.embedding, query, k=3, statement=sa.select(table))
         assert np.allclose(asked[0].row.embedding, VECTORS[asked[0].row.id], atol=1e-6)
+
+
+class _Lowered(sa.types.TypeDecorator[str]):
+    """A type with a bind processor: a search must apply it to every value it binds."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else value.lower()
+
+
+def _core_searches(connection: sa.Connection) -> list[Any]:
+    """Core searches of a few shapes, each shape twice with other values: rows with the
+    stored vector (a result processor), a filter through a bind processor, a join."""
+    table, shops = Item.__table__, Shop.__table__
+    results = []
+    for round_ in range(2):
+        pattern = sa.literal(f"ITEM {round_ + 1}%", _Lowered())
+        for where, statement in (
+            (table.c.c10 == 3 + round_, sa.select(table)),
+            (table.c.body.like(pattern), None),
+            (shops.c.country == ("FR", "DE")[round_], sa.select(table.c.id, shops.c.country)),
+        ):
+            if statement is not None and len(statement.selected_columns) == 2:
+                statement = statement.join_from(table, shops)
+            results.append(
+                search(
+                    connection,
+                    table.c.embedding,
+                    QUERIES[5 + round_],
+                    k=6,
+                    where=where,
+                    statement=statement,
+                    plan="exact" if round_ else "auto",
+                )
+            )
+    return results
+
+
+def _same_rows(got: list[Any], expected: list[Any]) -> None:
+    assert len(got) == len(expected)
+    for one, other in zip(got, expected, strict=True):
+        assert len(one) == len(other) == 6
+        for hit, truth in zip(one, other, strict=True):
+            assert type(hit.row) is type(truth.row) and hit.row._fields == truth.row._fields
+            assert hit.distance == pytest.approx(truth.distance, abs=1e-6)
+            for value, true_value in zip(hit.row, truth.row, strict=True):
+                if isinstance(true_value, np.ndarray):
+                    assert isinstance(value, np.ndarray) and np.array_equal(value, true_value)
+                else:
+                    assert value == pytest.approx(true_value)
+
+
+def test_core_searches_on_the_driver_return_what_sqlalchemy_returns(
+    items: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a shape's second search, Core searches run on psycopg itself; their rows, with
+    SQLAlchemy's bind and result processors applied, must be SQLAlchemy's own."""
+    from semdb.search.direct import DirectStatement
+
+    direct_runs = []
+    run = DirectStatement.run
+
+    def counted(self: DirectStatement, *args: Any, **kwargs: Any) -> Any:
+        direct_runs.append(self.sql)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(DirectStatement, "run", counted)
+    with items.connect() as connection:
+        _core_searches(connection)  # the first search of each shape runs through SQLAlchemy
+        direct_runs.clear()
+        on_the_driver = _core_searches(connection)
+    assert len(direct_runs) == len(on_the_driver)
+    assert all(hit.row.body.startswith("item 1") for hit in on_the_driver[1])  # processed
+    assert all(hit.row.body.startswith("item 2") for hit in on_the_driver[4])
+
+    seen: list[str] = []
+
+    def listener(*args: Any) -> None:
+        seen.append(args[2])
+
+    direct_runs.clear()
+    sa.event.listen(items, "before_cursor_execute", listener)
+    try:
+        with items.connect() as connection:
+            traced = _core_searches(connection)
+    finally:
+        sa.event.remove(items, "before_cursor_execute", listener)
+    assert direct_runs == []  # a listener sees every search
+    assert sum("ORDER BY" in statement for statement in seen) == len(traced)
+    _same_rows(on_the_driver, traced)
+
+
+def test_a_core_search_outside_a_transaction_begins_one(items: sa.Engine) -> None:
+    table = Item.__table__
+    with items.connect() as connection:
+        for _ in range(2):
+            hits = search(connection, table.c.embedding, QUERIES[0], k=3, where=table.c.c2 == 0)
+            assert len(hits) == 3
+            assert connection.in_transaction()  # as connection.execute() would have begun it
+            connection.commit()
+
+
+def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine) -> None:
+    table = Item.__table__
+
+    def run(connection: sa.Connection) -> semdb.SearchResult:
+        return search(connection, table.c.embedding, QUERIES[0], k=3, where=table.c.c10 == 1)
+
+    with items.connect() as connection:
+        run(connection)
+        run(connection)
+        pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        connection.commit()
+        with items.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(sa.exc.OperationalError) as raised:
+            run(connection)
+        assert raised.value.connection_invalidated and connection.invalidated
+        connection.rollback()
+        assert len(run(connection)) == 3  # a new connection, as SQLAlchemy does

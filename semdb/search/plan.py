@@ -413,6 +413,15 @@ def _settings_cursor(
     return type("SettingsCursor", (_SettingsCursor,), attributes)
 
 
+def settings_cursor(
+    settings: dict[str, str], in_transaction: bool, custom: bool
+) -> type[_SettingsCursor]:
+    """The psycopg cursor class that runs each statement under ``settings`` (see
+    :class:`_SettingsCursor`): ``in_transaction`` inside a transaction (savepoint), else in
+    autocommit mode."""
+    return _settings_cursor(tuple(settings.items()), in_transaction, custom)
+
+
 @contextmanager
 def planner_settings(
     connection: Connection, settings: dict[str, str], *, custom: bool = True
@@ -441,7 +450,7 @@ def planner_settings(
         connection.begin()
     in_transaction = not autocommit or driver.info.transaction_status != IDLE
     previous = driver.cursor_factory
-    driver.cursor_factory = _settings_cursor(tuple(settings.items()), in_transaction, custom)
+    driver.cursor_factory = settings_cursor(settings, in_transaction, custom)
     try:
         yield
     finally:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ from semdb.errors import SearchError
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.orm.types import FloatArray
 from semdb.protocols import TextEmbedder
+from semdb.search.direct import (
+    UNKNOWN,
+    DirectStatement,
+    direct_driver,
+    known_direct,
+    remember_direct,
+)
 from semdb.search.explain import Explain, plan_root
 from semdb.search.plan import PlanPath, PlanRequest, SearchPlan, choose_plan, planner_settings
 from semdb.search.query import query_vector, wire_vector
@@ -123,6 +131,9 @@ class SemanticQuery:
         self.shape = _shape_of(self.base, shape)
         self.single_entity = self.shape.single_entity
         self._filter_values: dict[str, Any] = {}
+        #: What identifies the statement :meth:`statement` returned, with its values left to
+        #: :meth:`parameters` (None: it holds values of its own).
+        self._statement_key: tuple[Any, ...] | None = None
         self._wire: Any = self.vector  # encoded by statement(), for its path
         self.is_filtered = filtered = self.filtered()
         self.plan: SearchPlan = choose_plan(
@@ -154,6 +165,12 @@ class SemanticQuery:
         plan's estimate cache and each path's statement both look it up."""
         return self.where._generate_cache_key() if self.where is not None else None
 
+    @functools.cached_property
+    def where_token(self) -> int | None:
+        """A small stand-in for the filter's shape (see :func:`_token`)."""
+        cache_key = self.where_cache_key
+        return None if cache_key is None else _token(cache_key.key)
+
     def filter_key(self) -> tuple[Any, ...] | None:
         """What identifies the filter statement, cheaply: the table, the WHERE clause's
         SQLAlchemy cache key and its values (None when a statement was given, or a value
@@ -168,7 +185,7 @@ class SemanticQuery:
         values = _key_values(bind.effective_value for bind in cache_key.bindparams)
         if values is None:
             return None
-        return ("filter", self.target.table, cache_key.key, values)
+        return ("filter", self.target.table, self.where_token, values)
 
     def filter_statement(self) -> sa.Select[Any]:
         """``SELECT 1 FROM <base froms> WHERE <filters>``: what the row estimate is about."""
@@ -186,6 +203,7 @@ class SemanticQuery:
         at execution, so SQLAlchemy finds its compiled form without walking the statement.
         """
         self._filter_values = {}
+        self._statement_key = None
         storage = self.target.index_storage() if path == "index" else self.target.spec.storage
         self._wire = wire_vector(self.vector, storage, self.target)
         key = (self.target.column, self.target.entity, self.base_key, path, self.k)
@@ -206,11 +224,13 @@ class SemanticQuery:
             if self.base_key is not None:
                 _remember(key, template)
         if self.where is None:
+            if self.base_key is not None:
+                self._statement_key = key
             return template
         where_key = self.where_cache_key if self.base_key is not None else None
         if where_key is None:
             return template.where(self.where)
-        full_key = (*key, where_key.key)
+        full_key = (*key, self.where_token)
         known = _templates.get(full_key)
         if known is not None:
             statement: sa.Select[Any] = known[0]
@@ -219,11 +239,13 @@ class SemanticQuery:
                 name: bind.effective_value
                 for name, bind in zip(names, where_key.bindparams, strict=True)
             }
+            self._statement_key = full_key
             return statement
         statement = template.where(self.where)
         names = tuple(bind.key for bind in where_key.bindparams)
         if len(set(names)) == len(names) and QUERY_VECTOR not in names:
             _remember(full_key, (statement, names))
+            self._statement_key = full_key
         return statement
 
     def parameters(self) -> dict[str, Any]:
@@ -265,14 +287,34 @@ class SemanticQuery:
         return plan_root(explained)
 
     def _execute(self, path: PlanPath) -> list[sa.Row[Any]]:
-        return execute_search(
+        """The rows of ``path``'s statement: on the psycopg connection itself when the
+        search allows it (see :mod:`semdb.search.direct`), else through SQLAlchemy."""
+        statement = self.statement(path)
+        settings = self.settings(path)
+        parameters = self.parameters()
+        key = self._statement_key
+        dialect = self.connection.dialect
+        direct = None
+        driver = None
+        if key is not None and not self.shape.orm and self.bind is self.connection:
+            driver = direct_driver(self.connection)
+            if driver is not None:
+                direct = known_direct(key, dialect)
+        if isinstance(direct, DirectStatement) and driver is not None:
+            return direct.run(
+                self.connection, driver, parameters, settings, custom=self.is_filtered
+            )
+        rows = execute_search(
             self.bind,
             self.connection,
-            self.statement(path),
-            self.settings(path),
-            self.parameters(),
+            statement,
+            settings,
+            parameters,
             filtered=self.is_filtered,
         )
+        if direct == UNKNOWN and key is not None:  # the first run of this statement
+            remember_direct(key, statement, dialect, parameters, rows)
+        return rows
 
 
 def _distance(hit: Hit) -> float:
@@ -371,7 +413,7 @@ def _base_statement(
     cache_key = statement._generate_cache_key()
     if cache_key is None or cache_key.bindparams:
         return statement, None
-    return statement, cache_key.key
+    return statement, _token(cache_key.key)
 
 
 def _default_statement(target: VectorColumn) -> sa.Select[Any]:
@@ -414,6 +456,24 @@ _templates_lock = threading.Lock()
 
 _shapes: dict[tuple[Any, ...], _Shape] = {}
 
+#: Small stand-ins for SQLAlchemy cache keys, which are deep tuples: hashing one costs about a
+#: microsecond, and a search looks up several caches with it. Numbers are never reused, so
+#: dropping them all (when there are too many) makes no stale match.
+_tokens: dict[Any, int] = {}
+_TOKENS_KEPT = 4096
+_token_numbers = itertools.count()
+
+
+def _token(cache_key: Any) -> int:
+    """The number that stands for ``cache_key`` (a SQLAlchemy cache key's ``key``)."""
+    token = _tokens.get(cache_key)
+    if token is None:
+        with _templates_lock:
+            if len(_tokens) >= _TOKENS_KEPT:
+                _tokens.clear()
+            token = _tokens.setdefault(cache_key, next(_token_numbers))
+    return token
+
 
 def _remember(key: tuple[Any, ...], template: Any) -> None:
     with _templates_lock:
@@ -447,6 +507,7 @@ class _Shape:
     """What a search needs to know of the statement it extends, found once per shape."""
 
     single_entity: bool  # select(Entity): hits carry the object itself
+    orm: bool  # it selects ORM entities or attributes: SQLAlchemy's ORM runs it
     has_where: bool  # the statement filters rows itself
     froms: tuple[Any, ...]  # the tables (or joins) its columns come from
 
@@ -462,6 +523,9 @@ def _shape_of(statement: sa.Select[Any], shape: Any = None) -> _Shape:
         return known
     return _Shape(
         single_entity=_single_entity(statement),
+        orm=any(
+            description.get("entity") is not None for description in statement.column_descriptions
+        ),
         has_where=statement.whereclause is not None,
         froms=tuple(statement.columns_clause_froms),
     )
