@@ -89,7 +89,7 @@ class DirectStatement:
         connection: Connection,
         driver: psycopg.Connection[Any],
         parameters: Mapping[str, Any],
-        settings: dict[str, str],
+        settings: Mapping[str, str],
         *,
         custom: bool,
     ) -> list[sa.Row[Any]]:

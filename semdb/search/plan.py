@@ -36,9 +36,10 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 import psycopg
@@ -73,6 +74,7 @@ def exact_below_rows(table_rows: float) -> int:
 
 
 _SAVEPOINT = sql.Identifier("semdb_search")
+_NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 IDLE = TransactionStatus.IDLE
 INERROR = TransactionStatus.INERROR
 
@@ -84,7 +86,8 @@ class SearchPlan:
     path: PlanPath
     reason: str
     estimated_rows: float | None = None
-    settings: dict[str, str] = field(default_factory=dict)
+    #: What the index path sets for the query alone (read-only: plans are shared).
+    settings: Mapping[str, str] = field(default_factory=lambda: _NO_SETTINGS)
     fell_back_to_exact: bool = False
 
 
@@ -238,11 +241,58 @@ def choose_plan(
     ef_search: int | None = None,
     exact_below: int | None = None,
 ) -> SearchPlan:
-    """Decide the path for one search; see the module documentation."""
+    """Decide the path for one search; see the module documentation.
+
+    Decisions are kept as estimates are (:data:`ESTIMATE_TTL_SECONDS`), by database, column,
+    filter (its shape and values, ``filter_key``) and options: a search like an earlier one
+    reuses its plan without deciding again.
+    """
     if request not in ("auto", "index", "exact"):
         raise SearchError(
             f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"
         )
+    key: tuple[Any, ...] | None = None
+    if not filtered or filter_key is not None or request != "auto":
+        key = (_database(connection), target.column, filtered, filter_key, k, request)
+        key += (ef_search, exact_below, supports_iterative_scan(connection))
+        now = time.monotonic()
+        known = _decisions.get(key)
+        if known is not None and now - known[1] < ESTIMATE_TTL_SECONDS:
+            return known[0]
+    plan = _decide(
+        connection,
+        target,
+        k=k,
+        filtered=filtered,
+        filter_statement=filter_statement,
+        filter_key=filter_key,
+        request=request,
+        ef_search=ef_search,
+        exact_below=exact_below,
+    )
+    if key is not None:
+        with _estimates_lock:
+            _decisions[key] = (plan, now)
+            while len(_decisions) > _ESTIMATES_KEPT:
+                _decisions.popitem(last=False)
+    return plan
+
+
+_decisions: OrderedDict[tuple[Any, ...], tuple[SearchPlan, float]] = OrderedDict()
+
+
+def _decide(
+    connection: Connection,
+    target: VectorColumn,
+    *,
+    k: int,
+    filtered: bool,
+    filter_statement: Callable[[], sa.Select[Any]],
+    filter_key: tuple[Any, ...] | None,
+    request: PlanRequest,
+    ef_search: int | None,
+    exact_below: int | None,
+) -> SearchPlan:
     iterative = supports_iterative_scan(connection)
     if target.spec.index is None and request != "index":
         return SearchPlan("exact", f"{target.name} has no vector index declared")
@@ -292,20 +342,19 @@ PGVECTOR_DEFAULTS = {
 
 def _settings(
     target: VectorColumn, k: int, ef_search: int | None, filtered: bool, iterative: bool
-) -> dict[str, str]:
+) -> Mapping[str, str]:
     """What the index path sets for this query: only what differs from pgvector's defaults,
     plus ``enable_sort = off`` when a filter could tempt the planner into a btree + sort."""
     try:
-        known = _index_settings(target.spec.index, k, ef_search, filtered, iterative)
+        return _index_settings(target.spec.index, k, ef_search, filtered, iterative)
     except TypeError:  # an index declaration that cannot be a cache key
-        known = _index_settings.__wrapped__(target.spec.index, k, ef_search, filtered, iterative)
-    return dict(known)  # a copy: result.plan.settings belongs to the caller
+        return _index_settings.__wrapped__(target.spec.index, k, ef_search, filtered, iterative)
 
 
 @functools.lru_cache(maxsize=1024)
 def _index_settings(
     index: Any, k: int, ef_search: int | None, filtered: bool, iterative: bool
-) -> dict[str, str]:
+) -> Mapping[str, str]:
     from semdb.orm.indexes import HNSW
 
     wanted: dict[str, str] = {}
@@ -326,7 +375,7 @@ def _index_settings(
     }
     if filtered:
         settings["enable_sort"] = "off"
-    return settings
+    return MappingProxyType(settings)
 
 
 class _SettingsCursor(psycopg.Cursor[Any]):
@@ -366,16 +415,18 @@ class _SettingsCursor(psycopg.Cursor[Any]):
         try:
             with connection.pipeline():
                 command = psycopg.Cursor(connection)
-                with unprepared(connection):
-                    for opening in self.opening:
-                        command.execute(opening, prepare=False)
+                if self.opening:
+                    with unprepared(connection):
+                        for opening in self.opening:
+                            command.execute(opening, prepare=False)
                 command.execute(self.assignments, prepare=threshold is not None)
                 super().execute(
                     query, params, prepare=False if self.custom else prepare, binary=binary
                 )
-                with unprepared(connection):
-                    for closing in self.closing:
-                        command.execute(closing, prepare=False)
+                if self.closing:
+                    with unprepared(connection):
+                        for closing in self.closing:
+                            command.execute(closing, prepare=False)
         except psycopg.Error:
             if self.recover is not None and connection.info.transaction_status == INERROR:
                 try:  # back to the savepoint: the caller's transaction stays usable
@@ -414,7 +465,7 @@ def _settings_cursor(
 
 
 def settings_cursor(
-    settings: dict[str, str], in_transaction: bool, custom: bool
+    settings: Mapping[str, str], in_transaction: bool, custom: bool
 ) -> type[_SettingsCursor]:
     """The psycopg cursor class that runs each statement under ``settings`` (see
     :class:`_SettingsCursor`): ``in_transaction`` inside a transaction (savepoint), else in
@@ -424,7 +475,7 @@ def settings_cursor(
 
 @contextmanager
 def planner_settings(
-    connection: Connection, settings: dict[str, str], *, custom: bool = True
+    connection: Connection, settings: Mapping[str, str], *, custom: bool = True
 ) -> Iterator[None]:
     """Apply ``settings`` to the statements inside, and to nothing after them.
 

@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from semdb.search.results import Hit, SearchResult
 from semdb.sync.registry import check_query_model
 
 MAX_K = 10000
+_NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 #: The name of the query vector's bound parameter in search statements.
 QUERY_VECTOR = "semdb_query_vector"
 Bind = Session | Connection
@@ -69,7 +71,7 @@ def execute_search(
     bind: Bind,
     connection: Connection,
     statement: sa.Executable,
-    settings: dict[str, str],
+    settings: Mapping[str, str],
     parameters: dict[str, Any] | None = None,
     *,
     filtered: bool = True,
@@ -116,6 +118,12 @@ class SemanticQuery:
         self.target: VectorColumn = vector_column(column)
         self.k = check_k(k)
         self.where = _check_filter(where)
+        #: SQLAlchemy's cache key of the filter (its shape and values): the plan's caches and
+        #: each path's statement look it up; a small number stands for its shape.
+        self.where_cache_key = self.where._generate_cache_key() if where is not None else None
+        self.where_token = (
+            None if self.where_cache_key is None else _token(self.where_cache_key.key)
+        )
         self.base, self.base_key = _base_statement(self.target, statement)
         self.extended = statement is not None
         self.connection = connection_of(bind)
@@ -158,18 +166,6 @@ class SemanticQuery:
         # that selects no column of the other table is not seen: if it drops rows, the
         # index path returns fewer than k and the search runs again exactly.)
         return self.shape.has_where or len(self.shape.froms) > 1
-
-    @functools.cached_property
-    def where_cache_key(self) -> Any:
-        """SQLAlchemy's cache key of the filter (its shape and values), computed once: the
-        plan's estimate cache and each path's statement both look it up."""
-        return self.where._generate_cache_key() if self.where is not None else None
-
-    @functools.cached_property
-    def where_token(self) -> int | None:
-        """A small stand-in for the filter's shape (see :func:`_token`)."""
-        cache_key = self.where_cache_key
-        return None if cache_key is None else _token(cache_key.key)
 
     def filter_key(self) -> tuple[Any, ...] | None:
         """What identifies the filter statement, cheaply: the table, the WHERE clause's
@@ -253,8 +249,8 @@ class SemanticQuery:
         values when the statement was built for an earlier filter of the same shape."""
         return {**self._filter_values, QUERY_VECTOR: self._wire}
 
-    def settings(self, path: PlanPath) -> dict[str, str]:
-        return self.plan.settings if path == "index" else {}
+    def settings(self, path: PlanPath) -> Mapping[str, str]:
+        return self.plan.settings if path == "index" else _NO_SETTINGS
 
     def run(self) -> SearchResult:
         plan = self.plan
