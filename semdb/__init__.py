@@ -20,6 +20,7 @@ from semdb.orm import (
     embedding_column,
 )
 from semdb.search import (
+    PreparedSearch,
     explain_search,
     hybrid_search,
     more_like_this,
@@ -39,6 +40,7 @@ __all__ = [
     "EmbeddedServer",
     "Embedder",
     "IVFFlat",
+    "PreparedSearch",
     "SemdbError",
     "VectorType",
     "Worker",

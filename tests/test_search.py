@@ -433,6 +433,13 @@ def test_core_search_returns_rows_with_distances(items: sa.Engine) -> None:
     assert all(h.row.c2 == 1 and h.row.distance == pytest.approx(h.distance) for h in hits)
 
 
+def test_an_orm_column_searched_on_a_connection_gives_rows(items: sa.Engine) -> None:
+    """A Connection runs select(Item) as Core: each hit is the row, not its first column."""
+    with items.connect() as connection:
+        hits = search(connection, Item.embedding, QUERIES[4], k=3, where=Item.c2 == 1)
+    assert all(isinstance(h.row, sa.Row) and h.row.c2 == 1 for h in hits)
+
+
 def test_joins_and_related_filters(items: sa.Engine) -> None:
     with Session(items) as session:
         joined = search(
@@ -754,7 +761,7 @@ def test_a_core_search_outside_a_transaction_begins_one(items: sa.Engine) -> Non
 def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine) -> None:
     table = Item.__table__
 
-    def run(connection: sa.Connection) -> semdb.SearchResult:
+    def run(connection: sa.Connection) -> Any:
         return search(connection, table.c.embedding, QUERIES[0], k=3, where=table.c.c10 == 1)
 
     with items.connect() as connection:
@@ -769,3 +776,51 @@ def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine) -> 
         assert raised.value.connection_invalidated and connection.invalidated
         connection.rollback()
         assert len(run(connection)) == 3  # a new connection, as SQLAlchemy does
+
+
+def test_a_prepared_search_finds_what_search_finds(items: sa.Engine, column: Any) -> None:
+    """Built once, run with other vectors and values: the same hits, plans chosen for each
+    run's values (a selective value goes exact, a broad one through the index)."""
+    below = semdb.PreparedSearch(column, k=6, where=Item.c1000 < sa.bindparam("below"))
+    shop = semdb.PreparedSearch(
+        column,
+        k=4,
+        statement=None if column is Item.embedding else sa.select(Item.__table__.c.id),
+        where=sa.and_(Item.c2 == sa.bindparam("half"), Item.c10 != 7),
+    )
+    with items.connect() as connection:
+        paths = set()
+        for query, value in zip(QUERIES[:6], (3, 900, 3, 950, 2, 900), strict=True):
+            got = below(connection, query, below=value)
+            want = search(connection, column, query, k=6, where=Item.c1000 < value)
+            assert [h.row.id for h in got] == [h.row.id for h in want]
+            assert got.plan.path == want.plan.path and len(got) == 6
+            assert all(h.row.c1000 < value for h in got)
+            paths.add(got.plan.path)
+        assert paths == {"exact", "index"}
+        for query, half in zip(QUERIES[6:10], (0, 1, 1, 0), strict=True):
+            got = shop(connection, query, half=half)
+            truth = exact_top_k(VECTORS, query, 4, mask("c2", half) & ~mask("c10", 7))
+            assert len(got) == 4
+            if got.plan.path == "exact":
+                assert [h.row.id for h in got] == truth
+
+
+def test_a_prepared_search_names_a_wrong_or_missing_value(items: sa.Engine) -> None:
+    nearest = semdb.PreparedSearch(
+        Item.embedding,
+        k=3,
+        where=(Item.body == sa.bindparam("body")) & (Item.c10 == sa.bindparam("c10", 1)),
+    )
+    assert nearest.parameters == {"body", "c10"} and nearest.required == {"body"}
+    with Session(items) as session:
+        with pytest.raises(SearchError, match="has no parameter colour.*needs a value for body"):
+            nearest(session, QUERIES[0], colour="red")
+        with pytest.raises(SearchError, match="needs a value for body"):
+            nearest(session, QUERIES[0], c10=3)
+        hostile = "x'; DROP TABLE search_items; --"
+        assert nearest(session, QUERIES[0], body=hostile) == []
+        body = "item 11 violet square"  # c10 is 1, the default
+        assert [h.row.id for h in nearest(session, QUERIES[0], body=body)] == [11]
+        assert nearest(session, QUERIES[0], body=body, c10=2) == []
+        assert session.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N

@@ -8,13 +8,14 @@ Knows SQLAlchemy and :mod:`semdb.orm`; never ONNX Runtime (it takes vectors or a
 from semdb.search.hybrid import hybrid_search
 from semdb.search.plan import EXACT_BELOW_FACTOR, SearchPlan, exact_below_rows
 from semdb.search.results import Hit, HybridHit, SearchResult
-from semdb.search.semantic import explain_search, search
+from semdb.search.semantic import PreparedSearch, explain_search, search
 from semdb.search.similar import more_like_this
 
 __all__ = [
     "EXACT_BELOW_FACTOR",
     "Hit",
     "HybridHit",
+    "PreparedSearch",
     "SearchPlan",
     "SearchResult",
     "exact_below_rows",

@@ -97,6 +97,81 @@ def check_k(k: int) -> int:
     return k
 
 
+@dataclass(frozen=True)
+class SearchSpec:
+    """What a search is, but for its query vector and its filter's values: the column, k, the
+    statement it extends and its shape, the filter and its shape, the options. Worked out on
+    every :func:`search` call, once for a :class:`PreparedSearch`."""
+
+    target: VectorColumn
+    k: int
+    where: Any
+    #: SQLAlchemy's cache key of the filter: its bound parameters (``names``, in this order)
+    #: and a small number standing for its shape (None: the filter cannot be cached).
+    where_cache_key: Any
+    where_token: int | None
+    names: tuple[str, ...]
+    base: sa.Select[Any]
+    base_key: Any  # what identifies the statement extended (None: it holds values)
+    shape: _Shape
+    extended: bool  # a statement was given
+    request: PlanRequest
+    ef_search: int | None
+    exact_below: int | None
+
+    @classmethod
+    def build(
+        cls,
+        column: Any,
+        *,
+        k: int,
+        where: Any = None,
+        statement: sa.Select[Any] | None = None,
+        ef_search: int | None = None,
+        plan: PlanRequest = "auto",
+        exact_below: int | None = None,
+    ) -> SearchSpec:
+        target: VectorColumn = vector_column(column)
+        check_k(k)
+        where = _check_filter(where)
+        cache_key = where._generate_cache_key() if where is not None else None
+        base, base_key = _base_statement(target, statement)
+        shape_key = None if base_key is None else (target.column, target.entity, base_key)
+        return cls(
+            target=target,
+            k=k,
+            where=where,
+            where_cache_key=cache_key,
+            where_token=None if cache_key is None else _token(cache_key.key),
+            names=() if cache_key is None else tuple(b.key for b in cache_key.bindparams),
+            base=base,
+            base_key=base_key,
+            shape=_shape_of(base, shape_key),
+            extended=statement is not None,
+            request=plan,
+            ef_search=ef_search,
+            exact_below=exact_below,
+        )
+
+    @property
+    def filtered(self) -> bool:
+        """Does anything but the vector column decide which rows qualify?"""
+        if self.where is not None:
+            return True
+        if not self.extended:
+            return False
+        # More than one table selected (a join) or a WHERE in the statement given. (A join
+        # that selects no column of the other table is not seen: if it drops rows, the
+        # index path returns fewer than k and the search runs again exactly.)
+        return self.shape.has_where or len(self.shape.froms) > 1
+
+    def own_values(self) -> list[Any]:
+        """The values the filter carries, in the order of :attr:`names`."""
+        if self.where_cache_key is None:
+            return []
+        return [bind.effective_value for bind in self.where_cache_key.bindparams]
+
+
 class SemanticQuery:
     """One search, prepared: the plan is chosen once, the statement built per path."""
 
@@ -114,81 +189,102 @@ class SemanticQuery:
         plan: PlanRequest = "auto",
         exact_below: int | None = None,
     ) -> None:
-        self.bind = bind
-        self.target: VectorColumn = vector_column(column)
-        self.k = check_k(k)
-        self.where = _check_filter(where)
-        #: SQLAlchemy's cache key of the filter (its shape and values): the plan's caches and
-        #: each path's statement look it up; a small number stands for its shape.
-        self.where_cache_key = self.where._generate_cache_key() if where is not None else None
-        self.where_token = (
-            None if self.where_cache_key is None else _token(self.where_cache_key.key)
+        spec = SearchSpec.build(
+            column,
+            k=k,
+            where=where,
+            statement=statement,
+            ef_search=ef_search,
+            plan=plan,
+            exact_below=exact_below,
         )
-        self.base, self.base_key = _base_statement(self.target, statement)
-        self.extended = statement is not None
+        self._begin(bind, spec, query, embedder, spec.own_values(), own=True)
+
+    @classmethod
+    def of_spec(
+        cls,
+        bind: Bind,
+        spec: SearchSpec,
+        query: Any,
+        embedder: TextEmbedder | None,
+        values: list[Any],
+    ) -> SemanticQuery:
+        """A search of a prepared ``spec``, with the filter's ``values`` (in the order of
+        ``spec.names``) in place of those it was built with."""
+        semantic = cls.__new__(cls)
+        semantic._begin(bind, spec, query, embedder, values, own=False)
+        return semantic
+
+    def _begin(
+        self,
+        bind: Bind,
+        spec: SearchSpec,
+        query: Any,
+        embedder: TextEmbedder | None,
+        values: list[Any],
+        *,
+        own: bool,
+    ) -> None:
+        self.bind = bind
+        self.spec = spec
+        self.target = spec.target
+        self.k = spec.k
+        self.where = spec.where
+        self.base, self.base_key = spec.base, spec.base_key
+        self.extended = spec.extended
+        self.shape = spec.shape
+        # select(Entity) gives objects through a Session; a Connection returns its columns.
+        self.single_entity = spec.shape.single_entity and isinstance(bind, Session)
+        #: The filter's values, in the order of ``spec.names`` (``own``: those it carries).
+        self._where_values = values
+        self._own_values = own
         self.connection = connection_of(bind)
         if isinstance(query, str) and embedder is not None:
             # The model the column holds now (an activation may have switched it).
             check_query_model(self.connection, self.target, embedder)
         self.vector: FloatArray = query_vector(self.target, query, embedder)
-        shape = (
-            None
-            if self.base_key is None
-            else (self.target.column, self.target.entity, self.base_key)
-        )
-        self.shape = _shape_of(self.base, shape)
-        self.single_entity = self.shape.single_entity
         self._filter_values: dict[str, Any] = {}
         #: What identifies the statement :meth:`statement` returned, with its values left to
         #: :meth:`parameters` (None: it holds values of its own).
         self._statement_key: tuple[Any, ...] | None = None
         self._wire: Any = self.vector  # encoded by statement(), for its path
-        self.is_filtered = filtered = self.filtered()
+        self.is_filtered = filtered = spec.filtered
         self.plan: SearchPlan = choose_plan(
             self.connection,
             self.target,
             k=self.k,
             filtered=filtered,
             filter_statement=self.filter_statement,
-            filter_key=self.filter_key() if filtered and plan == "auto" else None,
-            request=plan,
-            ef_search=ef_search,
-            exact_below=exact_below,
+            filter_key=self.filter_key() if filtered and spec.request == "auto" else None,
+            request=spec.request,
+            ef_search=spec.ef_search,
+            exact_below=spec.exact_below,
         )
-
-    def filtered(self) -> bool:
-        """Does anything but the vector column decide which rows qualify?"""
-        if self.where is not None:
-            return True
-        if not self.extended:
-            return False
-        # More than one table selected (a join) or a WHERE in the statement given. (A join
-        # that selects no column of the other table is not seen: if it drops rows, the
-        # index path returns fewer than k and the search runs again exactly.)
-        return self.shape.has_where or len(self.shape.froms) > 1
 
     def filter_key(self) -> tuple[Any, ...] | None:
         """What identifies the filter statement, cheaply: the table, the WHERE clause's
-        SQLAlchemy cache key and its values (None when a statement was given, or a value
-        cannot be used as a key: the statement is then compiled to know)."""
-        if self.where is None:
+        shape and its values (None when a statement was given, or a value cannot be used as
+        a key: the statement is then compiled to know)."""
+        if self.where is None or self.spec.where_token is None:
             return None
         if self.extended and (self.shape.has_where or self.shape.froms != (self.target.table,)):
             return None
-        cache_key = self.where_cache_key
-        if cache_key is None:
-            return None
-        values = _key_values(bind.effective_value for bind in cache_key.bindparams)
+        values = _key_values(self._where_values)
         if values is None:
             return None
-        return ("filter", self.target.table, self.where_token, values)
+        return ("filter", self.target.table, self.spec.where_token, values)
 
     def filter_statement(self) -> sa.Select[Any]:
         """``SELECT 1 FROM <base froms> WHERE <filters>``: what the row estimate is about."""
         counted: sa.Select[Any] = self.base.with_only_columns(
             sa.literal_column("1"), maintain_column_froms=True
         )
-        return counted.where(self.where) if self.where is not None else counted
+        if self.where is None:
+            return counted
+        counted = counted.where(self.where)
+        if self._own_values:
+            return counted
+        return counted.params(dict(zip(self.spec.names, self._where_values, strict=True)))
 
     def statement(self, path: PlanPath) -> sa.Select[Any]:
         """The search statement for ``path``; :meth:`parameters` gives the values to bind.
@@ -223,26 +319,31 @@ class SemanticQuery:
             if self.base_key is not None:
                 self._statement_key = key
             return template
-        where_key = self.where_cache_key if self.base_key is not None else None
-        if where_key is None:
-            return template.where(self.where)
-        full_key = (*key, self.where_token)
+        where_token = self.spec.where_token if self.base_key is not None else None
+        if where_token is None:
+            return self._with_values(template.where(self.where))
+        full_key = (*key, where_token)
         known = _templates.get(full_key)
         if known is not None:
             statement: sa.Select[Any] = known[0]
             names: tuple[str, ...] = known[1]
-            self._filter_values = {
-                name: bind.effective_value
-                for name, bind in zip(names, where_key.bindparams, strict=True)
-            }
+            self._filter_values = dict(zip(names, self._where_values, strict=True))
             self._statement_key = full_key
             return statement
         statement = template.where(self.where)
-        names = tuple(bind.key for bind in where_key.bindparams)
+        names = self.spec.names
         if len(set(names)) == len(names) and QUERY_VECTOR not in names:
             _remember(full_key, (statement, names))
+            self._filter_values = dict(zip(names, self._where_values, strict=True))
             self._statement_key = full_key
-        return statement
+            return statement
+        return self._with_values(statement)
+
+    def _with_values(self, statement: sa.Select[Any]) -> sa.Select[Any]:
+        """``statement`` with the filter's values of this search written into it."""
+        if self._own_values:
+            return statement
+        return statement.params(dict(zip(self.spec.names, self._where_values, strict=True)))
 
     def parameters(self) -> dict[str, Any]:
         """The values :meth:`statement` leaves to bind: the query vector, and the filter's
@@ -357,6 +458,95 @@ def search(
         kept = [hit for hit in result if hit.distance <= float(max_distance)]
         return SearchResult(kept, result.plan)
     return result
+
+
+class PreparedSearch:
+    """A search built once and run many times, with another query and other filter values
+    each time: what :func:`search` works out from its arguments on every call (the column,
+    the statement extended and its shape, the filter's shape, k, the options) is worked out
+    here once. The plan is still chosen for each run's values, and the statements are those
+    :func:`search` runs.
+
+    Name the filter's values with ``sqlalchemy.bindparam`` and give them to each run:
+
+    >>> nearest = semdb.PreparedSearch(Doc.embedding, k=10, where=Doc.lang == bindparam("lang"))
+    >>> hits = nearest(session, "cheap flights", embedder=embedder, lang="en")
+    >>> hits = nearest(session, other_vector, lang="fr")
+
+    Values written in the filter (``Doc.year > 2020``) stay as they are; a named parameter
+    given a value (``bindparam("lang", "en")``) is that run's default. A PreparedSearch holds
+    no connection: one object may serve every thread and session.
+    """
+
+    def __init__(
+        self,
+        column: Any,
+        *,
+        k: int = 10,
+        where: Any = None,
+        statement: sa.Select[Any] | None = None,
+        max_distance: float | None = None,
+        ef_search: int | None = None,
+        plan: PlanRequest = "auto",
+        exact_below: int | None = None,
+    ) -> None:
+        self.spec = spec = SearchSpec.build(
+            column,
+            k=k,
+            where=where,
+            statement=statement,
+            ef_search=ef_search,
+            plan=plan,
+            exact_below=exact_below,
+        )
+        self.max_distance = None if max_distance is None else float(max_distance)
+        binds = [] if spec.where_cache_key is None else list(spec.where_cache_key.bindparams)
+        #: The filter's parameters a run may name (``bindparam("lang")``), and those it must.
+        self.parameters = frozenset(bind.key for bind in binds if not _anonymous(bind))
+        self.required = frozenset(
+            bind.key
+            for bind in binds
+            if not _anonymous(bind) and bind.required and bind.callable is None
+        )
+        self._defaults = spec.own_values()
+
+    def __call__(
+        self, bind: Bind, query: Any, *, embedder: TextEmbedder | None = None, **values: Any
+    ) -> SearchResult:
+        """The hits for ``query`` (text with ``embedder``, or a vector) with the filter's
+        named parameters set to ``values``."""
+        if values.keys() - self.parameters or self.required - values.keys():
+            unknown = sorted(values.keys() - self.parameters)
+            missing = sorted(self.required - values.keys())
+            named = ", ".join(sorted(self.parameters)) or "none"
+            raise SearchError(
+                "this search's filter "
+                + (f"has no parameter {', '.join(unknown)}" if unknown else "")
+                + ("; " if unknown and missing else "")
+                + (f"needs a value for {', '.join(missing)}" if missing else "")
+                + f" (its parameters: {named})",
+                fix="name the filter's values with sqlalchemy.bindparam('name') and pass "
+                "name=value to each run",
+            )
+        ordered = (
+            [
+                values[name] if name in values else default
+                for name, default in zip(self.spec.names, self._defaults, strict=True)
+            ]
+            if values
+            else self._defaults
+        )
+        result = SemanticQuery.of_spec(bind, self.spec, query, embedder, ordered).run()
+        if self.max_distance is not None:
+            limit = self.max_distance
+            return SearchResult([hit for hit in result if hit.distance <= limit], result.plan)
+        return result
+
+
+def _anonymous(bind: sa.BindParameter[Any]) -> bool:
+    """A parameter SQLAlchemy named itself (a value written in an expression, or a
+    ``unique`` one): its key is an anonymous label, ``%(<number> <name>)s``."""
+    return bind.key.startswith("%(")
 
 
 def explain_search(
