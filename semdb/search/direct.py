@@ -50,17 +50,7 @@ def direct_driver(connection: Connection) -> psycopg.Connection[Any] | None:
         return None
     if not _PLAIN_OPTIONS.issuperset(connection.get_execution_options()):
         return None
-    # Listeners that must see every statement, or change how it runs or fails.
-    events = connection.dispatch
-    if (
-        events.before_execute
-        or events.before_cursor_execute
-        or events.after_cursor_execute
-        or events.after_execute
-    ):
-        return None
-    dialect_events = connection.dialect.dispatch
-    if dialect_events.do_execute or dialect_events.handle_error:
+    if _listened(connection):
         return None
     if connection.engine.echo or _ENGINE_LOG.isEnabledFor(logging.INFO):
         return None
@@ -69,6 +59,30 @@ def direct_driver(connection: Connection) -> psycopg.Connection[Any] | None:
         return None  # SQLAlchemy raises its "rollback first" error
     driver = connection.connection.dbapi_connection
     return driver if isinstance(driver, psycopg.Connection) else None
+
+
+def _listened(connection: Connection) -> bool:
+    """Does a listener want to see every statement, or change how one runs or fails?
+
+    SQLAlchemy's own flags say first whether any connection or dialect event was ever listened
+    to on this connection, its engine or its dialect (what ``Connection.execute`` checks
+    itself); only then are the listeners looked at (a listener removed leaves the flag set).
+    """
+    dialect = connection.dialect
+    if getattr(connection, "_has_events", True) or getattr(connection.engine, "_has_events", True):
+        events = connection.dispatch
+        if (
+            events.before_execute
+            or events.before_cursor_execute
+            or events.after_cursor_execute
+            or events.after_execute
+        ):
+            return True
+    if getattr(dialect, "_has_events", True):
+        dialect_events = dialect.dispatch
+        if dialect_events.do_execute or dialect_events.handle_error:
+            return True
+    return False
 
 
 @dataclass

@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -43,6 +44,7 @@ from semdb.search.results import Hit, SearchResult
 from semdb.sync.registry import check_query_model
 
 MAX_K = 10000
+_FIRST, _LAST, _DISTANCE = itemgetter(0), itemgetter(-1), itemgetter(1)
 _NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 #: The name of the query vector's bound parameter in search statements.
 QUERY_VECTOR = "semdb_query_vector"
@@ -97,7 +99,7 @@ def check_k(k: int) -> int:
     return k
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SearchSpec:
     """What a search is, but for its query vector and its filter's values: the column, k, the
     statement it extends and its shape, the filter and its shape, the options. Worked out on
@@ -367,12 +369,12 @@ class SemanticQuery:
                     {},
                     fell_back_to_exact=True,
                 )
-        if self.single_entity:
-            hits = [Hit(row[0], float(row[-1])) for row in rows]
-        else:
-            hits = [Hit(row, float(row[-1])) for row in rows]
+        # Built by C-level iteration (map, itemgetter, tuple.__new__): a search makes k hits,
+        # and a Python loop over them costs as much as the rest of a fast search's Python.
+        found = map(_FIRST, rows) if self.single_entity else rows
+        hits = list(map(Hit._make, zip(found, map(_LAST, rows), strict=True)))
         if plan.path == "index":
-            hits.sort(key=_distance)  # relaxed_order scans are nearly sorted
+            hits.sort(key=_DISTANCE)  # relaxed_order scans are nearly sorted
         return SearchResult(hits, plan)
 
     def explain(self, *, analyze: bool = False) -> dict[str, Any]:
@@ -412,10 +414,6 @@ class SemanticQuery:
         if direct == UNKNOWN and key is not None:  # the first run of this statement
             remember_direct(key, statement, dialect, parameters, rows)
         return rows
-
-
-def _distance(hit: Hit) -> float:
-    return hit.distance
 
 
 def search(
@@ -668,8 +666,15 @@ def _remember(key: tuple[Any, ...], template: Any) -> None:
             _templates.popitem(last=False)
 
 
+_PLAIN_VALUES = frozenset({int, str, float, bool, type(None)})
+
+
 def _key_values(values: Any) -> tuple[Any, ...] | None:
     """Filter values as a hashable tuple for a cache key, or None if one cannot be."""
+    values = tuple(values)
+    if all(type(value) in _PLAIN_VALUES for value in values):
+        # Each with its type: 1 and 1.0 and True are equal keys but not the same filter.
+        return tuple(zip(map(type, values), values, strict=True))
     out: list[Any] = []
     for value in values:
         if isinstance(value, (list, tuple)):
