@@ -30,13 +30,23 @@ def query_vector(target: VectorColumn, query: Any, embedder: TextEmbedder | None
         type(vector) is np.ndarray
         and vector.dtype == np.float32
         and vector.shape == (target.dimension,)
-        # a float64 sum of float32 values cannot overflow: finite exactly when all are
-        and math.isfinite(vector.sum(dtype=np.float64))
+        and _finite(vector)
     ):
         return vector  # what embedders return, checked in one pass
     return as_float32(
         vector, dimension=target.dimension, where=f"the query vector for {target.name}"
     )
+
+
+def _finite(vector: FloatArray) -> bool:
+    """Are all values of a float32 vector finite?
+
+    The dot product with itself (``np.vdot``: one BLAS call, the cheapest whole-vector
+    operation numpy has, and one that leaves the floating-point flags unread, so an overflow
+    warns nobody) is finite when they are, unless huge values overflow float32; then a
+    float64 sum, which cannot overflow, decides.
+    """
+    return math.isfinite(np.vdot(vector, vector)) or math.isfinite(vector.sum(dtype=np.float64))
 
 
 _VECTOR_HEADER = struct.Struct(">HH")

@@ -120,6 +120,9 @@ class SearchSpec:
     request: PlanRequest
     ef_search: int | None
     exact_below: int | None
+    #: A PreparedSearch's statements and direct statements, by path (and dialect), found
+    #: without a lookup in the shared caches (None: a one-off search's spec).
+    kept: dict[Any, Any] | None = None
 
     @classmethod
     def build(
@@ -296,10 +299,23 @@ class SemanticQuery:
         before (the same SQLAlchemy cache key) reuses that statement with its values bound
         at execution, so SQLAlchemy finds its compiled form without walking the statement.
         """
-        self._filter_values = {}
-        self._statement_key = None
         storage = self.target.index_storage() if path == "index" else self.target.spec.storage
         self._wire = wire_vector(self.vector, storage, self.target)
+        kept = self.spec.kept
+        known_here = kept.get(path) if kept is not None else None
+        if known_here is not None:  # a PreparedSearch's own statement for this path
+            kept_statement: sa.Select[Any] = known_here[0]
+            self._statement_key = known_here[2]
+            self._filter_values = dict(zip(known_here[1], self._where_values, strict=True))
+            return kept_statement
+        statement = self._build_statement(path)
+        if kept is not None and self._statement_key is not None:
+            kept[path] = (statement, tuple(self._filter_values), self._statement_key)
+        return statement
+
+    def _build_statement(self, path: PlanPath) -> sa.Select[Any]:
+        self._filter_values = {}
+        self._statement_key = None
         key = (self.target.column, self.target.entity, self.base_key, path, self.k)
         template: sa.Select[Any] | None = _templates.get(key) if self.base_key is not None else None
         if template is None:
@@ -398,7 +414,12 @@ class SemanticQuery:
         if key is not None and not self.shape.orm and self.bind is self.connection:
             driver = direct_driver(self.connection)
             if driver is not None:
-                direct = known_direct(key, dialect)
+                kept = self.spec.kept
+                direct = kept.get((path, dialect), UNKNOWN) if kept is not None else UNKNOWN
+                if direct == UNKNOWN:
+                    direct = known_direct(key, dialect)
+                    if kept is not None and direct != UNKNOWN:
+                        kept[(path, dialect)] = direct
         if isinstance(direct, DirectStatement) and driver is not None:
             return direct.run(
                 self.connection, driver, parameters, settings, custom=self.is_filtered
@@ -497,6 +518,7 @@ class PreparedSearch:
             plan=plan,
             exact_below=exact_below,
         )
+        spec.kept = {}
         self.max_distance = None if max_distance is None else float(max_distance)
         binds = [] if spec.where_cache_key is None else list(spec.where_cache_key.bindparams)
         #: The filter's parameters a run may name (``bindparam("lang")``), and those it must.
