@@ -22,6 +22,9 @@ by default :data:`EXACT_BELOW_FACTOR` x sqrt(table rows): an exact search over t
 is as fast as the iterative index scan (measured in ``bench/query.py``). Without iterative
 scans (pgvector 0.7) a filtered search is always exact: the index would return fewer than k.
 
+A decision is kept for :data:`ESTIMATE_TTL_SECONDS` per database, column, filter (shape and
+values) and options, as the estimate it rests on is.
+
 If the index path still returns fewer than k rows (the estimate was far off, or the scan hit
 ``hnsw.max_scan_tuples``), the search runs again exactly: k rows come back whenever k rows
 pass the filter.

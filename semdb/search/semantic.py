@@ -7,6 +7,13 @@
 >>> semdb.search(session, Doc.embedding, vector, k=5,
 ...              statement=select(Doc, Author.name).join(Doc.author),
 ...              where=Author.country == "FR")                         # joins
+>>> nearest = semdb.PreparedSearch(Doc.embedding, k=10, where=Doc.lang == bindparam("lang"))
+>>> nearest(session, vector, lang="en")                                # built once, run often
+
+A search is a :class:`SearchSpec` (what it is, but for its values: worked out per call by
+:func:`search`, once by :class:`PreparedSearch`) run as a :class:`SemanticQuery` (one query
+vector and filter values: plan chosen, statement of the path run, hits made). Statements are
+built once per shape and kept; Core ones run on the driver itself (:mod:`.direct`).
 """
 
 from __future__ import annotations
