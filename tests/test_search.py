@@ -206,6 +206,17 @@ def test_without_iterative_scans_filters_go_exact_and_the_index_falls_back(
         assert sorted(h.row.id for h in forced) == [5, 1005, 2005, 3005]
 
 
+def planner_settings_now(bind: Session | sa.Connection) -> tuple[str, ...]:
+    """The session's hnsw.ef_search, enable_sort and hnsw.iterative_scan, as now set."""
+    values = bind.execute(
+        sa.text(
+            "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
+            "current_setting('hnsw.iterative_scan')"
+        )
+    ).one()
+    return tuple(values)
+
+
 def test_settings_are_local_to_the_search_and_the_transaction_survives_errors(
     items: sa.Engine,
 ) -> None:
@@ -220,13 +231,7 @@ def test_settings_are_local_to_the_search_and_the_transaction_survives_errors(
             exact_below=100,
             ef_search=200,
         )
-        values = session.execute(
-            sa.text(
-                "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
-                "current_setting('hnsw.iterative_scan')"
-            )
-        ).one()
-        assert tuple(values) == ("77", "on", "off")
+        assert planner_settings_now(session) == ("77", "on", "off")
         with pytest.raises(sa.exc.DBAPIError):
             search(
                 session, Item.embedding, QUERIES[0], k=10, where=(Item.c10 / 0) > 1, plan="index"
@@ -265,13 +270,7 @@ def test_autocommit_search_errors_leave_no_settings_behind(
                     plan=path,
                     ef_search=300,
                 )
-        values = connection.execute(
-            sa.text(
-                "SELECT current_setting('hnsw.ef_search'), current_setting('enable_sort'), "
-                "current_setting('hnsw.iterative_scan')"
-            )
-        ).one()
-        assert tuple(values) == ("55", "on", "off")
+        assert planner_settings_now(connection) == ("55", "on", "off")
         hits = search(connection, column, QUERIES[0], k=10, where=Item.c2 == 0, plan="index")
         assert len(hits) == 10
         connection.execute(sa.text("RESET hnsw.ef_search"))

@@ -256,8 +256,17 @@ def choose_plan(
         )
     key: tuple[Any, ...] | None = None
     if not filtered or filter_key is not None or request != "auto":
-        key = (_database(connection), target.column, filtered, filter_key, k, request)
-        key += (ef_search, exact_below, supports_iterative_scan(connection))
+        key = (
+            _database(connection),
+            target.column,
+            filtered,
+            filter_key,
+            k,
+            request,
+            ef_search,
+            exact_below,
+            supports_iterative_scan(connection),
+        )
         now = time.monotonic()
         known = _decisions.get(key)
         if known is not None and now - known[1] < ESTIMATE_TTL_SECONDS:

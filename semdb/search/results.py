@@ -33,3 +33,10 @@ class SearchResult(list[Any]):
     def __init__(self, hits: list[Any], plan: SearchPlan) -> None:
         super().__init__(hits)
         self.plan = plan
+
+    def within(self, max_distance: float | None) -> SearchResult:
+        """The hits at most ``max_distance`` away (all of them for None), same plan."""
+        if max_distance is None:
+            return self
+        limit = float(max_distance)
+        return SearchResult([hit for hit in self if hit.distance <= limit], self.plan)

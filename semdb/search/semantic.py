@@ -423,9 +423,9 @@ class SemanticQuery:
             if driver is not None:
                 kept = self.spec.kept
                 direct = kept.get((path, dialect), UNKNOWN) if kept is not None else UNKNOWN
-                if direct == UNKNOWN:
+                if direct is UNKNOWN:
                     direct = known_direct(key, dialect)
-                    if kept is not None and direct != UNKNOWN:
+                    if kept is not None and direct is not UNKNOWN:
                         kept[(path, dialect)] = direct
         if isinstance(direct, DirectStatement) and driver is not None:
             return direct.run(
@@ -439,7 +439,7 @@ class SemanticQuery:
             parameters,
             filtered=self.is_filtered,
         )
-        if direct == UNKNOWN and key is not None:  # the first run of this statement
+        if direct is UNKNOWN and key is not None:  # the first run of this statement
             remember_direct(key, statement, dialect, parameters, rows)
         return rows
 
@@ -479,11 +479,7 @@ def search(
         plan=plan,
         exact_below=exact_below,
     )
-    result = prepared.run()
-    if max_distance is not None:
-        kept = [hit for hit in result if hit.distance <= float(max_distance)]
-        return SearchResult(kept, result.plan)
-    return result
+    return prepared.run().within(max_distance)
 
 
 class PreparedSearch:
@@ -563,11 +559,11 @@ class PreparedSearch:
             if values
             else self._defaults
         )
-        result = SemanticQuery.of_spec(bind, self.spec, query, embedder, ordered).run()
-        if self.max_distance is not None:
-            limit = self.max_distance
-            return SearchResult([hit for hit in result if hit.distance <= limit], result.plan)
-        return result
+        return (
+            SemanticQuery.of_spec(bind, self.spec, query, embedder, ordered)
+            .run()
+            .within(self.max_distance)
+        )
 
 
 def _anonymous(bind: sa.BindParameter[Any]) -> bool:

@@ -47,7 +47,11 @@ def more_like_this(
             fix="embed it first (inline sync, semdb worker, or semdb backfill)",
         )
     options: dict[str, Any] = dict(
-        statement=statement, ef_search=ef_search, plan=plan, exact_below=exact_below
+        statement=statement,
+        ef_search=ef_search,
+        plan=plan,
+        exact_below=exact_below,
+        max_distance=max_distance,
     )
     if where is None:  # unfiltered: ask for one more and drop the row itself
         result = search(bind, target, stored[0], k=k + 1, **options)
@@ -55,8 +59,6 @@ def more_like_this(
     else:
         result = search(bind, target, stored[0], k=k, where=sa.and_(where, ~same_row), **options)
         kept = list(result)
-    if max_distance is not None:
-        kept = [hit for hit in kept if hit.distance <= float(max_distance)]
     return SearchResult(kept, result.plan)
 
 
