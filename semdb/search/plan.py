@@ -114,8 +114,33 @@ def supports_iterative_scan(connection: Connection) -> bool:
 #: planner's estimate only changes when the table's statistics do (ANALYZE, autovacuum).
 ESTIMATE_TTL_SECONDS = 60.0
 _ESTIMATES_KEPT = 4096
-_estimates: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
 _estimates_lock = threading.Lock()
+
+
+class _Recent:
+    """Values kept for :data:`ESTIMATE_TTL_SECONDS`, at most ``size`` of them (the oldest
+    go first): the planner's row estimates, table sizes and the plans decided from them."""
+
+    def __init__(self, size: int = _ESTIMATES_KEPT) -> None:
+        self._items: OrderedDict[Any, tuple[Any, float]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: Any, now: float) -> Any:
+        """The value kept for ``key`` if it is recent enough, else None."""
+        item = self._items.get(key)  # one dict read: no lock needed
+        if item is not None and now - item[1] < ESTIMATE_TTL_SECONDS:
+            return item[0]
+        return None
+
+    def put(self, key: Any, value: Any, now: float) -> None:
+        with _estimates_lock:
+            self._items[key] = (value, now)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_estimates = _Recent()
 
 
 def estimate_rows(
@@ -144,25 +169,19 @@ def estimate_rows(
     cache_key = None if key is None else (_database(connection), *key)
     now = time.monotonic()
     if cache_key is not None:
-        with _estimates_lock:
-            cached = _estimates.get(cache_key)
-            if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
-                _estimates.move_to_end(cache_key)
-                return cached[0]
+        cached: float | None = _estimates.get(cache_key, now)
+        if cached is not None:
+            return cached
     query = statement() if callable(statement) else statement
     with custom_plans(connection):
         explained = connection.execute(Explain(query)).scalar()
     rows = float(plan_root(explained)["Plan Rows"])
     if cache_key is not None:
-        with _estimates_lock:
-            _estimates[cache_key] = (rows, now)
-            _estimates.move_to_end(cache_key)
-            while len(_estimates) > _ESTIMATES_KEPT:
-                _estimates.popitem(last=False)
+        _estimates.put(cache_key, rows, now)
     return rows
 
 
-_table_rows: dict[tuple[Any, ...], tuple[float, float]] = {}
+_table_rows = _Recent()
 
 
 def table_rows(connection: Connection, target: VectorColumn) -> float:
@@ -170,10 +189,9 @@ def table_rows(connection: Connection, target: VectorColumn) -> float:
     kept for :data:`ESTIMATE_TTL_SECONDS`."""
     key = (_database(connection), target.table)
     now = time.monotonic()
-    with _estimates_lock:
-        cached = _table_rows.get(key)
-        if cached is not None and now - cached[1] < ESTIMATE_TTL_SECONDS:
-            return cached[0]
+    cached: float | None = _table_rows.get(key, now)
+    if cached is not None:
+        return cached
     name = str(connection.dialect.identifier_preparer.format_table(target.table))
     rows = connection.execute(
         sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
@@ -182,8 +200,7 @@ def table_rows(connection: Connection, target: VectorColumn) -> float:
         rows = estimate_rows(
             connection, sa.select(sa.literal_column("1")).select_from(target.table)
         )
-    with _estimates_lock:
-        _table_rows[key] = (float(rows), now)
+    _table_rows.put(key, float(rows), now)
     return float(rows)
 
 
@@ -268,9 +285,9 @@ def choose_plan(
             supports_iterative_scan(connection),
         )
         now = time.monotonic()
-        known = _decisions.get(key)
-        if known is not None and now - known[1] < ESTIMATE_TTL_SECONDS:
-            return known[0]
+        known: SearchPlan | None = _decisions.get(key, now)
+        if known is not None:
+            return known
     plan = _decide(
         connection,
         target,
@@ -283,14 +300,11 @@ def choose_plan(
         exact_below=exact_below,
     )
     if key is not None:
-        with _estimates_lock:
-            _decisions[key] = (plan, now)
-            while len(_decisions) > _ESTIMATES_KEPT:
-                _decisions.popitem(last=False)
+        _decisions.put(key, plan, now)
     return plan
 
 
-_decisions: OrderedDict[tuple[Any, ...], tuple[SearchPlan, float]] = OrderedDict()
+_decisions = _Recent()
 
 
 def _decide(
