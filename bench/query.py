@@ -261,6 +261,13 @@ def _raw_runner(plan: RawPlan, threshold: int | None) -> Any:
     return run
 
 
+def _path(plan: Any) -> str:
+    """How a semdb search ran: its path, and whether the plain index scan sufficed or the
+    index fell back to exact."""
+    plain = " plain" if plan.plain_first else ""
+    return plan.path + plain + (" (fell back)" if plan.fell_back_to_exact else "")
+
+
 def _semdb_runner(
     connection: sa.Connection, table: sa.Table, where: Any, request: str, paths: Counter[str]
 ) -> Any:
@@ -277,8 +284,7 @@ def _semdb_runner(
             statement=sa.select(table.c.id),
         )
         if request == "auto":
-            fell = " (fell back)" if hits.plan.fell_back_to_exact else ""
-            paths[hits.plan.path + fell] += 1
+            paths[_path(hits.plan)] += 1
         return [hit.row[0] for hit in hits]
 
     return run
@@ -299,7 +305,7 @@ def _prepared_runner(
 
     def run(q: np.ndarray) -> list[int]:
         hits = nearest(connection, q, **values)
-        paths[hits.plan.path] += 1
+        paths[_path(hits.plan)] += 1
         return [hit.row[0] for hit in hits]
 
     return run

@@ -136,7 +136,7 @@ def test_filter_passing_many_rows_runs_the_iterative_index_scan(items: sa.Engine
             hits = search(
                 session, Item.embedding, query, k=10, where=Item.c10 == 3, exact_below=100
             )
-            assert hits.plan.path == "index", hits.plan
+            assert hits.plan.path == "index" and not hits.plan.plain_first, hits.plan
             assert hits.plan.settings["hnsw.iterative_scan"] == "relaxed_order"
             assert hits.plan.estimated_rows == pytest.approx(400, rel=0.3)
             assert len(hits) == 10 and all(h.row.c10 == 3 for h in hits)
@@ -146,6 +146,47 @@ def test_filter_passing_many_rows_runs_the_iterative_index_scan(items: sa.Engine
             session, Item.embedding, QUERIES[0], k=10, where=Item.c10 == 3, exact_below=100
         )
     assert uses_vector_index(root)
+
+
+def test_filter_passing_half_the_rows_runs_a_plain_index_scan_first(items: sa.Engine) -> None:
+    """Half the rows pass: 10 of a plain HNSW scan's 40 candidates pass but for a chance of
+    0.03%, so the scan runs as plain pgvector runs it (no SET LOCAL, no iterative scan)."""
+    with Session(items) as session:
+        for query in QUERIES[:5]:
+            before = planner_settings_now(session)
+            hits = search(session, Item.embedding, query, k=10, where=Item.c2 == 0)
+            assert hits.plan.path == "index" and hits.plan.plain_first, hits.plan
+            assert "a plain index scan finds 10 among its 40 candidates" in hits.plan.reason
+            assert len(hits) == 10 and all(h.row.c2 == 0 for h in hits)
+            truth = set(exact_top_k(VECTORS, query, 10, mask("c2", 0)))
+            assert len(truth & {h.row.id for h in hits}) >= 8
+            assert planner_settings_now(session) == before
+        _, root = explain_search(session, Item.embedding, QUERIES[0], k=10, where=Item.c2 == 0)
+        assert uses_vector_index(root)
+        # Its own ef_search (sent anyway), or a k above 40 candidates: the iterative scan.
+        for options in ({"ef_search": 100, "k": 10}, {"k": 41}):
+            other = search(session, Item.embedding, QUERIES[0], where=Item.c2 == 0, **options)
+            assert other.plan.path == "index" and not other.plan.plain_first, options
+
+
+def test_a_plain_scan_that_comes_back_short_is_followed_by_the_iterative_scan(
+    items: sa.Engine, column: Any
+) -> None:
+    """The filter passes 95% of the rows but none of the query's 200 nearest: the plain
+    scan's candidates all fail it. The iterative scan then finds the k rows."""
+    near = exact_top_k(VECTORS, QUERIES[0], 200)
+    where = column.table.c.id.not_in(near)
+    with items.connect() as connection:
+        hits = search(connection, column, QUERIES[0], k=10, where=where)
+    assert hits.plan.path == "index" and not hits.plan.plain_first, hits.plan
+    assert not hits.plan.fell_back_to_exact
+    assert "; the plain scan returned 0 < k rows, ran the iterative scan" in hits.plan.reason
+    assert hits.plan.settings["hnsw.iterative_scan"] == "relaxed_order"
+    passing = np.ones(N, bool)
+    passing[near] = False
+    truth = set(exact_top_k(VECTORS, QUERIES[0], 10, passing))
+    assert len(hits) == 10 and not {h.row.id for h in hits} & set(near)
+    assert len(truth & {h.row.id for h in hits}) >= 8
 
 
 def test_selective_filter_runs_exact_search_through_the_btree(items: sa.Engine) -> None:
@@ -823,3 +864,72 @@ def test_a_prepared_search_names_a_wrong_or_missing_value(items: sa.Engine) -> N
         assert [h.row.id for h in nearest(session, QUERIES[0], body=body)] == [11]
         assert nearest(session, QUERIES[0], body=body, c10=2) == []
         assert session.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
+
+
+@pytest.mark.parametrize("path", ["exact", "index"])
+def test_a_prepared_search_on_a_connection_replays_its_last_run(
+    items: sa.Engine, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """On a Connection, a run with filter values seen before skips the plan and statement
+    work: the hits and plan of a full run, and a full run whenever one is needed."""
+    from semdb.search import semantic as semantic_module
+
+    table = Item.__table__
+    exact_below = 1000 if path == "exact" else 100  # 400 rows pass
+    nearest = semdb.PreparedSearch(
+        table.c.embedding, k=5, where=table.c.c10 == sa.bindparam("tenth"), exact_below=exact_below
+    )
+    full_runs: list[Any] = []
+    of_spec = semantic_module.SemanticQuery.of_spec.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: Any, *args: Any) -> Any:
+        full_runs.append(args[4])
+        return of_spec(cls, *args)
+
+    monkeypatch.setattr(semantic_module.SemanticQuery, "of_spec", classmethod(counted))
+    with items.connect() as connection:
+        for tenth in (3, 4, 3, 4):  # SQLAlchemy runs the first; the second runs on the driver
+            nearest(connection, QUERIES[0], tenth=tenth)
+        full_runs.clear()
+        for query in QUERIES[:8]:
+            for tenth in (3, 4):
+                got = nearest(connection, query, tenth=tenth)
+                want = search(
+                    connection,
+                    table.c.embedding,
+                    query,
+                    k=5,
+                    where=table.c.c10 == tenth,
+                    exact_below=exact_below,
+                )
+                assert [h.row for h in got] == [h.row for h in want]
+                assert [h.distance for h in got] == pytest.approx([h.distance for h in want])
+                assert got.plan == want.plan and got.plan.path == path
+        assert full_runs == []
+        # A vector to convert, one refused, new values: full runs.
+        assert len(nearest(connection, [float(v) for v in QUERIES[0]], tenth=3)) == 5
+        with pytest.raises(DimensionMismatchError, match="NaN or infinite"):
+            nearest(connection, np.full(DIM, np.nan, np.float32), tenth=3)
+        assert len(nearest(connection, QUERIES[0], tenth=5)) == 5
+        assert full_runs == [[3], [3], [5]]
+        # Fewer than k rows pass now (deleted in this transaction): the replay gives way to a
+        # full run (which makes sure, exactly, that no other row passes).
+        connection.execute(sa.delete(table).where(table.c.c10 == 3, table.c.id >= 30))
+        few = nearest(connection, QUERIES[1], tenth=3)
+        assert sorted(h.row.id for h in few) == [3, 13, 23]
+        assert full_runs == [[3], [3], [5], [3]]
+        connection.rollback()
+        # A listener added: every run goes through SQLAlchemy, where it sees them.
+        seen: list[str] = []
+        sa.event.listen(items, "before_cursor_execute", lambda *args: seen.append(args[2]))
+        try:
+            nearest(connection, QUERIES[2], tenth=4)
+        finally:
+            items.dispatch.before_cursor_execute.clear()
+        assert sum("ORDER BY" in statement for statement in seen) == 1
+        # Kept no longer than a plan decision (here: not at all).
+        monkeypatch.setattr(semantic_module, "ESTIMATE_TTL_SECONDS", 0.0)
+        full_runs.clear()
+        for _ in range(3):
+            nearest(connection, QUERIES[2], tenth=6)
+        assert full_runs == [[6], [6], [6]]

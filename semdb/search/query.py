@@ -30,7 +30,7 @@ def query_vector(target: VectorColumn, query: Any, embedder: TextEmbedder | None
         type(vector) is np.ndarray
         and vector.dtype == np.float32
         and vector.shape == (target.dimension,)
-        and _finite(vector)
+        and finite(vector)
     ):
         return vector  # what embedders return, checked in one pass
     return as_float32(
@@ -38,7 +38,7 @@ def query_vector(target: VectorColumn, query: Any, embedder: TextEmbedder | None
     )
 
 
-def _finite(vector: FloatArray) -> bool:
+def finite(vector: FloatArray) -> bool:
     """Are all values of a float32 vector finite?
 
     The dot product with itself (``np.vdot``: one BLAS call, the cheapest whole-vector

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,8 +46,16 @@ from semdb.search.direct import (
     remember_direct,
 )
 from semdb.search.explain import Explain, plan_root
-from semdb.search.plan import PlanPath, PlanRequest, SearchPlan, choose_plan, planner_settings
-from semdb.search.query import query_vector, wire_vector
+from semdb.search.plan import (
+    ESTIMATE_TTL_SECONDS,
+    PlanPath,
+    PlanRequest,
+    SearchPlan,
+    choose_plan,
+    database_token,
+    planner_settings,
+)
+from semdb.search.query import finite, query_vector, wire_vector
 from semdb.search.results import Hit, SearchResult
 from semdb.sync.registry import check_query_model
 
@@ -380,14 +389,27 @@ class SemanticQuery:
 
     def run(self) -> SearchResult:
         plan = self.plan
-        rows = self._execute(plan.path)
+        if plan.plain_first:
+            rows = self._execute("index", _NO_SETTINGS)
+            if len(rows) < self.k:
+                shortfall = len(rows)
+                rows = self._execute("index", plan.settings)
+                plan = SearchPlan(
+                    "index",
+                    plan.reason + f"; the plain scan returned {shortfall} < k rows, ran the "
+                    "iterative scan",
+                    plan.estimated_rows,
+                    plan.settings,
+                )
+        else:
+            rows = self._execute(plan.path, self.settings(plan.path))
         if plan.path == "index" and len(rows) < self.k:
-            exact_rows = self._execute("exact")
+            exact_rows = self._execute("exact", _NO_SETTINGS)
             if len(exact_rows) > len(rows):
-                rows = exact_rows
+                shortfall, rows = len(rows), exact_rows
                 plan = SearchPlan(
                     "exact",
-                    plan.reason + f"; the index returned {len(rows)} < k rows, ran exact",
+                    plan.reason + f"; the index returned {shortfall} < k rows, ran exact",
                     plan.estimated_rows,
                     {},
                     fell_back_to_exact=True,
@@ -401,18 +423,21 @@ class SemanticQuery:
         return SearchResult(hits, plan)
 
     def explain(self, *, analyze: bool = False) -> dict[str, Any]:
-        """The root of the JSON plan of the chosen path, under the same settings."""
-        with planner_settings(self.connection, self.settings(self.plan.path)):
+        """The root of the JSON plan of the chosen path, under the same settings (those of
+        the plain scan when it runs first)."""
+        plan = self.plan
+        settings = _NO_SETTINGS if plan.plain_first else self.settings(plan.path)
+        with planner_settings(self.connection, settings):
             explained = self.connection.execute(
                 Explain(self.statement(self.plan.path), analyze=analyze), self.parameters()
             ).scalar()
         return plan_root(explained)
 
-    def _execute(self, path: PlanPath) -> list[sa.Row[Any]]:
-        """The rows of ``path``'s statement: on the psycopg connection itself when the
-        search allows it (see :mod:`semdb.search.direct`), else through SQLAlchemy."""
+    def _execute(self, path: PlanPath, settings: Mapping[str, str]) -> list[sa.Row[Any]]:
+        """The rows of ``path``'s statement under ``settings``: on the psycopg connection
+        itself when the search allows it (see :mod:`semdb.search.direct`), else through
+        SQLAlchemy."""
         statement = self.statement(path)
-        settings = self.settings(path)
         parameters = self.parameters()
         key = self._statement_key
         dialect = self.connection.dialect
@@ -532,6 +557,7 @@ class PreparedSearch:
             if not _anonymous(bind) and bind.required and bind.callable is None
         )
         self._defaults = spec.own_values()
+        self._replays: dict[tuple[Any, ...], _Replay] = {}
 
     def __call__(
         self, bind: Bind, query: Any, *, embedder: TextEmbedder | None = None, **values: Any
@@ -559,11 +585,93 @@ class PreparedSearch:
             if values
             else self._defaults
         )
-        return (
-            SemanticQuery.of_spec(bind, self.spec, query, embedder, ordered)
-            .run()
-            .within(self.max_distance)
+        key: tuple[Any, ...] | None = None
+        if type(bind) is Connection and type(query) is np.ndarray:
+            values_key = _key_values(ordered)
+            if values_key is not None:
+                key = (database_token(bind), values_key)
+                replay = self._replays.get(key)
+                if replay is not None and replay.until > time.monotonic():
+                    replayed = self._replay(bind, query, replay)
+                    if replayed is not None:
+                        return replayed.within(self.max_distance)
+        semantic = SemanticQuery.of_spec(bind, self.spec, query, embedder, ordered)
+        result = semantic.run()
+        if key is not None:
+            self._keep_replay(key, semantic, result)
+        return result.within(self.max_distance)
+
+    def _replay(self, bind: Connection, query: np.ndarray, replay: _Replay) -> SearchResult | None:
+        """The run of :meth:`__call__` with what an earlier run with the same filter values
+        worked out (see :class:`_Replay`); None when it must run in full: the vector needs
+        converting or is refused, the connection cannot run it on the driver, or fewer than k
+        rows came back (the full run then retries or goes exact, as its plan says)."""
+        spec = self.spec
+        target = spec.target
+        if query.dtype != np.float32 or query.shape != (target.dimension,) or not finite(query):
+            return None
+        driver = direct_driver(bind)
+        if driver is None:
+            return None
+        parameters = dict(replay.filter_values)
+        parameters[QUERY_VECTOR] = wire_vector(query, replay.storage, target)
+        rows = replay.direct.run(bind, driver, parameters, replay.settings, custom=spec.filtered)
+        if len(rows) < spec.k:
+            return None
+        hits = list(map(Hit._make, zip(rows, map(_LAST, rows), strict=True)))
+        if replay.plan.path == "index":
+            hits.sort(key=_DISTANCE)
+        return SearchResult(hits, replay.plan)
+
+    def _keep_replay(
+        self, key: tuple[Any, ...], semantic: SemanticQuery, result: SearchResult
+    ) -> None:
+        """Keep what ``semantic`` worked out for the next run with the same values, if its
+        plan's first statement ran on the driver and gave the k rows."""
+        plan = semantic.plan
+        if result.plan is not plan or len(result) < self.spec.k or self.spec.kept is None:
+            return
+        path = plan.path
+        direct = self.spec.kept.get((path, semantic.connection.dialect))
+        if not isinstance(direct, DirectStatement):
+            return
+        target = semantic.target
+        if len(self._replays) >= _REPLAYS_KEPT:
+            self._replays.clear()
+        self._replays[key] = _Replay(
+            until=time.monotonic() + ESTIMATE_TTL_SECONDS,
+            plan=plan,
+            direct=direct,
+            settings=_NO_SETTINGS if plan.plain_first else semantic.settings(path),
+            filter_values=dict(semantic._filter_values),
+            storage=target.index_storage() if path == "index" else target.spec.storage,
         )
+
+
+#: Filter values (per database) whose run a PreparedSearch keeps for replaying.
+_REPLAYS_KEPT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """What a :class:`PreparedSearch` run on a Connection worked out, kept for the next run
+    with the same filter values on the same database: the plan, the statement as it runs on
+    the driver, its settings, and the filter's values by bound parameter.
+
+    A replay skips everything but the query vector's check and encoding, the driver checks
+    (:func:`semdb.search.direct.direct_driver`, on every run), the statement and the hits:
+    bench/query.py showed that this per-call Python, run on caches the other clients made
+    cold, cost as much as a 0.1% filtered search itself. It is kept
+    :data:`~semdb.search.plan.ESTIMATE_TTL_SECONDS` after the full run it comes from, whose
+    plan decision was itself at most that old: a plan is decided again within twice that.
+    """
+
+    until: float  # time.monotonic() after which the search runs in full again
+    plan: SearchPlan
+    direct: DirectStatement
+    settings: Mapping[str, str]
+    filter_values: dict[str, Any]
+    storage: str  # of the query vector's parameter: vector or halfvec
 
 
 def _anonymous(bind: sa.BindParameter[Any]) -> bool:
