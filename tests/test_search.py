@@ -867,11 +867,12 @@ def test_a_prepared_search_names_a_wrong_or_missing_value(items: sa.Engine) -> N
 
 
 @pytest.mark.parametrize("path", ["exact", "index"])
-def test_a_prepared_search_on_a_connection_replays_its_last_run(
+def test_searches_on_a_connection_replay_their_last_run(
     items: sa.Engine, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """On a Connection, a run with filter values seen before skips the plan and statement
-    work: the hits and plan of a full run, and a full run whenever one is needed."""
+    """On a Connection, a PreparedSearch run (or a search() of the same shape) with filter
+    values seen before skips the plan and statement work: the hits and plan of a full run,
+    and a full run whenever one is needed."""
     from semdb.search import semantic as semantic_module
 
     table = Item.__table__
@@ -879,33 +880,43 @@ def test_a_prepared_search_on_a_connection_replays_its_last_run(
     nearest = semdb.PreparedSearch(
         table.c.embedding, k=5, where=table.c.c10 == sa.bindparam("tenth"), exact_below=exact_below
     )
-    full_runs: list[Any] = []
+    full_runs: list[Any] = []  # of the PreparedSearch
+    search_runs: list[Any] = []  # of semdb.search
     of_spec = semantic_module.SemanticQuery.of_spec.__func__  # type: ignore[attr-defined]
 
-    def counted(cls: Any, *args: Any) -> Any:
-        full_runs.append(args[4])
-        return of_spec(cls, *args)
+    def counted(cls: Any, *args: Any, own: bool = False) -> Any:
+        (search_runs if own else full_runs).append(args[4])
+        return of_spec(cls, *args, own=own)
 
     monkeypatch.setattr(semantic_module.SemanticQuery, "of_spec", classmethod(counted))
     with items.connect() as connection:
         for tenth in (3, 4, 3, 4):  # SQLAlchemy runs the first; the second runs on the driver
             nearest(connection, QUERIES[0], tenth=tenth)
+            search(
+                connection,
+                table.c.embedding,
+                QUERIES[0],
+                k=5,
+                where=table.c.c10 == tenth,
+                exact_below=exact_below,
+            )
         full_runs.clear()
+        search_runs.clear()
         for query in QUERIES[:8]:
             for tenth in (3, 4):
                 got = nearest(connection, query, tenth=tenth)
-                want = search(
-                    connection,
-                    table.c.embedding,
-                    query,
-                    k=5,
-                    where=table.c.c10 == tenth,
-                    exact_below=exact_below,
+                where = table.c.c10 == tenth
+                also = search(
+                    connection, table.c.embedding, query, k=5, where=where, exact_below=exact_below
                 )
-                assert [h.row for h in got] == [h.row for h in want]
-                assert [h.distance for h in got] == pytest.approx([h.distance for h in want])
-                assert got.plan == want.plan and got.plan.path == path
-        assert full_runs == []
+                want = semantic_module.SemanticQuery(  # a full run
+                    connection, table.c.embedding, query, k=5, where=where, exact_below=exact_below
+                ).run()
+                for hits in (got, also):
+                    assert [h.row for h in hits] == [h.row for h in want]
+                    assert [h.distance for h in hits] == pytest.approx([h.distance for h in want])
+                    assert hits.plan == want.plan and hits.plan.path == path
+        assert full_runs == [] and search_runs == []  # semdb.search replays too
         # A vector to convert, one refused, new values: full runs.
         assert len(nearest(connection, [float(v) for v in QUERIES[0]], tenth=3)) == 5
         with pytest.raises(DimensionMismatchError, match="NaN or infinite"):

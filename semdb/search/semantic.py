@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -136,6 +136,9 @@ class SearchSpec:
     request: PlanRequest
     ef_search: int | None
     exact_below: int | None
+    #: What identifies the search but for its values, the query vector and the database
+    #: (None: its statement or filter cannot be cached).
+    shape_key: tuple[Any, ...] | None = None
     #: A PreparedSearch's statements and direct statements, by path (and dialect), found
     #: without a lookup in the shared caches (None: a one-off search's spec).
     kept: dict[Any, Any] | None = None
@@ -158,12 +161,13 @@ class SearchSpec:
         cache_key = where._generate_cache_key() if where is not None else None
         base, base_key = _base_statement(target, statement)
         shape_key = None if base_key is None else (target.column, target.entity, base_key)
+        where_token = None if cache_key is None else _token(cache_key.key)
         return cls(
             target=target,
             k=k,
             where=where,
             where_cache_key=cache_key,
-            where_token=None if cache_key is None else _token(cache_key.key),
+            where_token=where_token,
             names=() if cache_key is None else tuple(b.key for b in cache_key.bindparams),
             base=base,
             base_key=base_key,
@@ -172,6 +176,9 @@ class SearchSpec:
             request=plan,
             ef_search=ef_search,
             exact_below=exact_below,
+            shape_key=None
+            if shape_key is None or (where is not None and where_token is None)
+            else (*shape_key, where_token, k, plan, ef_search, exact_below),
         )
 
     @property
@@ -229,11 +236,13 @@ class SemanticQuery:
         query: Any,
         embedder: TextEmbedder | None,
         values: list[Any],
+        *,
+        own: bool = False,
     ) -> SemanticQuery:
-        """A search of a prepared ``spec``, with the filter's ``values`` (in the order of
-        ``spec.names``) in place of those it was built with."""
+        """A search of ``spec``, with the filter's ``values`` (in the order of ``spec.names``;
+        ``own``: those the filter carries) in place of those it was built with."""
         semantic = cls.__new__(cls)
-        semantic._begin(bind, spec, query, embedder, values, own=False)
+        semantic._begin(bind, spec, query, embedder, values, own=own)
         return semantic
 
     def _begin(
@@ -492,19 +501,57 @@ def search(
     ``plan``: ``"auto"`` (decided, see :mod:`semdb.search.plan`), ``"index"`` or ``"exact"``.
     Whenever k rows pass the filter, k rows come back.
     """
-    prepared = SemanticQuery(
-        bind,
+    spec = SearchSpec.build(
         column,
-        query,
         k=k,
         where=where,
         statement=statement,
-        embedder=embedder,
         ef_search=ef_search,
         plan=plan,
         exact_below=exact_below,
     )
-    return prepared.run().within(max_distance)
+    values = spec.own_values()
+    key = _replay_key(bind, query, values, spec.shape_key) if spec.shape_key else None
+    return _run(_search_replays, key, bind, spec, query, embedder, values, own=True).within(
+        max_distance
+    )
+
+
+def _replay_key(bind: Bind, query: Any, values: list[Any], *shape: Any) -> tuple[Any, ...] | None:
+    """What a replay is kept by: the database, the search's shape and its filter values (None:
+    this run cannot be replayed, see :class:`_Replay`)."""
+    if type(bind) is not Connection or type(query) is not np.ndarray:
+        return None
+    values_key = _key_values(values)
+    if values_key is None:
+        return None
+    return (database_token(bind), *shape, values_key)
+
+
+def _run(
+    replays: _Replays,
+    key: tuple[Any, ...] | None,
+    bind: Bind,
+    spec: SearchSpec,
+    query: Any,
+    embedder: TextEmbedder | None,
+    values: list[Any],
+    *,
+    own: bool,
+) -> SearchResult:
+    """A search of ``spec``: replayed when ``replays`` holds a run kept by ``key``, else run
+    in full (and kept for the next run by that key)."""
+    if key is not None:
+        replay = replays.get(key)
+        if replay is not None:
+            replayed = replay.run(cast(Connection, bind), spec, query)
+            if replayed is not None:
+                return replayed
+    semantic = SemanticQuery.of_spec(bind, spec, query, embedder, values, own=own)
+    result = semantic.run()
+    if key is not None:
+        replays.keep(key, semantic, result)
+    return result
 
 
 class PreparedSearch:
@@ -557,7 +604,7 @@ class PreparedSearch:
             if not _anonymous(bind) and bind.required and bind.callable is None
         )
         self._defaults = spec.own_values()
-        self._replays: dict[tuple[Any, ...], _Replay] = {}
+        self._replays = _Replays(_PREPARED_REPLAYS_KEPT)
 
     def __call__(
         self, bind: Bind, query: Any, *, embedder: TextEmbedder | None = None, **values: Any
@@ -585,76 +632,21 @@ class PreparedSearch:
             if values
             else self._defaults
         )
-        key: tuple[Any, ...] | None = None
-        if type(bind) is Connection and type(query) is np.ndarray:
-            values_key = _key_values(ordered)
-            if values_key is not None:
-                key = (database_token(bind), values_key)
-                replay = self._replays.get(key)
-                if replay is not None and replay.until > time.monotonic():
-                    replayed = self._replay(bind, query, replay)
-                    if replayed is not None:
-                        return replayed.within(self.max_distance)
-        semantic = SemanticQuery.of_spec(bind, self.spec, query, embedder, ordered)
-        result = semantic.run()
-        if key is not None:
-            self._keep_replay(key, semantic, result)
-        return result.within(self.max_distance)
-
-    def _replay(self, bind: Connection, query: np.ndarray, replay: _Replay) -> SearchResult | None:
-        """The run of :meth:`__call__` with what an earlier run with the same filter values
-        worked out (see :class:`_Replay`); None when it must run in full: the vector needs
-        converting or is refused, the connection cannot run it on the driver, or fewer than k
-        rows came back (the full run then retries or goes exact, as its plan says)."""
-        spec = self.spec
-        target = spec.target
-        if query.dtype != np.float32 or query.shape != (target.dimension,) or not finite(query):
-            return None
-        driver = direct_driver(bind)
-        if driver is None:
-            return None
-        parameters = dict(replay.filter_values)
-        parameters[QUERY_VECTOR] = wire_vector(query, replay.storage, target)
-        rows = replay.direct.run(bind, driver, parameters, replay.settings, custom=spec.filtered)
-        if len(rows) < spec.k:
-            return None
-        hits = list(map(Hit._make, zip(rows, map(_LAST, rows), strict=True)))
-        if replay.plan.path == "index":
-            hits.sort(key=_DISTANCE)
-        return SearchResult(hits, replay.plan)
-
-    def _keep_replay(
-        self, key: tuple[Any, ...], semantic: SemanticQuery, result: SearchResult
-    ) -> None:
-        """Keep what ``semantic`` worked out for the next run with the same values, if its
-        plan's first statement ran on the driver and gave the k rows."""
-        plan = semantic.plan
-        if result.plan is not plan or len(result) < self.spec.k or self.spec.kept is None:
-            return
-        path = plan.path
-        direct = self.spec.kept.get((path, semantic.connection.dialect))
-        if not isinstance(direct, DirectStatement):
-            return
-        target = semantic.target
-        if len(self._replays) >= _REPLAYS_KEPT:
-            self._replays.clear()
-        self._replays[key] = _Replay(
-            until=time.monotonic() + ESTIMATE_TTL_SECONDS,
-            plan=plan,
-            direct=direct,
-            settings=_NO_SETTINGS if plan.plain_first else semantic.settings(path),
-            filter_values=dict(semantic._filter_values),
-            storage=target.index_storage() if path == "index" else target.spec.storage,
-        )
+        key = _replay_key(bind, query, ordered)
+        return _run(
+            self._replays, key, bind, self.spec, query, embedder, ordered, own=False
+        ).within(self.max_distance)
 
 
-#: Filter values (per database) whose run a PreparedSearch keeps for replaying.
-_REPLAYS_KEPT = 256
+#: Runs kept for replaying: a PreparedSearch's (per database and filter values), and those of
+#: :func:`search` (per database, search shape and filter values).
+_PREPARED_REPLAYS_KEPT = 256
+_SEARCH_REPLAYS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class _Replay:
-    """What a :class:`PreparedSearch` run on a Connection worked out, kept for the next run
+    """What a search run on a Connection worked out, kept for the next run of the same search
     with the same filter values on the same database: the plan, the statement as it runs on
     the driver, its settings, and the filter's values by bound parameter.
 
@@ -672,6 +664,68 @@ class _Replay:
     settings: Mapping[str, str]
     filter_values: dict[str, Any]
     storage: str  # of the query vector's parameter: vector or halfvec
+
+    def run(self, bind: Connection, spec: SearchSpec, query: np.ndarray) -> SearchResult | None:
+        """The hits for ``query``; None when the search must run in full: the vector needs
+        converting or is refused, the connection cannot run it on the driver, or fewer than k
+        rows came back (the full run then retries or goes exact, as its plan says)."""
+        target = spec.target
+        if query.dtype != np.float32 or query.shape != (target.dimension,) or not finite(query):
+            return None
+        driver = direct_driver(bind)
+        if driver is None:
+            return None
+        parameters = dict(self.filter_values)
+        parameters[QUERY_VECTOR] = wire_vector(query, self.storage, target)
+        rows = self.direct.run(bind, driver, parameters, self.settings, custom=spec.filtered)
+        if len(rows) < spec.k:
+            return None
+        hits = list(map(Hit._make, zip(rows, map(_LAST, rows), strict=True)))
+        if self.plan.path == "index":
+            hits.sort(key=_DISTANCE)
+        return SearchResult(hits, self.plan)
+
+
+class _Replays:
+    """Runs kept for replaying (see :class:`_Replay`), at most ``size`` of them."""
+
+    def __init__(self, size: int) -> None:
+        self._kept: dict[tuple[Any, ...], _Replay] = {}
+        self._size = size
+
+    def get(self, key: tuple[Any, ...]) -> _Replay | None:
+        replay = self._kept.get(key)
+        if replay is None or replay.until <= time.monotonic():
+            return None
+        return replay
+
+    def keep(self, key: tuple[Any, ...], semantic: SemanticQuery, result: SearchResult) -> None:
+        """Keep what ``semantic`` worked out, if its plan's first statement ran on the driver
+        and gave the k rows."""
+        plan = semantic.plan
+        if result.plan is not plan or len(result) < semantic.k:
+            return
+        path, dialect = plan.path, semantic.connection.dialect
+        kept = semantic.spec.kept
+        direct = kept.get((path, dialect)) if kept is not None else None
+        if direct is None and semantic._statement_key is not None:
+            direct = known_direct(semantic._statement_key, dialect)
+        if not isinstance(direct, DirectStatement):
+            return
+        target = semantic.target
+        if len(self._kept) >= self._size:
+            self._kept.clear()
+        self._kept[key] = _Replay(
+            until=time.monotonic() + ESTIMATE_TTL_SECONDS,
+            plan=plan,
+            direct=direct,
+            settings=_NO_SETTINGS if plan.plain_first else semantic.settings(path),
+            filter_values=dict(semantic._filter_values),
+            storage=target.index_storage() if path == "index" else target.spec.storage,
+        )
+
+
+_search_replays = _Replays(_SEARCH_REPLAYS_KEPT)
 
 
 def _anonymous(bind: sa.BindParameter[Any]) -> bool:
