@@ -66,7 +66,7 @@ def _execution_runner(connection: sa.Connection, table: sa.Table, threshold: int
     direct = known_direct(semantic._statement_key, connection.dialect)
     driver = direct_driver(connection)
     assert isinstance(direct, DirectStatement) and driver is not None
-    settings = {} if semantic.plan.plain_first else semantic.settings(path)
+    settings = semantic.plan.first_settings
     values = semantic.parameters()
     target = semantic.target
     storage = target.index_storage() if path == "index" else target.spec.storage

@@ -85,7 +85,8 @@ def exact_below_rows(table_rows: float) -> int:
 PGVECTOR_EF_SEARCH = 40
 
 _SAVEPOINT = sql.Identifier("semdb_search")
-_NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
+#: The settings of a statement that sets nothing (shared, read-only).
+NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 IDLE = TransactionStatus.IDLE
 INERROR = TransactionStatus.INERROR
 
@@ -98,13 +99,19 @@ class SearchPlan:
     reason: str
     estimated_rows: float | None = None
     #: What the index path sets for the query alone (read-only: plans are shared).
-    settings: Mapping[str, str] = field(default_factory=lambda: _NO_SETTINGS)
+    settings: Mapping[str, str] = field(default_factory=lambda: NO_SETTINGS)
     fell_back_to_exact: bool = False
     #: So many rows pass the filter that a plain index scan (pgvector's defaults: no
     #: ``SET LOCAL``, no iterative scan) finds k of them among its ef_search candidates: it
     #: runs first, and the scan under :attr:`settings` only when it returns fewer than k
     #: rows. In a result's plan, True means that the plain scan gave the k rows.
     plain_first: bool = False
+
+    @property
+    def first_settings(self) -> Mapping[str, str]:
+        """What the search's first statement runs under: nothing for a plain scan first,
+        else :attr:`settings` (empty for exact search)."""
+        return NO_SETTINGS if self.plain_first else self.settings
 
 
 _iterative_scan_support: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()

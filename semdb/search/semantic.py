@@ -25,7 +25,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
-from types import MappingProxyType
 from typing import Any, cast
 
 import numpy as np
@@ -48,6 +47,7 @@ from semdb.search.direct import (
 from semdb.search.explain import Explain, plan_root
 from semdb.search.plan import (
     ESTIMATE_TTL_SECONDS,
+    NO_SETTINGS,
     PlanPath,
     PlanRequest,
     SearchPlan,
@@ -61,7 +61,6 @@ from semdb.sync.registry import check_query_model
 
 MAX_K = 10000
 _FIRST, _LAST, _DISTANCE = itemgetter(0), itemgetter(-1), itemgetter(1)
-_NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
 #: The name of the query vector's bound parameter in search statements.
 QUERY_VECTOR = "semdb_query_vector"
 Bind = Session | Connection
@@ -324,8 +323,7 @@ class SemanticQuery:
         before (the same SQLAlchemy cache key) reuses that statement with its values bound
         at execution, so SQLAlchemy finds its compiled form without walking the statement.
         """
-        storage = self.target.index_storage() if path == "index" else self.target.spec.storage
-        self._wire = wire_vector(self.vector, storage, self.target)
+        self._wire = wire_vector(self.vector, _query_storage(self.target, path), self.target)
         kept = self.spec.kept
         known_here = kept.get(path) if kept is not None else None
         if known_here is not None:  # a PreparedSearch's own statement for this path
@@ -394,26 +392,23 @@ class SemanticQuery:
         return {**self._filter_values, QUERY_VECTOR: self._wire}
 
     def settings(self, path: PlanPath) -> Mapping[str, str]:
-        return self.plan.settings if path == "index" else _NO_SETTINGS
+        return self.plan.settings if path == "index" else NO_SETTINGS
 
     def run(self) -> SearchResult:
         plan = self.plan
-        if plan.plain_first:
-            rows = self._execute("index", _NO_SETTINGS)
-            if len(rows) < self.k:
-                shortfall = len(rows)
-                rows = self._execute("index", plan.settings)
-                plan = SearchPlan(
-                    "index",
-                    plan.reason + f"; the plain scan returned {shortfall} < k rows, ran the "
-                    "iterative scan",
-                    plan.estimated_rows,
-                    plan.settings,
-                )
-        else:
-            rows = self._execute(plan.path, self.settings(plan.path))
+        rows = self._execute(plan.path, plan.first_settings)
+        if plan.plain_first and len(rows) < self.k:
+            shortfall = len(rows)
+            rows = self._execute("index", plan.settings)
+            plan = SearchPlan(
+                "index",
+                plan.reason + f"; the plain scan returned {shortfall} < k rows, ran the "
+                "iterative scan",
+                plan.estimated_rows,
+                plan.settings,
+            )
         if plan.path == "index" and len(rows) < self.k:
-            exact_rows = self._execute("exact", _NO_SETTINGS)
+            exact_rows = self._execute("exact", NO_SETTINGS)
             if len(exact_rows) > len(rows):
                 shortfall, rows = len(rows), exact_rows
                 plan = SearchPlan(
@@ -434,9 +429,7 @@ class SemanticQuery:
     def explain(self, *, analyze: bool = False) -> dict[str, Any]:
         """The root of the JSON plan of the chosen path, under the same settings (those of
         the plain scan when it runs first)."""
-        plan = self.plan
-        settings = _NO_SETTINGS if plan.plain_first else self.settings(plan.path)
-        with planner_settings(self.connection, settings):
+        with planner_settings(self.connection, self.plan.first_settings):
             explained = self.connection.execute(
                 Explain(self.statement(self.plan.path), analyze=analyze), self.parameters()
             ).scalar()
@@ -455,12 +448,7 @@ class SemanticQuery:
         if key is not None and not self.shape.orm and self.bind is self.connection:
             driver = direct_driver(self.connection)
             if driver is not None:
-                kept = self.spec.kept
-                direct = kept.get((path, dialect), UNKNOWN) if kept is not None else UNKNOWN
-                if direct is UNKNOWN:
-                    direct = known_direct(key, dialect)
-                    if kept is not None and direct is not UNKNOWN:
-                        kept[(path, dialect)] = direct
+                direct = self._direct_statement(path)
         if isinstance(direct, DirectStatement) and driver is not None:
             return direct.run(
                 self.connection, driver, parameters, settings, custom=self.is_filtered
@@ -476,6 +464,19 @@ class SemanticQuery:
         if direct is UNKNOWN and key is not None:  # the first run of this statement
             remember_direct(key, statement, dialect, parameters, rows)
         return rows
+
+    def _direct_statement(self, path: PlanPath) -> DirectStatement | None | str:
+        """The statement :meth:`statement` last returned (for ``path``), as compiled for
+        the driver: a PreparedSearch keeps it, a search looks it up (:data:`UNKNOWN`: not
+        compiled yet; None: it cannot run on the driver)."""
+        key, dialect = self._statement_key, self.connection.dialect
+        kept = self.spec.kept
+        direct = kept.get((path, dialect), UNKNOWN) if kept is not None else UNKNOWN
+        if direct is UNKNOWN and key is not None:
+            direct = known_direct(key, dialect)
+            if kept is not None and direct is not UNKNOWN:
+                kept[(path, dialect)] = direct
+        return direct
 
 
 def search(
@@ -511,7 +512,7 @@ def search(
         exact_below=exact_below,
     )
     values = spec.own_values()
-    key = _replay_key(bind, query, values, spec.shape_key) if spec.shape_key else None
+    key = None if spec.shape_key is None else _replay_key(bind, query, values, spec.shape_key)
     return _run(_search_replays, key, bind, spec, query, embedder, values, own=True).within(
         max_distance
     )
@@ -705,27 +706,28 @@ class _Replays:
         plan = semantic.plan
         if result.plan is not plan or len(result) < semantic.k:
             return
-        path, dialect = plan.path, semantic.connection.dialect
-        kept = semantic.spec.kept
-        direct = kept.get((path, dialect)) if kept is not None else None
-        if direct is None and semantic._statement_key is not None:
-            direct = known_direct(semantic._statement_key, dialect)
+        direct = semantic._direct_statement(plan.path)
         if not isinstance(direct, DirectStatement):
             return
-        target = semantic.target
         if len(self._kept) >= self._size:
             self._kept.clear()
         self._kept[key] = _Replay(
             until=time.monotonic() + ESTIMATE_TTL_SECONDS,
             plan=plan,
             direct=direct,
-            settings=_NO_SETTINGS if plan.plain_first else semantic.settings(path),
+            settings=plan.first_settings,
             filter_values=dict(semantic._filter_values),
-            storage=target.index_storage() if path == "index" else target.spec.storage,
+            storage=_query_storage(semantic.target, plan.path),
         )
 
 
 _search_replays = _Replays(_SEARCH_REPLAYS_KEPT)
+
+
+def _query_storage(target: VectorColumn, path: PlanPath) -> str:
+    """The type the query vector is bound as on ``path``: the index's (a halfvec expression
+    index takes a halfvec) or the column's."""
+    return target.index_storage() if path == "index" else target.spec.storage
 
 
 def _anonymous(bind: sa.BindParameter[Any]) -> bool:
