@@ -73,7 +73,7 @@ def _execution_runner(connection: sa.Connection, table: sa.Table, threshold: int
 
     def run(q: np.ndarray) -> list[int]:
         values[QUERY_VECTOR] = wire_vector(q, storage, target)
-        rows = direct.run(connection, driver, values, settings, custom=True)
+        rows = direct.run(connection, driver, values, settings)
         return [row[0] for row in rows]
 
     return run

@@ -356,11 +356,10 @@ def test_the_index_path_sends_settings_and_query_in_one_round_trip(
         assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
 
 
-def test_unfiltered_searches_may_be_prepared_filtered_ones_never(
-    items: sa.Engine, column: Any
-) -> None:
-    """A prepared statement's generic plan cannot see a filter's selectivity: only searches
-    whose one value is the query vector are left to psycopg's prepared statements."""
+def test_filtered_searches_are_never_prepared(items: sa.Engine, column: Any) -> None:
+    """A prepared statement's generic plan cannot see a filter's selectivity. Through
+    SQLAlchemy (ORM), only a search whose one value is the query vector is left to psycopg's
+    prepared statements; Core searches on libpq are never prepared."""
     with items.connect() as connection:
         for query in QUERIES[:8]:
             search(connection, column, query, k=7)
@@ -374,7 +373,8 @@ def test_unfiltered_searches_may_be_prepared_filtered_ones_never(
             .scalars()
             .all()
         )
-    assert len(prepared) == 1 and "WHERE" not in prepared[0]
+    assert len(prepared) == (1 if column is Item.embedding else 0)
+    assert not any("WHERE" in statement for statement in prepared)
 
 
 @pytest.mark.parametrize("filtered", [True, False], ids=["filtered", "unfiltered"])
@@ -411,7 +411,8 @@ def test_searches_inside_a_transaction_keep_the_callers_prepared_statements(
         statements = prepared(connection)
         assert connection.in_transaction()
     assert any("c1000 = $1" in statement for statement in statements)
-    assert any("set_config" in statement for statement in statements)  # prepared once, kept
+    if column is Item.embedding:  # through SQLAlchemy: prepared once, kept (libpq: never)
+        assert any("set_config" in statement for statement in statements)
 
 
 @pytest.mark.parametrize("path", ["index", "exact"])
@@ -756,13 +757,13 @@ def test_core_searches_on_the_driver_return_what_sqlalchemy_returns(
     from semdb.search.direct import DirectStatement
 
     direct_runs = []
-    run = DirectStatement.run
+    execute = DirectStatement.execute
 
     def counted(self: DirectStatement, *args: Any, **kwargs: Any) -> Any:
         direct_runs.append(self.sql)
-        return run(self, *args, **kwargs)
+        return execute(self, *args, **kwargs)
 
-    monkeypatch.setattr(DirectStatement, "run", counted)
+    monkeypatch.setattr(DirectStatement, "execute", counted)
     with items.connect() as connection:
         _core_searches(connection)  # the first search of each shape runs through SQLAlchemy
         direct_runs.clear()
@@ -798,11 +799,14 @@ def test_a_core_search_outside_a_transaction_begins_one(items: sa.Engine) -> Non
             connection.commit()
 
 
-def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine) -> None:
+@pytest.mark.parametrize("path", ["index", "exact"])
+def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine, path: str) -> None:
     table = Item.__table__
 
     def run(connection: sa.Connection) -> Any:
-        return search(connection, table.c.embedding, QUERIES[0], k=3, where=table.c.c10 == 1)
+        return search(
+            connection, table.c.embedding, QUERIES[0], k=3, where=table.c.c10 == 1, plan=path
+        )
 
     with items.connect() as connection:
         run(connection)
@@ -816,6 +820,110 @@ def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine) -> 
         assert raised.value.connection_invalidated and connection.invalidated
         connection.rollback()
         assert len(run(connection)) == 3  # a new connection, as SQLAlchemy does
+
+
+@pytest.mark.parametrize("path", ["index", "exact"])
+def test_a_core_search_begins_the_transaction_psycopg_would(items: sa.Engine, path: str) -> None:
+    """On libpq, a search that opens a transaction sends psycopg's BEGIN (the isolation level
+    and read-only mode set on the connection) with the statement, in one round trip."""
+    table = Item.__table__
+
+    def run(connection: sa.Connection) -> Any:
+        return search(
+            connection, table.c.embedding, QUERIES[1], k=5, where=table.c.c10 == 4, plan=path
+        )
+
+    options = {"isolation_level": "SERIALIZABLE", "postgresql_readonly": True}
+    with items.connect().execution_options(**options) as connection:
+        run(connection)  # the shape's first run, through SQLAlchemy
+        connection.commit()
+        assert _round_trips(connection, lambda: run(connection)) == 1
+        assert connection.in_transaction()
+        level, read_only = connection.execute(
+            sa.text(
+                "SELECT current_setting('transaction_isolation'), "
+                "current_setting('transaction_read_only')"
+            )
+        ).one()
+        assert (level, read_only) == ("serializable", "on")
+        connection.commit()
+
+
+def test_a_failed_core_search_keeps_the_callers_transaction_usable(items: sa.Engine) -> None:
+    """On the index path the settings live in a savepoint; a failure rolls back to it, so
+    the caller's transaction and its earlier writes survive (Core, on libpq)."""
+    table = Item.__table__
+    with items.connect() as connection:
+        for divisor in (1, 0):
+            where = (table.c.c10 / divisor) > -1
+            if divisor:
+                search(connection, table.c.embedding, QUERIES[0], k=5, where=where, plan="index")
+                connection.execute(sa.update(table).where(table.c.id == 1).values(body="kept"))
+                continue
+            with pytest.raises(sa.exc.DataError, match="division by zero"):
+                search(connection, table.c.embedding, QUERIES[0], k=5, where=where, plan="index")
+        assert connection.execute(sa.select(table.c.body).where(table.c.id == 1)).scalar() == "kept"
+        assert planner_settings_now(connection) == ("40", "on", "off")
+        connection.rollback()
+
+
+def test_an_interrupted_core_search_leaves_the_connection_usable(
+    items: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt while a pipeline waits cancels the statement and reads what is
+    left: the interrupt goes up, and the next statement on the connection works."""
+    from semdb.search import libpq
+
+    table = Item.__table__
+    wait = libpq._wait
+    with items.connect() as connection:
+
+        def run() -> Any:
+            return search(
+                connection, table.c.embedding, QUERIES[2], k=5, where=table.c.c2 == 1, plan="index"
+            )
+
+        run()
+        interrupts = iter([KeyboardInterrupt()])
+
+        def interrupted(*args: Any, **kwargs: Any) -> bool:
+            interrupt = next(interrupts, None)
+            if interrupt is not None:
+                raise interrupt
+            return wait(*args, **kwargs)
+
+        monkeypatch.setattr(libpq, "_wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        monkeypatch.setattr(libpq, "_wait", wait)
+        driver = connection.connection.dbapi_connection
+        assert driver.pgconn.pipeline_status == 0
+        connection.rollback()
+        assert len(run()) == 5
+        assert connection.execute(sa.text("SELECT 1")).scalar() == 1
+
+
+def test_sql_with_percent_signs_runs_on_libpq(items: sa.Engine) -> None:
+    """SQLAlchemy doubles a literal percent sign for psycopg; libpq takes it single."""
+    from semdb.search.direct import numbered_placeholders
+
+    assert numbered_placeholders("SELECT '5%%', %(a)s, %(b)s, %(a)s") == (
+        "SELECT '5%', $1, $2, $1",
+        ("a", "b"),
+    )
+    table = Item.__table__
+    statement = sa.select(table.c.id, sa.literal_column("'50%'").label("share"))
+    with items.connect() as connection:
+        for _ in range(2):  # the second run is on libpq
+            hits = search(
+                connection,
+                table.c.embedding,
+                QUERIES[3],
+                k=3,
+                statement=statement,
+                where=table.c.body.like("item%"),
+            )
+            assert [hit.row.share for hit in hits] == ["50%"] * 3
 
 
 def test_a_prepared_search_finds_what_search_finds(items: sa.Engine, column: Any) -> None:

@@ -460,29 +460,79 @@ def _index_settings(
     return MappingProxyType(settings)
 
 
-class _SettingsCursor(psycopg.Cursor[Any]):
-    """A cursor that runs each statement under planner settings, in one round trip.
+@dataclass(frozen=True)
+class SettingsCommands:
+    """The commands that run one statement under planner settings, encoded once per settings
+    and mode (:func:`settings_commands`).
 
-    ``execute`` sends, in psycopg's pipeline mode and followed by a single Sync: the opening
-    commands (a savepoint, when inside a transaction), ``set_config(name, value, true)`` (that
-    is ``SET LOCAL``), the statement itself, and the closing commands (back to the savepoint,
-    which restores the previous values). Without a transaction (autocommit), the commands up
-    to the Sync form one implicit transaction, which ends with them and takes the settings
-    along: no savepoint, no BEGIN/COMMIT. Subclassed once per settings (see
-    :func:`_settings_cursor`).
-
-    The commands are encoded once, with the class. The ``set_config`` statement runs as a
-    server-side prepared statement when the connection allows them (psycopg's
-    ``prepare_threshold`` is not None; PgBouncer users turn it off): the server then neither
-    parses nor plans it again. ``custom``: the statement itself is never prepared, so that it
-    is planned for its actual values (see :func:`custom_plans`).
+    They are sent with the statement, followed by a single Sync, in one round trip (pipeline
+    mode): the ``opening`` commands (a savepoint, inside a transaction), the ``assignments``
+    (``set_config(name, value, true)``, that is ``SET LOCAL``), the statement itself, and the
+    ``closing`` commands (back to the savepoint, which restores the previous values). Without
+    a transaction (autocommit), the commands up to the Sync form one implicit transaction,
+    which ends with them and takes the settings along: no savepoint, no BEGIN/COMMIT.
+    ``recover`` is run after a failure inside a caller's transaction, which it keeps usable.
     """
 
-    opening: tuple[bytes, ...] = ()
-    assignments: bytes = b""
-    closing: tuple[bytes, ...] = ()
-    recover: bytes | None = None  # after an error inside a caller's transaction
-    custom: bool = True
+    opening: tuple[bytes, ...]
+    assignments: bytes
+    closing: tuple[bytes, ...]
+    recover: bytes | None
+
+
+def settings_commands(settings: Mapping[str, str], in_transaction: bool) -> SettingsCommands:
+    """The :class:`SettingsCommands` for ``settings``, inside a transaction or not."""
+    return _settings_commands(tuple(settings.items()), in_transaction)
+
+
+@functools.lru_cache(maxsize=256)
+def _settings_commands(
+    settings: tuple[tuple[str, str], ...], in_transaction: bool
+) -> SettingsCommands:
+    assignments = sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+            for name, value in settings
+        )
+    )
+    if not in_transaction:
+        return SettingsCommands((), assignments.as_bytes(None), (), None)
+    return SettingsCommands(
+        opening=(sql.SQL("SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),),
+        assignments=assignments.as_bytes(None),
+        closing=(
+            sql.SQL("ROLLBACK TO SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),
+            sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),
+        ),
+        recover=sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}")
+        .format(_SAVEPOINT)
+        .as_bytes(None),
+    )
+
+
+class _SettingsCursor(psycopg.Cursor[Any]):
+    """A psycopg cursor that runs each statement under planner settings, in one round trip
+    (psycopg's pipeline mode; see :class:`SettingsCommands`): the cursor of searches that
+    run through SQLAlchemy (:func:`planner_settings`). Core searches on the driver send the
+    same commands with libpq's own pipeline (:mod:`semdb.search.libpq`).
+
+    The ``set_config`` statement runs as a server-side prepared statement when the connection
+    allows them (psycopg's ``prepare_threshold`` is not None; PgBouncer users turn it off):
+    the server then neither parses nor plans it again. ``custom``: the statement itself is
+    never prepared, so that it is planned for its actual values (see :func:`custom_plans`).
+    """
+
+    def __init__(
+        self,
+        connection: psycopg.Connection[Any],
+        *,
+        commands: SettingsCommands,
+        custom: bool,
+        **options: Any,
+    ) -> None:
+        super().__init__(connection, **options)
+        self.commands = commands
+        self.custom = custom
 
     def execute(
         self,
@@ -493,66 +543,32 @@ class _SettingsCursor(psycopg.Cursor[Any]):
         binary: bool | None = None,
     ) -> _SettingsCursor:
         connection = self._conn
+        commands = self.commands
         threshold = connection.prepare_threshold
         try:
             with connection.pipeline():
                 command = psycopg.Cursor(connection)
-                if self.opening:
+                if commands.opening:
                     with unprepared(connection):
-                        for opening in self.opening:
+                        for opening in commands.opening:
                             command.execute(opening, prepare=False)
-                command.execute(self.assignments, prepare=threshold is not None)
+                command.execute(commands.assignments, prepare=threshold is not None)
                 super().execute(
                     query, params, prepare=False if self.custom else prepare, binary=binary
                 )
-                if self.closing:
+                if commands.closing:
                     with unprepared(connection):
-                        for closing in self.closing:
+                        for closing in commands.closing:
                             command.execute(closing, prepare=False)
         except psycopg.Error:
-            if self.recover is not None and connection.info.transaction_status == INERROR:
+            if commands.recover is not None and connection.info.transaction_status == INERROR:
                 try:  # back to the savepoint: the caller's transaction stays usable
                     with unprepared(connection):
-                        psycopg.Cursor(connection).execute(self.recover, prepare=False)
+                        psycopg.Cursor(connection).execute(commands.recover, prepare=False)
                 except psycopg.Error:  # no savepoint (it failed itself): report the first error
                     pass
             raise
         return self
-
-
-@functools.lru_cache(maxsize=256)
-def _settings_cursor(
-    settings: tuple[tuple[str, str], ...], in_transaction: bool, custom: bool
-) -> type[_SettingsCursor]:
-    """The cursor class that applies ``settings``, made once per settings and mode."""
-    assignments = sql.SQL("SELECT {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-            for name, value in settings
-        )
-    )
-    attributes: dict[str, Any] = {"assignments": assignments.as_bytes(None), "custom": custom}
-    if in_transaction:
-        attributes |= {
-            "opening": (sql.SQL("SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),),
-            "closing": (
-                sql.SQL("ROLLBACK TO SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),
-                sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT).as_bytes(None),
-            ),
-            "recover": sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}")
-            .format(_SAVEPOINT)
-            .as_bytes(None),
-        }
-    return type("SettingsCursor", (_SettingsCursor,), attributes)
-
-
-def settings_cursor(
-    settings: Mapping[str, str], in_transaction: bool, custom: bool
-) -> type[_SettingsCursor]:
-    """The psycopg cursor class that runs each statement under ``settings`` (see
-    :class:`_SettingsCursor`): ``in_transaction`` inside a transaction (savepoint), else in
-    autocommit mode."""
-    return _settings_cursor(tuple(settings.items()), in_transaction, custom)
 
 
 @contextmanager
@@ -583,7 +599,14 @@ def planner_settings(
         connection.begin()
     in_transaction = not autocommit or driver.info.transaction_status != IDLE
     previous = driver.cursor_factory
-    driver.cursor_factory = settings_cursor(settings, in_transaction, custom)
+    driver.cursor_factory = cast(
+        Any,
+        functools.partial(
+            _SettingsCursor,
+            commands=settings_commands(settings, in_transaction),
+            custom=custom,
+        ),
+    )
     try:
         yield
     finally:

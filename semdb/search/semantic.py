@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, cast
 
@@ -60,6 +61,7 @@ from semdb.search.results import Hit, SearchResult
 from semdb.sync.registry import check_query_model
 
 MAX_K = 10000
+_FLOAT32 = np.dtype(np.float32)
 _FIRST, _LAST, _DISTANCE = itemgetter(0), itemgetter(-1), itemgetter(1)
 #: The name of the query vector's bound parameter in search statements.
 QUERY_VECTOR = "semdb_query_vector"
@@ -418,13 +420,8 @@ class SemanticQuery:
                     {},
                     fell_back_to_exact=True,
                 )
-        # Built by C-level iteration (map, itemgetter, tuple.__new__): a search makes k hits,
-        # and a Python loop over them costs as much as the rest of a fast search's Python.
         found = map(_FIRST, rows) if self.single_entity else rows
-        hits = list(map(Hit._make, zip(found, map(_LAST, rows), strict=True)))
-        if plan.path == "index":
-            hits.sort(key=_DISTANCE)  # relaxed_order scans are nearly sorted
-        return SearchResult(hits, plan)
+        return SearchResult(_hits(found, rows, plan.path), plan)
 
     def explain(self, *, analyze: bool = False) -> dict[str, Any]:
         """The root of the JSON plan of the chosen path, under the same settings (those of
@@ -450,9 +447,7 @@ class SemanticQuery:
             if driver is not None:
                 direct = self._direct_statement(path)
         if isinstance(direct, DirectStatement) and driver is not None:
-            return direct.run(
-                self.connection, driver, parameters, settings, custom=self.is_filtered
-            )
+            return direct.run(self.connection, driver, parameters, settings)
         rows = execute_search(
             self.bind,
             self.connection,
@@ -516,6 +511,20 @@ def search(
     return _run(_search_replays, key, bind, spec, query, embedder, values, own=True).within(
         max_distance
     )
+
+
+def _hits(found: Any, rows: list[sa.Row[Any]], path: PlanPath) -> list[Hit]:
+    """The hits of ``rows`` (``found``: what each hit carries), nearest first.
+
+    Built by C-level iteration (map, itemgetter, ``tuple.__new__``): a search makes k hits,
+    and a Python call per hit (``Hit._make``) costs as much as the rest of a fast search's
+    Python."""
+    hits: list[Hit] = list(
+        map(tuple.__new__, repeat(Hit), zip(found, map(_LAST, rows), strict=True))
+    )
+    if path == "index":
+        hits.sort(key=_DISTANCE)  # relaxed_order scans are nearly sorted
+    return hits
 
 
 def _replay_key(bind: Bind, query: Any, values: list[Any], *shape: Any) -> tuple[Any, ...] | None:
@@ -612,7 +621,7 @@ class PreparedSearch:
     ) -> SearchResult:
         """The hits for ``query`` (text with ``embedder``, or a vector) with the filter's
         named parameters set to ``values``."""
-        if values.keys() - self.parameters or self.required - values.keys():
+        if not (self.parameters.issuperset(values) and self.required.issubset(values)):
             unknown = sorted(values.keys() - self.parameters)
             missing = sorted(self.required - values.keys())
             named = ", ".join(sorted(self.parameters)) or "none"
@@ -626,12 +635,7 @@ class PreparedSearch:
                 "name=value to each run",
             )
         ordered = (
-            [
-                values[name] if name in values else default
-                for name, default in zip(self.spec.names, self._defaults, strict=True)
-            ]
-            if values
-            else self._defaults
+            list(map(values.get, self.spec.names, self._defaults)) if values else self._defaults
         )
         key = _replay_key(bind, query, ordered)
         return _run(
@@ -649,7 +653,7 @@ _SEARCH_REPLAYS_KEPT = 1024
 class _Replay:
     """What a search run on a Connection worked out, kept for the next run of the same search
     with the same filter values on the same database: the plan, the statement as it runs on
-    the driver, its settings, and the filter's values by bound parameter.
+    libpq, its settings, and its values but for the query vector's.
 
     A replay skips everything but the query vector's check and encoding, the driver checks
     (:func:`semdb.search.direct.direct_driver`, on every run), the statement and the hits:
@@ -663,7 +667,11 @@ class _Replay:
     plan: SearchPlan
     direct: DirectStatement
     settings: Mapping[str, str]
-    filter_values: dict[str, Any]
+    #: The statement's values (:meth:`DirectStatement.bind`), the filter's bound, and the
+    #: position of the query vector's: the encoded vector goes there as it is (the vector
+    #: type's bind processor passes an encoded vector through).
+    values: list[Any]
+    slot: int
     storage: str  # of the query vector's parameter: vector or halfvec
 
     def run(self, bind: Connection, spec: SearchSpec, query: np.ndarray) -> SearchResult | None:
@@ -671,20 +679,17 @@ class _Replay:
         converting or is refused, the connection cannot run it on the driver, or fewer than k
         rows came back (the full run then retries or goes exact, as its plan says)."""
         target = spec.target
-        if query.dtype != np.float32 or query.shape != (target.dimension,) or not finite(query):
+        if query.dtype is not _FLOAT32 or query.shape != (target.dimension,) or not finite(query):
             return None
         driver = direct_driver(bind)
         if driver is None:
             return None
-        parameters = dict(self.filter_values)
-        parameters[QUERY_VECTOR] = wire_vector(query, self.storage, target)
-        rows = self.direct.run(bind, driver, parameters, self.settings, custom=spec.filtered)
+        values = self.values.copy()
+        values[self.slot] = wire_vector(query, self.storage, target)
+        rows = self.direct.execute(bind, driver, values, self.settings)
         if len(rows) < spec.k:
             return None
-        hits = list(map(Hit._make, zip(rows, map(_LAST, rows), strict=True)))
-        if self.plan.path == "index":
-            hits.sort(key=_DISTANCE)
-        return SearchResult(hits, self.plan)
+        return SearchResult(_hits(rows, rows, self.plan.path), self.plan)
 
 
 class _Replays:
@@ -716,7 +721,8 @@ class _Replays:
             plan=plan,
             direct=direct,
             settings=plan.first_settings,
-            filter_values=dict(semantic._filter_values),
+            values=direct.bind({**semantic._filter_values, QUERY_VECTOR: None}),
+            slot=direct.slot(QUERY_VECTOR),
             storage=_query_storage(semantic.target, plan.path),
         )
 
@@ -861,9 +867,10 @@ _PLAIN_VALUES = frozenset({int, str, float, bool, type(None)})
 def _key_values(values: Any) -> tuple[Any, ...] | None:
     """Filter values as a hashable tuple for a cache key, or None if one cannot be."""
     values = tuple(values)
-    if all(type(value) in _PLAIN_VALUES for value in values):
+    types = tuple(map(type, values))
+    if _PLAIN_VALUES.issuperset(types):
         # Each with its type: 1 and 1.0 and True are equal keys but not the same filter.
-        return tuple(zip(map(type, values), values, strict=True))
+        return tuple(zip(types, values, strict=True))
     out: list[Any] = []
     for value in values:
         if isinstance(value, (list, tuple)):
