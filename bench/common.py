@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,7 +44,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(_cell(value) for value in row))
-    Console().print(table)
+    # A log or a pipe is not an 80-column terminal: wide tables keep their headers there.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _cell(value: Any) -> str:
