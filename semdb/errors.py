@@ -50,8 +50,24 @@ class DeclarationError(SemdbError):
     """An embedding column, index or sync setting is declared in a way semdb cannot use."""
 
 
-class DimensionMismatchError(SemdbError):
+class InvalidVectorError(SemdbError, ValueError):
+    """A vector's values cannot be stored or searched with (see the subclasses)."""
+
+
+class DimensionMismatchError(InvalidVectorError):
     """A vector does not have the dimension of the column (or model) it is meant for."""
+
+
+class NonFiniteVectorError(InvalidVectorError):
+    """A vector holds NaN or an infinite value."""
+
+
+class ZeroVectorError(InvalidVectorError):
+    """A query vector is all zeros where the distance (cosine) is undefined for it."""
+
+
+class VectorTypeError(SemdbError, TypeError):
+    """Something that is neither a text nor an array of real numbers was given as a vector."""
 
 
 class SearchError(SemdbError):
