@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from semdb.protocols import TextEmbedder, model_tag
-from semdb.search import search
+from semdb.retrieval import search
 
 DEPTH = 100
 
