@@ -579,7 +579,9 @@ def test_a_filter_on_a_missing_column_points_at_the_filter(items: sa.Engine) -> 
     with items.connect() as connection:
         connection.execute(sa.text("SELECT 1"))
         with pytest.raises(SearchError, match="filter.*no_such_column"):
-            search(connection, ghost.c.embedding, QUERIES[0], k=3, where=ghost.c.no_such_column == 1)
+            search(
+                connection, ghost.c.embedding, QUERIES[0], k=3, where=ghost.c.no_such_column == 1
+            )
         assert connection.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
 
 
@@ -766,7 +768,12 @@ def test_core_rows_are_the_same_on_every_run(items: sa.Engine, path: str) -> Non
     with items.connect() as connection:
         for value in (3, 4, 3, 4):
             hits = search(
-                connection, table.c.embedding, QUERIES[2], k=4, where=table.c.c10 == value, plan=path
+                connection,
+                table.c.embedding,
+                QUERIES[2],
+                k=4,
+                where=table.c.c10 == value,
+                plan=path,
             )
             assert len(hits) == 4
             for hit in hits:

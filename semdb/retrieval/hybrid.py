@@ -95,7 +95,9 @@ def hybrid_search(
     if vector is None and embedder is not None:
         check_query_model(connection, target, embedder)
     query_vec = query_vector(
-        target, vector if vector is not None else text, embedder,
+        target,
+        vector if vector is not None else text,
+        embedder,
         argument="vector" if vector is not None else "query",
     )
     chosen = knn.plan(connection, {})
@@ -160,7 +162,7 @@ def hybrid_search(
         .order_by(fused.c.score.desc(), *target.key)
         .limit(k)
     )
-    rows = run_statement(
+    rows: list[Any] = run_statement(
         bind, connection, statement, None, chosen.settings, custom_plan=knn.filtered
     )
     one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
@@ -174,4 +176,3 @@ def hybrid_search(
         for row in rows
     ]
     return SearchResult(hits, chosen)
-

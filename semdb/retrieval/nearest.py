@@ -17,7 +17,9 @@ values: plan chosen (:mod:`.plan`), statement of the path run (:mod:`.settings`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,6 +78,7 @@ class KnnSearch:
     request: PlanRequest = "auto"
     ef_search: int | None = None
     exact_below: int | None = None
+    given: sa.Select[Any] | None = None  # the statement given, if any
     _statements: dict[PlanPath, sa.Select[Any]] = field(default_factory=dict)
 
     @classmethod
@@ -92,7 +95,10 @@ class KnnSearch:
     ) -> KnnSearch:
         target = vector_column(column)
         where = check_filter(where)
-        base = base_statement(target, statement)
+        base = _kept(
+            ("base", target.column, target.entity, statement),
+            lambda: base_statement(target, statement),
+        )
         # A join (columns of more than one table) or a WHERE in the statement given filters
         # rows too. (A join that selects no column of the other table is not seen: if it
         # drops rows, the index returns fewer than k and the search runs again exactly.)
@@ -100,21 +106,44 @@ class KnnSearch:
             statement is not None
             and (base.whereclause is not None or len(base.columns_clause_froms) > 1)
         )
-        return cls(target, check_k(k), where, base, filtered, plan, ef_search, exact_below)
+        return cls(
+            target, check_k(k), where, base, filtered, plan, ef_search, exact_below, statement
+        )
 
     def statement(self, path: PlanPath) -> sa.Select[Any]:
         """The statement of ``path`` (built once), the query vector bound at execution."""
         known = self._statements.get(path)
         if known is None:
-            known = self._statements[path] = knn_statement(
-                self.target, self.base, path=path, k=self.k, where=self.where
-            )
+            target, k = self.target, self.k
+            key = (path, k, target.column, target.entity, self.given)
+            template = _kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
+            known = template if self.where is None else template.where(self.where)
+            self._statements[path] = known
         return known
+
+    def estimate_key(self, connection: Connection) -> Any:
+        """What identifies the filter statement with its values, from the filter alone when
+        the statement reads the vector's table alone (cheaper than compiling the whole
+        statement); None: the statement is compiled to know."""
+        if self.where is None or (
+            self.base.whereclause is not None
+            or list(self.base.columns_clause_froms) != [self.target.table]
+        ):
+            return None
+        compiled = self.where.compile(dialect=connection.dialect)
+        key = (self.target.table, compiled.string, tuple(sorted(compiled.params.items())))
+        try:
+            hash(key)
+        except TypeError:  # a value that cannot be a key (a list): the statement is compiled
+            return None
+        return key
 
     def filter_statement(self, values: Mapping[str, Any]) -> sa.Select[Any]:
         """``SELECT 1 FROM <the statement's tables> WHERE <filters>``: what the row estimate
         is about."""
-        counted = self.base.with_only_columns(sa.literal_column("1"), maintain_column_froms=True)
+        counted: sa.Select[Any] = self.base.with_only_columns(
+            sa.literal_column("1"), maintain_column_froms=True
+        )
         if self.where is not None:
             counted = counted.where(self.where)
         return counted.params(dict(values)) if values else counted
@@ -151,6 +180,8 @@ class KnnSearch:
             # The model the column holds now (an activation may have switched it).
             check_query_model(connection, self.target, embedder)
         parameters = {**values, QUERY_VECTOR: query_vector(self.target, query, embedder)}
+        if estimate_key is None and not values and self.filtered and self.request == "auto":
+            estimate_key = self.estimate_key(connection)
         plan = self.plan(connection, values, estimate_key)
         rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters)
         if plan.plain_first and len(rows) < self.k:
@@ -210,6 +241,27 @@ class KnnSearch:
             custom_plan=True,
         )
         return plan, plan_root(rows[0][0])
+
+
+#: Statements without their filter, by (path, k, column, entity, statement given): building
+#: one costs about 130 us of Python, as much as a third of a selective search's own time
+#: (bench/search.py, 0.5% of 108k rows: semdb.search 0.67x of the hand-written plan before,
+#: see CHANGELOG); a search adds its filter to the kept one (``.where()``: about 15 us).
+#: A select() is immutable, so searches share them. At most TEMPLATES_KEPT, oldest first out.
+_templates: OrderedDict[Any, sa.Select[Any]] = OrderedDict()
+_templates_lock = threading.Lock()
+TEMPLATES_KEPT = 512
+
+
+def _kept(key: Any, build: Callable[[], sa.Select[Any]]) -> sa.Select[Any]:
+    known = _templates.get(key)
+    if known is None:
+        known = build()
+        with _templates_lock:
+            _templates[key] = known
+            while len(_templates) > TEMPLATES_KEPT:
+                _templates.popitem(last=False)
+    return known
 
 
 def search(
@@ -323,8 +375,8 @@ class PreparedSearch:
         #: What stands for this search's filter statement in the row estimates' keys.
         self._token = object()
         # Both paths built now: a run only binds values.
-        for path in ("index", "exact"):
-            self._search.statement(path)  # type: ignore[arg-type]
+        self._search.statement("index")
+        self._search.statement("exact")
 
     def __call__(
         self, bind: Bind, query: Any, *, embedder: TextEmbedder | None = None, **values: Any

@@ -193,7 +193,9 @@ def index_settings(
         wanted["ivfflat.probes"] = str(min(probes, index.lists))
         if iterative:
             wanted["ivfflat.iterative_scan"] = "relaxed_order" if filtered else "off"
-    settings = {name: value for name, value in wanted.items() if PGVECTOR_DEFAULTS.get(name) != value}
+    settings = {
+        name: value for name, value in wanted.items() if PGVECTOR_DEFAULTS.get(name) != value
+    }
     if filtered:
         settings["enable_sort"] = "off"
     return MappingProxyType(settings)

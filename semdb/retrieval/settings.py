@@ -60,7 +60,8 @@ def run_statement(
         idle = autocommit and driver.info.transaction_status.name == "IDLE"  # type: ignore[union-attr]
         if idle:  # autocommit, outside a transaction: one of our own
             opening = sql.SQL("BEGIN; {}").format(assignments)
-            closing, failed = sql.SQL("COMMIT"), sql.SQL("ROLLBACK")
+            closing: sql.Composable = sql.SQL("COMMIT")
+            failed: sql.Composable = sql.SQL("ROLLBACK")
         else:
             opening = sql.SQL("SAVEPOINT {}; {}").format(_SAVEPOINT, assignments)
             closing = failed = _ROLLBACK_TO

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from semdb.errors import SearchError
 from semdb.orm.columns import vector_column
+from semdb.retrieval.nearest import connection_of, search
 from semdb.retrieval.plan import PlanRequest
 from semdb.retrieval.results import SearchResult
-from semdb.retrieval.nearest import connection_of, search
 from semdb.retrieval.settings import Bind
 
 

@@ -26,7 +26,7 @@ from semdb.orm.types import FloatArray
 from semdb.protocols import TextEmbedder
 
 _REAL_KINDS = "iuf"  # numpy dtype kinds of real numbers: no bool, complex, object, strings
-_FIX = "pass the query text (with embedder=...) or a 1-d array of floats, e.g. embedder.embed_query(text)"
+_FIX = "pass the query text (with embedder=...) or a 1-d array of floats (embedder.embed_query)"
 
 
 def query_vector(
