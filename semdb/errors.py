@@ -92,3 +92,8 @@ class InvalidTextError(SemdbError, ValueError):
 
 class TextTypeError(SemdbError, TypeError):
     """Something other than a string was given to the embedder where a text belongs."""
+
+
+class BindTypeError(SemdbError, TypeError):
+    """A search was given something other than the Session or Connection it runs on (an
+    AsyncSession to a synchronous call, or the reverse)."""

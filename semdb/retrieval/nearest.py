@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import visitors
 
-from semdb.errors import SearchError
+from semdb.errors import BindTypeError, SearchError
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval.explain import Explain, plan_root
@@ -60,7 +60,13 @@ def connection_of(bind: Bind) -> Connection:
         return bind.connection()
     if isinstance(bind, Connection):
         return bind
-    raise SearchError(
+    if type(bind).__name__ in ("AsyncSession", "AsyncConnection"):
+        raise BindTypeError(
+            f"semdb's synchronous searches take a Session or a Connection, got a "
+            f"{type(bind).__name__}",
+            fix="await the twin in semdb.aio: await semdb.aio.search(session, ...)",
+        )
+    raise BindTypeError(
         f"search runs on a Session or a Connection, got {type(bind).__name__}",
         fix="pass session, or engine.connect() as connection",
     )
@@ -357,6 +363,7 @@ class PreparedSearch:
             plan=plan,
             exact_below=exact_below,
         )
+        self.column = column
         self.max_distance = _max_distance(max_distance)
         named: list[sa.BindParameter[Any]] = []
         if self._search.where is not None:
