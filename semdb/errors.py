@@ -70,6 +70,11 @@ class VectorTypeError(SemdbError, TypeError):
     """Something that is neither a text nor an array of real numbers was given as a vector."""
 
 
+class DatasetError(SemdbError):
+    """Evaluation or training data (a BEIR folder, JSON lines, a training query) that semdb
+    cannot read or use."""
+
+
 class SearchError(SemdbError):
     """A search cannot run as asked (no query vector, no embedder, a bad argument)."""
 
