@@ -47,7 +47,6 @@ from semdb.retrieval.statement import (
 from semdb.retrieval.vectors import query_vector
 from semdb.sync.registry import check_query_model
 
-
 T = TypeVar("T")
 
 
