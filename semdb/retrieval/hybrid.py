@@ -77,6 +77,11 @@ def hybrid_search(
     """
     if not isinstance(text, str) or not text.strip():
         raise SearchError("hybrid search needs a non-empty query text", fix="pass the user's query")
+    if "\x00" in text:
+        raise SearchError(
+            "the hybrid query text holds a NUL character, which PostgreSQL text cannot hold",
+            fix="remove NUL characters from the query text",
+        )
     words = len(text.split())
     if words > MAX_QUERY_WORDS:
         raise SearchError(
