@@ -44,6 +44,7 @@ def upgrade() -> None:
     op.create_table(
         "query_log",
         sa.Column("slot", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("id", sa.BigInteger(), nullable=False),
         sa.Column(
             "logged_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
@@ -60,6 +61,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("slot", name=op.f("pk_query_log")),
         schema="semdb",
     )
+    op.create_index("ix_query_log_seq", "query_log", ["seq"], unique=True, schema="semdb")
     op.create_index("ix_query_log_id", "query_log", ["id"], unique=True, schema="semdb")
     op.create_index(
         "ix_query_log_column_id_logged_at",
@@ -113,6 +115,7 @@ def downgrade() -> None:
     op.drop_table("query_feedback", schema="semdb")
     op.drop_index("ix_query_log_column_id_logged_at", table_name="query_log", schema="semdb")
     op.drop_index("ix_query_log_id", table_name="query_log", schema="semdb")
+    op.drop_index("ix_query_log_seq", table_name="query_log", schema="semdb")
     op.drop_table("query_log", schema="semdb")
     op.execute("DROP SEQUENCE semdb.query_log_ids")
     op.drop_table("sync_activity", schema="semdb")

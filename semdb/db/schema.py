@@ -174,13 +174,16 @@ sync_activity = Table(
 )
 
 # The opt-in sampled query log (semdb.monitor.query_log): a ring of ``capacity`` slots, the
-# slot of an entry being its id modulo the capacity, so the table never outgrows it. The
-# query vector is stored as float32 bytes (any dimension); ``results``: the keys of the rows
-# returned, best first (when the search selected them), for relevance feedback.
+# slot of an entry being its sequence number modulo the capacity, so the table never
+# outgrows it (the oldest entry is overwritten). ``id``: the entry's name for relevance
+# feedback, chosen by the application's process (``result.query_id``). The query vector is
+# stored as float32 bytes (any dimension); ``results``: the keys of the rows returned, best
+# first (when the search selected them).
 query_log = Table(
     "query_log",
     metadata,
     Column("slot", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
     Column("id", BigInteger, nullable=False),
     Column("logged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("column_id", Integer, nullable=True),
@@ -193,6 +196,7 @@ query_log = Table(
     Column("rows", Integer, nullable=False),
     Column("results", JSONB, nullable=True),
 )
+Index("ix_query_log_seq", query_log.c.seq, unique=True)
 Index("ix_query_log_id", query_log.c.id, unique=True)
 Index("ix_query_log_column_id_logged_at", query_log.c.column_id, query_log.c.logged_at)
 query_log_ids = Sequence("query_log_ids", metadata=metadata)
@@ -225,4 +229,6 @@ drift_snapshots = Table(
     Column("row_distances", LargeBinary, nullable=False),  # float32, sorted
     Column("query_distances", LargeBinary, nullable=True),  # float32, sorted (query log)
 )
-Index("ix_drift_snapshots_column_id_taken_at", drift_snapshots.c.column_id, drift_snapshots.c.taken_at)
+Index(
+    "ix_drift_snapshots_column_id_taken_at", drift_snapshots.c.column_id, drift_snapshots.c.taken_at
+)
