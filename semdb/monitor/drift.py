@@ -117,12 +117,13 @@ def sample_rows(connection: Connection, target: SyncTarget, count: int, seed: in
 
 
 def recent_rows(connection: Connection, target: SyncTarget, xmax: int, count: int) -> np.ndarray:
-    """Vectors of rows written (inserted, updated, embedded) since the transaction horizon
-    ``xmax`` (a 64-bit transaction id): ``age(xmin)`` counts transactions since a row's."""
+    """Vectors of the rows written (inserted, updated, embedded) most recently since the
+    transaction horizon ``xmax`` (a 64-bit transaction id): ``age(xmin)`` counts the
+    transactions since a row's version was written."""
     statement = sql.SQL(
         "SELECT {vector} FROM {table} AS t WHERE {vector} IS NOT NULL "
         "AND age(t.xmin) <= pg_snapshot_xmax(pg_current_snapshot())::text::bigint - {xmax} "
-        "LIMIT {count}"
+        "ORDER BY age(t.xmin) LIMIT {count}"
     ).format(
         vector=ident("t", target.column_name),
         table=target.table_ref,

@@ -234,19 +234,25 @@ def _configured_ef(connection: Connection, index: IndexInfo) -> int:
 
 
 def _planner_uses(connection: Connection, target: SyncTarget, index: IndexInfo) -> bool:
-    """Does the index path's statement (as semdb.search runs it) plan an index scan on it?"""
+    """Can the index path's statement (as semdb.search runs it) use the index? (EXPLAIN with
+    full scans and sorts discouraged: a valid index of the right operator class is used.)"""
     from semdb.retrieval import explain_search
 
     column = recall.declared_column(target, index)
     keys = [column.table.c[name] for name in target.key_columns]
     probe = [1.0] * target.dimension
+    nested = connection.begin_nested()
     try:
-        with connection.begin_nested():
-            _plan, root = explain_search(
-                connection, column, probe, k=10, plan="index", statement=sa.select(*keys)
-            )
+        # Can it, rather than would it: on a small table a full scan is cheaper and chosen.
+        for setting in ("enable_seqscan", "enable_sort"):
+            connection.execute(sa.text("SELECT set_config(:s, 'off', true)"), {"s": setting})
+        _plan, root = explain_search(
+            connection, column, probe, k=10, plan="index", statement=sa.select(*keys)
+        )
     except sa.exc.DBAPIError:
         return False
+    finally:
+        nested.rollback()  # the settings go with the savepoint
     return index.name in str(root)
 
 
