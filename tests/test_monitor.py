@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import semdb
-import semdb.alembic  # noqa: F401  (op.create_embedding_sync)
+import semdb.alembic  # op.create_embedding_sync
 from semdb import HNSW, embedding_column
 from semdb.errors import MonitorError, SchemaNotReadyError
 from semdb.monitor import monitor, snapshot
@@ -358,3 +358,95 @@ def test_worker_metrics_are_served_for_prometheus(notes: sa.Engine, tiny_embedde
     )
     assert 'semdb_queue_depth{column="public.monitor_notes.embedding"} 0.0' in after
     assert 'semdb_worker_batch_seconds_count{column="public.monitor_notes.embedding"} 2.0' in after
+
+
+# -- the query log --------------------------------------------------------------------------
+
+
+def logged(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.text(
+                "SELECT id, column_id, column_name, query, filter, plan, k, rows, results, "
+                "latency_ms FROM semdb.query_log ORDER BY seq"
+            )
+        ).all()
+
+
+def test_sampled_searches_are_logged_with_feedback_and_production_ndcg(
+    notes: sa.Engine, tiny_embedder: Any
+) -> None:
+    from sqlalchemy.orm import Session
+
+    add(notes, range(200))
+    embed(notes, tiny_embedder)
+    semdb.query_log.enable(notes, sample=1.0, capacity=1000)
+    query = tiny_embedder.embed_query(in_domain(3))
+    with Session(notes) as session:
+        hits = semdb.search(session, Note.embedding, query, k=5, where=Note.id < 100)
+    semdb.query_log.flush(notes)
+    (entry,) = logged(notes)
+    assert entry.id == hits.query_id and entry.column_name == NAME and entry.column_id
+    assert np.allclose(np.frombuffer(entry.query, np.float32), query)
+    assert "monitor_notes.id <" in entry.filter and entry.k == 5 and entry.rows == 5
+    assert entry.plan == hits.plan.path and entry.latency_ms > 0
+    assert entry.results == [[hit.row.id] for hit in hits]
+
+    # the user clicked the third hit: nDCG@10 = 1/log2(4) = 0.5
+    assert semdb.query_log.feedback(notes, hits.query_id, clicked=[hits[2].row.id]) == 1
+    quality = semdb.query_log.production_ndcg(notes, k=10)
+    assert quality.judged == 1 and quality.ndcg == pytest.approx(0.5)
+    report = column(notes, recall_queries=1)
+    assert report.production_ndcg == pytest.approx(0.5) and report.production_judged == 1
+    assert report.recall.source == "query log"  # the logged query, not stored rows
+    assert semdb.query_log.feedback(notes, 12345, clicked=[1]) == 0  # unknown search
+
+    # monitor's own searches (recall) are not logged
+    semdb.query_log.flush(notes)
+    assert len(logged(notes)) == 1
+
+
+def test_the_query_log_is_a_bounded_ring_and_samples(notes: sa.Engine, tiny_embedder: Any) -> None:
+    add(notes, range(50))
+    embed(notes, tiny_embedder)
+    semdb.query_log.enable(notes, sample=1.0, capacity=5)
+    vectors = tiny_embedder.embed([in_domain(i) for i in range(12)])
+    ids = []
+    with notes.connect() as connection:
+        for vector in vectors:
+            ids.append(semdb.search(connection, TABLE.c.embedding, vector, k=3).query_id)
+    semdb.query_log.flush(notes)
+    entries = logged(notes)
+    assert [e.id for e in entries] == ids[-5:]  # the latest five, the oldest overwritten
+
+    semdb.query_log.enable(notes, sample=0.0, capacity=5)
+    with notes.connect() as connection:
+        result = semdb.search(connection, TABLE.c.embedding, vectors[0], k=3)
+    semdb.query_log.flush(notes)
+    assert result.query_id is None and [e.id for e in logged(notes)] == ids[-5:]
+    semdb.query_log.disable(notes)
+    with notes.connect() as connection:
+        assert semdb.search(connection, TABLE.c.embedding, vectors[0], k=3).query_id is None
+
+
+def test_the_query_log_stays_off_on_a_read_only_server(
+    notes: sa.Engine, tiny_embedder: Any, database_url: URL
+) -> None:
+    add(notes, range(50))
+    embed(notes, tiny_embedder)
+    standby = semdb.create_engine(
+        database_url, connect_args={"options": "-c default_transaction_read_only=on"}
+    )
+    try:
+        semdb.query_log.enable(standby, sample=1.0)
+        vector = tiny_embedder.embed_query("a dog")
+        for _ in range(3):
+            with standby.connect() as connection:
+                hits = semdb.search(connection, TABLE.c.embedding, vector, k=3)
+                assert len(hits) == 3  # searches go on
+        semdb.query_log.flush(standby)
+        assert not semdb.query_log.enabled(standby)
+    finally:
+        semdb.query_log.disable(standby)
+        standby.dispose()
+    assert logged(notes) == []

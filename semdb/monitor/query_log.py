@@ -108,7 +108,7 @@ class _Writer:
         self.active = True
         self.written = 0
         self.dropped = 0
-        self._columns: dict[Any, int | None] = {}
+        self._columns: dict[Any, tuple[int | None, str]] = {}
         self._submitted = itertools.count(1)
         self.submitted = 0  # entries queued (the last value drawn from _submitted)
         self.processed = 0  # entries written or dropped (the writer thread's count)
@@ -222,7 +222,7 @@ class _Writer:
 
     def _row(self, connection: sa.Connection, entry: _Entry) -> dict[str, Any]:
         target = entry.search.target
-        column_id = self._column_id(connection, target)
+        column_id, column_name = self._column(connection, target)
         where = entry.search.where
         filter_sql = None
         if where is not None:
@@ -232,7 +232,7 @@ class _Writer:
             "id": entry.id,
             "logged_at": entry.logged_at,
             "column_id": column_id,
-            "column_name": target.name,
+            "column_name": column_name,
             "query": np.asarray(entry.vector, dtype=np.float32).tobytes(),
             "filter": filter_sql,
             "plan": entry.plan,
@@ -242,17 +242,20 @@ class _Writer:
             "results": None if entry.results is None else json.dumps(entry.results, default=str),
         }
 
-    def _column_id(self, connection: sa.Connection, target: Any) -> int | None:
+    def _column(self, connection: sa.Connection, target: Any) -> tuple[int | None, str]:
+        """The registry id of the searched column (None when only declared in Python), and
+        its ``schema.table.column`` name."""
         key = (target.table.schema, target.table.name, target.column.name)
         if key not in self._columns:
             schema = target.table.schema or connection.dialect.default_schema_name or "public"
-            self._columns[key] = connection.execute(
+            found = connection.execute(
                 sa.text(
                     "SELECT id FROM semdb.vector_columns WHERE table_schema = :s "
                     "AND table_name = :t AND column_name = :c AND shadow_of IS NULL"
                 ),
                 {"s": schema, "t": target.table.name, "c": target.column.name},
             ).scalar()
+            self._columns[key] = (found, f"{schema}.{target.table.name}.{target.column.name}")
         return self._columns[key]
 
     def flush(self, timeout: float = 10.0) -> None:
