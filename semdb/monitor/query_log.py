@@ -78,6 +78,9 @@ class _Entry:
     results: list[list[Any]] | None
 
 
+#: Put on a writer's queue: write what is pending now.
+_FLUSH = object()
+
 INSERT = sa.text(
     "INSERT INTO semdb.query_log AS l (slot, seq, id, logged_at, column_id, column_name, "
     "query, filter, plan, latency_ms, k, rows, results) "
@@ -104,7 +107,7 @@ class _Writer:
         self.engine = engine
         self.sample = sample
         self.capacity = capacity
-        self.queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[_Entry | object | None] = queue.SimpleQueue()
         self.active = True
         self.written = 0
         self.dropped = 0
@@ -149,16 +152,17 @@ class _Writer:
         last_prune = 0.0
         while True:
             timeout = max(deadline - time.monotonic(), 0.0)
+            now = False  # write what is pending at once (a flush, or stopping)
             try:
                 entry = self.queue.get(timeout=timeout)
             except queue.Empty:
-                entry = None
-                stop = False
-            else:
-                stop = entry is None
-            if entry is not None:
+                entry = _FLUSH
+            stop = entry is None
+            if isinstance(entry, _Entry):
                 pending.append(entry)
-            if pending and (stop or len(pending) >= FLUSH_ENTRIES or time.monotonic() >= deadline):
+            else:
+                now = True
+            if pending and (now or len(pending) >= FLUSH_ENTRIES or time.monotonic() >= deadline):
                 prune = time.monotonic() - last_prune > 3600
                 self._write(pending, prune=prune)
                 self.processed += len(pending)
@@ -174,7 +178,7 @@ class _Writer:
     def _drain(self) -> None:
         while True:
             try:
-                if self.queue.get_nowait() is not None:
+                if isinstance(self.queue.get_nowait(), _Entry):
                     self.processed += 1
             except queue.Empty:
                 break
@@ -260,6 +264,7 @@ class _Writer:
 
     def flush(self, timeout: float = 10.0) -> None:
         wanted, deadline = self.submitted, time.monotonic() + timeout
+        self.queue.put(_FLUSH)
         while self.processed < wanted and time.monotonic() < deadline:
             if not self._thread.is_alive():
                 break
