@@ -308,6 +308,9 @@ def test_a_registered_column_whose_table_was_dropped(notes: sa.Engine) -> None:
 def test_no_columns_and_no_schema_give_clear_messages(
     engine: sa.Engine, empty_database_url: URL
 ) -> None:
+    env = {"SEMDB_DATABASE_URL": semdb.db.libpq_uri(empty_database_url)}
+    unmigrated = run_semdb("monitor", env=env)
+    assert unmigrated.returncode == 1 and "run: semdb db upgrade" in unmigrated.stderr
     bare = semdb.create_engine(empty_database_url)
     try:
         with pytest.raises(SchemaNotReadyError, match="semdb db upgrade"):
