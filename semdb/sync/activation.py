@@ -61,6 +61,12 @@ import sqlalchemy as sa
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from semdb.db.partitions import (
+    Partition,
+    index_validity,
+    partition_index_name,
+    partition_tree,
+)
 from semdb.db.url import libpq_uri
 from semdb.errors import DimensionMismatchError, SemdbError, SyncError
 from semdb.orm.distance import Distance
@@ -544,25 +550,73 @@ def build_shadow_indexes(
             index.name: valid
             for index, valid in _vector_indexes(connection, shadow, shadow.column_name)
         }
+        tree = partition_tree(connection, live.table_schema, live.table_name)
         for index in wanted:
             name = _shadow_index_name(index)
             if present.get(name):
                 continue
             if name in present:  # invalid: a build was interrupted
+                concurrently = sql.SQL("" if tree is not None else "CONCURRENTLY ")
                 connection.execute(
-                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                        sql.Identifier(live.table_schema, name)
+                    sql.SQL("DROP INDEX {}IF EXISTS {}").format(
+                        concurrently, sql.Identifier(live.table_schema, name)
                     )
                 )
             if on_step is not None:
                 on_step(f"building {index.method} index {name}")
-            connection.execute(_create_index_statement(live, shadow, index, name))
+            if tree is None:
+                connection.execute(_create_index_statement(live, shadow, index, name))
+            else:
+                _build_partitioned(connection, live, shadow, index, name, tree)
             built.append(name)
     return built
 
 
+def _build_partitioned(
+    connection: psycopg.Connection[Any],
+    live: SyncTarget,
+    shadow: SyncTarget,
+    index: _VectorIndex,
+    name: str,
+    tree: list[Partition],
+) -> None:
+    """A partitioned table's index: each leaf's CONCURRENTLY, then the partitioned tables'
+    bottom up, which attach them (see :mod:`semdb.db.partitions`)."""
+    for part in tree:  # deepest first, the root last
+        table = sql.Identifier(part.schema, part.name)
+        if part.level == 0:
+            connection.execute(
+                _create_index_statement(live, shadow, index, name, concurrently=False)
+            )
+            continue
+        part_name = partition_index_name(name, part.name)
+        if not part.leaf:
+            connection.execute(
+                _create_index_statement(
+                    live, shadow, index, part_name, table=table, concurrently=False
+                )
+            )
+            continue
+        valid = index_validity(connection, part.schema, [part_name]).get(part_name)
+        if valid:
+            continue
+        if valid is False:  # an interrupted build
+            connection.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(part.schema, part_name)
+                )
+            )
+        connection.execute(_create_index_statement(live, shadow, index, part_name, table=table))
+
+
 def _create_index_statement(
-    live: SyncTarget, shadow: SyncTarget, index: _VectorIndex, name: str
+    live: SyncTarget,
+    shadow: SyncTarget,
+    index: _VectorIndex,
+    name: str,
+    *,
+    table: sql.Composable | None = None,
+    concurrently: bool = True,
 ) -> sql.Composed:
     if index.method not in METHODS:  # pragma: no cover - filtered by the catalog query
         raise ActivationError(f"unknown vector index method {index.method!r}")
@@ -584,11 +638,12 @@ def _create_index_statement(
             )
         )
     return sql.SQL(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method} "
+        "CREATE INDEX {concurrently}IF NOT EXISTS {name} ON {table} USING {method} "
         "({expression} {opclass}){options}"
     ).format(
+        concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""),
         name=sql.Identifier(name),
-        table=live.table_sql,
+        table=live.table_sql if table is None else table,
         method=sql.SQL(index.method),
         expression=expression,
         opclass=sql.SQL(opclass),
@@ -709,6 +764,22 @@ def _switch(
                     sql.Identifier(renames[index.name]),
                 )
             )
+            # a partitioned index: its partitions' indexes follow the name
+            children = connection.execute(
+                "SELECT n.nspname, c.relname, t.relname FROM pg_partition_tree(%s::regclass) p "
+                "JOIN pg_class c ON c.oid = p.relid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_index x ON x.indexrelid = c.oid JOIN pg_class t ON t.oid = x.indrelid "
+                "WHERE p.level > 0",
+                (sql.Identifier(live.table_schema, renames[index.name]).as_string(connection),),
+            ).fetchall()
+            for schema, child, table_name in children:
+                connection.execute(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(schema, child),
+                        sql.Identifier(partition_index_name(renames[index.name], table_name)),
+                    )
+                )
     connection.execute(
         "INSERT INTO semdb.queue (column_id, key, enqueued_at) "
         "SELECT %(live)s, key, enqueued_at FROM semdb.queue WHERE column_id = %(shadow)s "

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert
 
+from semdb.db.partitions import check_sync_key
 from semdb.db.schema import vector_columns
 from semdb.errors import DimensionMismatchError, SchemaNotReadyError, SearchError, SyncError
 from semdb.orm.columns import VectorColumn
@@ -48,6 +49,7 @@ def unregister_statement(target: SyncTarget) -> sa.Executable:
 def register(connection: Connection, target: SyncTarget) -> SyncTarget:
     """Record ``target`` (insert or update); returns it with its id."""
     _require_schema(connection)
+    check_sync_key(connection, target.table_schema, target.table_name, target.key_columns)
     connection.execute(register_statement(target))
     found = find(connection, target.table_schema, target.table_name, target.column_name)
     assert found is not None
