@@ -25,7 +25,7 @@ from alembic.operations import Operations
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import semdb
-import semdb.alembic  # noqa: F401
+import semdb.alembic
 from semdb import embedding_column
 from semdb.db import libpq_uri
 from semdb.db.migrate import upgrade
