@@ -5,7 +5,10 @@ vector was made by another model version (``name@version``), or its vector is mi
 it has text. Rows are read in primary
 key order (keyset pagination, no OFFSET), embedded in batches and written with the same
 hash-checked UPDATE as the worker, one short transaction per batch: the application keeps
-writing meanwhile, and an interrupted backfill resumes where it stopped when run again.
+writing meanwhile, and an interrupted backfill resumes where it stopped when run again. A row
+whose vector cannot be written (a check constraint, a trigger of the application's, a lock
+timeout) is left as it is, counted in ``failed`` and recorded in ``semdb.errors``; the other
+rows are written.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.registration import TargetChanged, hold_registration
 from semdb.sync.registry import registered_target
 from semdb.sync.target import SyncTarget, ident
-from semdb.sync.write import VectorWrite, write_vectors
+from semdb.sync.write import VectorWrite, record_write_errors, worker_name, write_isolated
 
 
 @dataclass
@@ -35,6 +38,7 @@ class BackfillStats:
     stale_at_start: int = 0
     embedded: int = 0
     skipped: int = 0  # changed meanwhile (the worker or a later run takes them)
+    failed: int = 0  # writing the vector failed (recorded in semdb.errors; a later run retries)
     seconds: float = 0.0
     embed_seconds: float = 0.0
 
@@ -159,9 +163,20 @@ def backfill(
                     VectorWrite(tuple(keys), next(vectors) if document else None, digest)
                     for keys, document, digest in texts
                 ]
-                written = write_vectors(connection, target, writes, model)
+                written, refused = write_isolated(connection, target, writes, model)
+                if refused and target.id is not None:
+                    record_write_errors(
+                        connection,
+                        target,
+                        [
+                            (writes[i].key_values, f"writing the vector failed: {error}")
+                            for i, error in refused.items()
+                        ],
+                        worker=f"backfill {worker_name()}",
+                    )
             stats.embedded += sum(written)
-            stats.skipped += len(written) - sum(written)
+            stats.failed += len(refused)
+            stats.skipped += len(written) - sum(written) - len(refused)
             if on_progress is not None:
                 on_progress(len(rows))
     stats.seconds = time.perf_counter() - started

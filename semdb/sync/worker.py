@@ -4,9 +4,11 @@ Run any number of workers, on any number of hosts, against one database: entries
 claimed with ``FOR UPDATE SKIP LOCKED`` inside the transaction that writes their vectors,
 so two workers never embed the same row and a worker killed mid-batch loses nothing (its
 transaction rolls back, its entries are claimable again). A row whose stored vector is
-already fresh (same content hash, same model) is skipped without embedding. A batch that
-fails is retried row by row to isolate the culprit; failures are recorded in
-``semdb.errors`` and retried with exponential backoff, up to ``max_attempts``.
+already fresh (same content hash, same model) is skipped without embedding. A batch whose
+embedding or whose write fails (a check constraint, a trigger of the application's, a lock
+timeout) is retried row by row, each write in a savepoint of its own, to isolate the culprit;
+failures are recorded in ``semdb.errors`` and retried with exponential backoff, up to
+``max_attempts``, while the rest of the queue drains.
 
 SIGTERM and SIGINT finish the batch in hand, then stop.
 """
@@ -33,7 +35,14 @@ from semdb.sync.claim import Claimed, claim
 from semdb.sync.registration import TargetChanged, hold_registration
 from semdb.sync.registry import registered
 from semdb.sync.target import SyncTarget
-from semdb.sync.write import VectorWrite, finish, record_failures, worker_name, write_vectors
+from semdb.sync.write import (
+    SCHEMA_CHANGED,
+    VectorWrite,
+    finish,
+    record_failures,
+    worker_name,
+    write_isolated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +227,7 @@ class Worker:
                 self.targets.remove(target)
                 self._reload = True
             except (
-                psycopg.errors.UndefinedTable,
-                psycopg.errors.UndefinedObject,
-                psycopg.errors.UndefinedColumn,
+                SCHEMA_CHANGED
             ) as exc:  # the table changed under the worker: leave it, keep the others going
                 log.warning("%s cannot be synced any more (%s): skipped", target.name, exc)
                 self.targets.remove(target)
@@ -241,9 +248,11 @@ class Worker:
                 VectorWrite(c.key_values or (), vectors[c.queue_id], c.content_hash or b"")
                 for c in ready
             ]
-            written = write_vectors(connection, target, writes, self.model)
-            for entry, ok in zip(ready, written, strict=True):
-                if ok:
+            written, refused = write_isolated(connection, target, writes, self.model)
+            for index, (entry, ok) in enumerate(zip(ready, written, strict=True)):
+                if index in refused:  # writing its vector failed: recorded as a failure
+                    failures.append(_failure(entry, refused[index], writing=True))
+                elif ok:
                     settled.append(entry.queue_id)
                     self.stats.embedded += 1
                 else:
@@ -305,8 +314,13 @@ def _quote(name: str) -> str:
     return name.replace('"', '""')
 
 
-def _failure(entry: Claimed, exc: BaseException) -> tuple[int, int, dict[str, Any], str]:
-    return (entry.queue_id, entry.attempts, entry.key, f"{type(exc).__name__}: {exc}")
+def _failure(
+    entry: Claimed, exc: BaseException | str, *, writing: bool = False
+) -> tuple[int, int, dict[str, Any], str]:
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    if writing:
+        error = f"writing the vector failed: {error}"
+    return (entry.queue_id, entry.attempts, entry.key, error)
 
 
 def install_signal_handlers(worker: Worker) -> None:
