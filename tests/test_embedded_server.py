@@ -153,6 +153,33 @@ def test_a_long_home_path_puts_the_socket_in_a_short_folder(tmp_path: Path) -> N
         server.stop()
 
 
+@pytest.mark.parametrize(
+    "marker", ["$(touch $SEMDB_CANARY)", "`touch $SEMDB_CANARY`", '"q" \\ b;c\'d, e']
+)
+def test_no_shell_sees_the_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    """A SEMDB_HOME whose name holds command substitution, quotes, a backslash or a comma
+    runs no command: the server starts on that very folder."""
+    drop = tmp_path / "drop"  # writable by the server's system user when running as root
+    drop.mkdir()
+    drop.chmod(0o777)
+    canary = drop / "canary"
+    monkeypatch.setenv("SEMDB_CANARY", str(canary))
+    home = tmp_path / f"a {marker} b" / "home"
+    server = EmbeddedServer(home)
+    try:
+        url = server.start()
+        with psycopg.connect(libpq_uri(url)) as connection:
+            data = connection.execute("SHOW data_directory").fetchone()
+        assert data == (str(home / "pgdata"),)
+        assert server.status().running
+    finally:
+        server.stop()
+    assert not server.status().running
+    assert not canary.exists(), "a shell ran the command in the folder's name"
+
+
 SYSTEM_POSTGRES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
 
