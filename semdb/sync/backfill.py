@@ -27,7 +27,7 @@ from semdb.errors import DimensionMismatchError, SyncError
 from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.registration import TargetChanged, hold_registration
-from semdb.sync.registry import registered_target
+from semdb.sync.registry import bind_model_version, registered_target, version_refusal
 from semdb.sync.target import SyncTarget, ident
 from semdb.sync.write import VectorWrite, record_write_errors, worker_name, write_isolated
 
@@ -106,6 +106,15 @@ def backfill(
             target = registered_target(connection, declared) or declared
     if batch_size < 1:
         raise SyncError(f"batch_size must be positive, got {batch_size}", fix="use 64-512")
+    if target.id is not None and target.shadow_of is None:
+        with engine.begin() as connection:  # one column, one model version
+            target = bind_model_version(
+                connection, target, embedder.model_name, embedder.model_version
+            )
+    if target.model == embedder.model_name and not target.accepts(
+        embedder.model_name, embedder.model_version
+    ):
+        raise version_refusal(target, embedder.model_name, embedder.model_version, "backfill")
     if not target.accepts(embedder.model_name, embedder.model_version):
         raise SyncError(
             f"{target.name} is embedded with model {target.model_tag!r}, not "

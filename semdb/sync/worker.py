@@ -33,7 +33,7 @@ from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.claim import Claimed, claim
 from semdb.sync.registration import TargetChanged, hold_registration
-from semdb.sync.registry import registered
+from semdb.sync.registry import bind_model_version, registered, version_refusal
 from semdb.sync.target import SyncTarget
 from semdb.sync.write import (
     SCHEMA_CHANGED,
@@ -102,6 +102,7 @@ class Worker:
         self._connection: psycopg.Connection[Any] | None = None
         self.targets: list[SyncTarget] = []
         self._reload = False
+        self._loaded = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,7 +121,8 @@ class Worker:
                 application_name=f"semdb worker {worker_name()}"[:63],
                 options=f"-c idle_in_transaction_session_timeout={self.idle_timeout_ms}",
             )
-            self.targets = self._load_targets()
+            self.targets = self._load_targets(reload=self._loaded)
+            self._loaded = True
         return self._connection
 
     def close(self) -> None:
@@ -128,33 +130,46 @@ class Worker:
             self._connection.close()
         self._connection = None
 
-    def _load_targets(self) -> list[SyncTarget]:
-        with self.engine.connect() as connection:
-            targets = registered(connection, names=self.columns or None)
-            if not self.columns:  # every queued column of this model (and version)
-                name, version = self.embedder.model_name, self.embedder.model_version
-                # A column being switched to this very model is the shadow's work only.
-                switching = {
-                    t.shadow_of for t in targets if t.shadow_of and t.accepts(name, version)
-                }
-                targets = [
-                    t
-                    for t in targets
-                    if t.accepts(name, version) and t.sync == "queued" and t.id not in switching
-                ]
-            present = []
-            for target in targets:
+    def _load_targets(self, *, reload: bool = False) -> list[SyncTarget]:
+        """The columns this worker embeds. A worker whose model version no column of its
+        model holds is refused at start; later (``reload``: an activation moved the columns
+        to another version meanwhile) it only says so and idles."""
+        name, version = self.embedder.model_name, self.embedder.model_version
+        refusal: SyncError | None = None
+        with self.engine.begin() as connection:
+            targets = []
+            for target in registered(connection, names=self.columns or None):
                 exists = connection.execute(
                     sa.text("SELECT to_regclass(:name) IS NOT NULL"),
                     {"name": f'"{_quote(target.table_schema)}"."{_quote(target.table_name)}"'},
                 ).scalar()
                 if exists:
-                    present.append(target)
+                    targets.append(target)
                 else:
                     log.warning("%s is registered but its table is gone: skipped", target.name)
-            targets = present
+            if not self.columns:  # every queued column of this model (and version)
+                targets = [t for t in targets if t.model == name and t.sync == "queued"]
+            # A column bound to no version yet is bound to this one now (or to the one its
+            # stored vectors carry): one column, one model version.
+            targets = [bind_model_version(connection, t, name, version) for t in targets]
+            if not self.columns:
+                # A column being switched to this very model is the shadow's work only.
+                switching = {
+                    t.shadow_of for t in targets if t.shadow_of and t.accepts(name, version)
+                }
+                ours = targets
+                targets = [t for t in ours if t.accepts(name, version) and t.id not in switching]
+                if ours and not targets:
+                    refusal = version_refusal(ours[0], name, version, "this worker")
+        # Raised once the binding is committed: the column keeps its version either way.
+        if refusal is not None:
+            if not reload:
+                raise refusal
+            log.warning("%s", refusal.one_line())
         for target in targets:
-            if not target.accepts(self.embedder.model_name, self.embedder.model_version):
+            if target.model == name and not target.accepts(name, version):
+                raise version_refusal(target, name, version, "this worker")
+            if not target.accepts(name, version):
                 raise SyncError(
                     f"{target.name} is embedded with model {target.model_tag!r}; this worker "
                     f"runs {self.model!r}",
@@ -203,7 +218,7 @@ class Worker:
                     on_batch(self.stats)
                 if self._reload:  # a column was switched or went away: read the registry
                     self._reload = False
-                    self.targets = self._load_targets()
+                    self.targets = self._load_targets(reload=True)
                 if done == 0:
                     if until_empty:
                         break
