@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import pq
 
-from semdb.errors import DimensionMismatchError
+from semdb.errors import DimensionMismatchError, NonFiniteVectorError
 from semdb.orm import VectorType
 from semdb.orm.document import content_hash, content_hash_sql, document_sql, document_text
 from semdb.orm.types import encode_matrix, encode_vector
@@ -103,7 +103,7 @@ def test_matrix_encoding_matches_row_encoding_and_names_bad_rows() -> None:
     vectors = rng.normal(size=(5, 8)).astype(np.float32)
     assert encode_matrix(vectors, dimension=8) == [encode_vector(v, dimension=8) for v in vectors]
     vectors[3, 1] = np.nan
-    with pytest.raises(DimensionMismatchError, match="row 3"):
+    with pytest.raises(NonFiniteVectorError, match="row 3"):
         encode_matrix(vectors, dimension=8)
     with pytest.raises(DimensionMismatchError, match="8-dimensional"):
         encode_matrix(np.zeros((2, 5)), dimension=8)

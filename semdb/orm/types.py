@@ -13,7 +13,7 @@ arrays. A value of the wrong dimension, or with NaN or infinity, is refused befo
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from typing import cast as cast_type
 
@@ -25,7 +25,7 @@ from sqlalchemy import Dialect, Float, cast
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
-from semdb.errors import DimensionMismatchError
+from semdb.errors import DimensionMismatchError, NonFiniteVectorError
 from semdb.orm.distance import STORAGES, Distance
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
@@ -115,9 +115,18 @@ def encode_vector(
 
 
 def encode_matrix(
-    vectors: Any, *, dimension: int | None, storage: str = "vector", where: str = "the vectors"
+    vectors: Any,
+    *,
+    dimension: int | None,
+    storage: str = "vector",
+    where: str = "the vectors",
+    rows: Sequence[int] | None = None,
 ) -> list[bytes]:
-    """Encode each row of a (n, dimension) array at once (for bulk writes and COPY)."""
+    """Encode each row of a (n, dimension) array at once (for bulk writes and COPY).
+
+    ``rows``: the number of each vector in the caller's input, for errors (default: its
+    position in ``vectors``).
+    """
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2:
         raise DimensionMismatchError(
@@ -131,8 +140,8 @@ def encode_matrix(
         )
     if array.size and not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-        raise DimensionMismatchError(
-            f"{where}: row {bad} has NaN or infinite values",
+        raise NonFiniteVectorError(
+            f"{where}: row {rows[bad] if rows is not None else bad} has NaN or infinite values",
             fix="check the embedder's output for that row",
         )
     if storage == "halfvec" and array.size and float(np.abs(array).max()) > _HALF_MAX:
