@@ -19,7 +19,7 @@ from semdb.orm import (
     copy_rows,
     embedding_column,
 )
-from semdb.search import (
+from semdb.retrieval import (
     PreparedSearch,
     explain_search,
     hybrid_search,

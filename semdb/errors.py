@@ -70,6 +70,11 @@ class VectorTypeError(SemdbError, TypeError):
     """Something that is neither a text nor an array of real numbers was given as a vector."""
 
 
+class DatasetError(SemdbError):
+    """Evaluation or training data (a BEIR folder, JSON lines, a training query) that semdb
+    cannot read or use."""
+
+
 class SearchError(SemdbError):
     """A search cannot run as asked (no query vector, no embedder, a bad argument)."""
 
@@ -92,3 +97,8 @@ class InvalidTextError(SemdbError, ValueError):
 
 class TextTypeError(SemdbError, TypeError):
     """Something other than a string was given to the embedder where a text belongs."""
+
+
+class BindTypeError(SemdbError, TypeError):
+    """A search was given something other than the Session or Connection it runs on (an
+    AsyncSession to a synchronous call, or the reverse)."""

@@ -13,11 +13,17 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import semdb
-from semdb.errors import DimensionMismatchError, SearchError
+from semdb.errors import (
+    DimensionMismatchError,
+    NonFiniteVectorError,
+    SearchError,
+    VectorTypeError,
+    ZeroVectorError,
+)
 from semdb.orm import HNSW, embedding_column
-from semdb.search import explain_search, hybrid_search, more_like_this, search
-from semdb.search import plan as plan_module
-from semdb.search.explain import plan_nodes
+from semdb.retrieval import explain_search, hybrid_search, more_like_this, search
+from semdb.retrieval import plan as plan_module
+from semdb.retrieval.explain import plan_nodes
 from semdb.sync.registry import register, unregister_statement
 from semdb.sync.target import SyncTarget
 
@@ -317,49 +323,9 @@ def test_autocommit_search_errors_leave_no_settings_behind(
         connection.execute(sa.text("RESET hnsw.ef_search"))
 
 
-def _round_trips(connection: sa.Connection, action: Any) -> int:
-    """How many times the client waited for the server during ``action`` (libpq's trace:
-    a run of messages sent, then a run of messages received, is one round trip)."""
-    import tempfile
-
-    import psycopg
-
-    driver = connection.connection.dbapi_connection
-    assert isinstance(driver, psycopg.Connection)
-    with tempfile.TemporaryFile(mode="w+") as trace:
-        driver.pgconn.trace(trace.fileno())
-        driver.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        try:
-            action()
-        finally:
-            driver.pgconn.untrace()
-        trace.seek(0)
-        directions = [line.split("\t", 1)[0] for line in trace if line.strip()]
-    pairs = zip(directions, directions[1:], strict=False)
-    return sum(1 for a, b in pairs if a == "F" and b == "B")
-
-
-@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "transaction"])
-def test_the_index_path_sends_settings_and_query_in_one_round_trip(
-    items: sa.Engine, autocommit: bool, column: Any
-) -> None:
-    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
-    with items.connect().execution_options(**options) as connection:
-        connection.execute(sa.text("SELECT 1"))  # the transaction (if any) has begun
-
-        def run() -> None:
-            hits = search(connection, column, QUERIES[0], k=10, where=Item.c2 == 0, plan="index")
-            assert hits.plan.settings and len(hits) == 10
-
-        run()  # pgvector's version looked up once per engine
-        assert _round_trips(connection, run) == 1
-        assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
-
-
 def test_filtered_searches_are_never_prepared(items: sa.Engine, column: Any) -> None:
-    """A prepared statement's generic plan cannot see a filter's selectivity. Through
-    SQLAlchemy (ORM), only a search whose one value is the query vector is left to psycopg's
-    prepared statements; Core searches on libpq are never prepared."""
+    """A prepared statement's generic plan cannot see a filter's selectivity: only a search
+    whose one value is the query vector is left to psycopg's prepared statements."""
     with items.connect() as connection:
         for query in QUERIES[:8]:
             search(connection, column, query, k=7)
@@ -373,7 +339,7 @@ def test_filtered_searches_are_never_prepared(items: sa.Engine, column: Any) -> 
             .scalars()
             .all()
         )
-    assert len(prepared) == (1 if column is Item.embedding else 0)
+    assert len(prepared) == 1
     assert not any("WHERE" in statement for statement in prepared)
 
 
@@ -411,8 +377,6 @@ def test_searches_inside_a_transaction_keep_the_callers_prepared_statements(
         statements = prepared(connection)
         assert connection.in_transaction()
     assert any("c1000 = $1" in statement for statement in statements)
-    if column is Item.embedding:  # through SQLAlchemy: prepared once, kept (libpq: never)
-        assert any("set_config" in statement for statement in statements)
 
 
 @pytest.mark.parametrize("path", ["index", "exact"])
@@ -449,21 +413,20 @@ def test_filters_of_one_shape_with_other_values_find_their_own_rows(
                 assert [h.row.id for h in hits] == truth
 
 
-def test_filter_keys_tell_values_apart(items: sa.Engine) -> None:
-    from semdb.search.semantic import SemanticQuery
-
+def test_row_estimates_tell_filter_values_apart(items: sa.Engine) -> None:
+    """Estimates are kept per filter SQL and values: each filter gets its own."""
     with items.connect() as connection:
 
-        def key(where: Any) -> Any:
-            return SemanticQuery(
-                connection, Item.embedding, QUERIES[0], k=3, where=where
-            ).filter_key()
+        def estimated(where: Any) -> float:
+            plan, _ = explain_search(connection, Item.embedding, QUERIES[0], k=3, where=where)
+            assert plan.estimated_rows is not None
+            return plan.estimated_rows
 
-        assert key(Item.c10 == 3) == key(Item.c10 == 3)
-        assert key(Item.c10 == 3) != key(Item.c10 == 4)
-        assert key(Item.c10 == 3) != key(Item.c100 == 3)
-        assert key(Item.c10.in_([1, 2])) != key(Item.c10.in_([1, 3]))
-        assert key(Item.body == "1") != key(Item.c10 == 1)
+        assert estimated(Item.c10 == 3) == estimated(Item.c10 == 3)
+        assert 300 < estimated(Item.c10 == 3) < 500
+        assert estimated(Item.c100 == 3) < 100
+        assert estimated(Item.c10.in_([1, 2])) > 1.5 * estimated(Item.c10.in_([1]))
+        assert estimated(Item.c10 < 2) > 1.5 * estimated(Item.c10 < 1)
 
 
 def test_core_search_returns_rows_with_distances(items: sa.Engine) -> None:
@@ -557,14 +520,30 @@ def test_hybrid_search_with_a_filter(items: sa.Engine) -> None:
         ({"where": "1=1; DROP TABLE search_items"}, SearchError, "not a string of SQL"),
         ({"where": 42}, SearchError, "boolean expression"),
         ({"plan": "fastest"}, SearchError, "plan must be"),
-        ({"query": np.zeros(DIM + 1)}, DimensionMismatchError, f"{DIM}-dimensional"),
-        ({"query": np.zeros(DIM + 1, np.float32)}, DimensionMismatchError, f"{DIM}-dimensional"),
-        ({"query": np.full(DIM, np.nan, np.float32)}, DimensionMismatchError, "NaN or infinite"),
+        ({"query": np.ones(DIM + 1)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": np.ones(DIM + 1, np.float32)}, DimensionMismatchError, f"{DIM}-dimensional"),
+        ({"query": np.ones((2, DIM), np.float32)}, DimensionMismatchError, "1-d"),
+        ({"query": np.full(DIM, np.nan, np.float32)}, NonFiniteVectorError, "NaN or infinite"),
         (
             {"query": np.r_[np.ones(DIM - 1), np.inf].astype(np.float32)},
-            DimensionMismatchError,
+            NonFiniteVectorError,
             "NaN",
         ),
+        ({"query": np.full(DIM, 1e39)}, NonFiniteVectorError, "float32"),
+        ({"query": np.zeros(DIM, np.float32)}, ZeroVectorError, "zero vector"),
+        ({"query": None}, VectorTypeError, "query must be text or a vector.*NoneType"),
+        ({"query": {"a": 1.0}}, VectorTypeError, "got dict"),
+        ({"query": True}, VectorTypeError, "got bool"),
+        ({"query": 3.5}, VectorTypeError, "got float"),
+        ({"query": [True] * DIM}, VectorTypeError, "holding bool"),
+        ({"query": ["0.5"] * DIM}, VectorTypeError, "holding str"),
+        ({"query": [0.5 + 1j] * DIM}, VectorTypeError, "holding complex"),
+        ({"query": np.ones(DIM, complex)}, VectorTypeError, "complex"),
+        ({"query": np.ones(DIM, object)}, VectorTypeError, "object"),
+        ({"query": np.ones(DIM, bool)}, VectorTypeError, "bool"),
+        ({"max_distance": "near"}, SearchError, "max_distance must be a number"),
+        ({"ef_search": 0}, SearchError, "ef_search must be"),
+        ({"exact_below": -1}, SearchError, "exact_below must be"),
         ({"query": "text without an embedder"}, SearchError, "needs an embedder"),
         ({"statement": "SELECT * FROM search_items"}, SearchError, "must be a select"),
     ],
@@ -573,8 +552,37 @@ def test_bad_arguments_are_refused_with_the_culprit(
     items: sa.Engine, kwargs: dict, error: type, culprit: str
 ) -> None:
     query = kwargs.pop("query", QUERIES[0])
-    with Session(items) as session, pytest.raises(error, match=culprit):
-        search(session, Item.embedding, query, **kwargs)
+    with Session(items) as session:
+        with pytest.raises(error, match=culprit):
+            search(session, Item.embedding, query, **kwargs)
+        # the session stays usable, nothing written
+        assert session.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
+
+
+def test_invalid_vectors_are_value_errors_and_bad_types_type_errors() -> None:
+    assert issubclass(NonFiniteVectorError, ValueError)
+    assert issubclass(ZeroVectorError, ValueError)
+    assert issubclass(DimensionMismatchError, ValueError)
+    assert issubclass(VectorTypeError, TypeError)
+
+
+def test_a_filter_on_a_missing_column_points_at_the_filter(items: sa.Engine) -> None:
+    """The table in the database lacks a column the model declares: the error names the
+    user's filter (not an EXPLAIN they never wrote), and the session stays usable."""
+    ghost = sa.Table(
+        "search_items",
+        sa.MetaData(),
+        *[sa.Column(c.name, c.type, primary_key=c.primary_key) for c in Item.__table__.c],
+        sa.Column("no_such_column", sa.Integer),
+    )
+    ghost.c.embedding.info.update(Item.__table__.c.embedding.info)
+    with items.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+        with pytest.raises(SearchError, match="filter.*no_such_column"):
+            search(
+                connection, ghost.c.embedding, QUERIES[0], k=3, where=ghost.c.no_such_column == 1
+            )
+        assert connection.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
 
 
 def test_huge_but_finite_query_values_are_a_valid_vector(items: sa.Engine) -> None:
@@ -631,7 +639,7 @@ def test_the_sql_function_refuses_what_it_cannot_search(items: sa.Engine) -> Non
         ({"fulltext": "english'; DROP TABLE search_items; --"}, "text search configuration"),
         ({"rrf_k": -1}, "rrf_k"),
         ({"text": "   "}, "non-empty query text"),
-        ({"candidates": 0}, "k must be"),
+        ({"candidates": 0}, "candidates must be"),
     ],
 )
 def test_hybrid_search_refuses_bad_arguments(items: sa.Engine, kwargs: dict, culprit: str) -> None:
@@ -666,7 +674,7 @@ def test_pending_rows_are_flushed_before_the_search_and_never_lost(items: sa.Eng
 
 
 def test_the_default_threshold_grows_with_the_square_root_of_the_table(items: sa.Engine) -> None:
-    from semdb.search import exact_below_rows
+    from semdb.retrieval import exact_below_rows
 
     assert exact_below_rows(100_000) == 3890 and exact_below_rows(25_000) == 1945
     with Session(items) as session:  # 4,000 rows: exact below about 780 passing rows
@@ -695,98 +703,6 @@ def test_hits_leave_the_stored_vector_out_until_it_is_read(items: sa.Engine) -> 
         table = Item.__table__
         asked = search(connection, table.c.embedding, query, k=3, statement=sa.select(table))
         assert np.allclose(asked[0].row.embedding, VECTORS[asked[0].row.id], atol=1e-6)
-
-
-class _Lowered(sa.types.TypeDecorator[str]):
-    """A type with a bind processor: a search must apply it to every value it binds."""
-
-    impl = sa.String
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
-        return None if value is None else value.lower()
-
-
-def _core_searches(connection: sa.Connection) -> list[Any]:
-    """Core searches of a few shapes, each shape twice with other values: rows with the
-    stored vector (a result processor), a filter through a bind processor, a join."""
-    table, shops = Item.__table__, Shop.__table__
-    results = []
-    for round_ in range(2):
-        pattern = sa.literal(f"ITEM {round_ + 1}%", _Lowered())
-        for where, statement in (
-            (table.c.c10 == 3 + round_, sa.select(table)),
-            (table.c.body.like(pattern), None),
-            (shops.c.country == ("FR", "DE")[round_], sa.select(table.c.id, shops.c.country)),
-        ):
-            if statement is not None and len(statement.selected_columns) == 2:
-                statement = statement.join_from(table, shops)
-            results.append(
-                search(
-                    connection,
-                    table.c.embedding,
-                    QUERIES[5 + round_],
-                    k=6,
-                    where=where,
-                    statement=statement,
-                    plan="exact" if round_ else "auto",
-                )
-            )
-    return results
-
-
-def _same_rows(got: list[Any], expected: list[Any]) -> None:
-    assert len(got) == len(expected)
-    for one, other in zip(got, expected, strict=True):
-        assert len(one) == len(other) == 6
-        for hit, truth in zip(one, other, strict=True):
-            assert type(hit.row) is type(truth.row) and hit.row._fields == truth.row._fields
-            assert hit.distance == pytest.approx(truth.distance, abs=1e-6)
-            for value, true_value in zip(hit.row, truth.row, strict=True):
-                if isinstance(true_value, np.ndarray):
-                    assert isinstance(value, np.ndarray) and np.array_equal(value, true_value)
-                else:
-                    assert value == pytest.approx(true_value)
-
-
-def test_core_searches_on_the_driver_return_what_sqlalchemy_returns(
-    items: sa.Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """From a shape's second search, Core searches run on psycopg itself; their rows, with
-    SQLAlchemy's bind and result processors applied, must be SQLAlchemy's own."""
-    from semdb.search.direct import DirectStatement
-
-    direct_runs = []
-    execute = DirectStatement.execute
-
-    def counted(self: DirectStatement, *args: Any, **kwargs: Any) -> Any:
-        direct_runs.append(self.sql)
-        return execute(self, *args, **kwargs)
-
-    monkeypatch.setattr(DirectStatement, "execute", counted)
-    with items.connect() as connection:
-        _core_searches(connection)  # the first search of each shape runs through SQLAlchemy
-        direct_runs.clear()
-        on_the_driver = _core_searches(connection)
-    assert len(direct_runs) == len(on_the_driver)
-    assert all(hit.row.body.startswith("item 1") for hit in on_the_driver[1])  # processed
-    assert all(hit.row.body.startswith("item 2") for hit in on_the_driver[4])
-
-    seen: list[str] = []
-
-    def listener(*args: Any) -> None:
-        seen.append(args[2])
-
-    direct_runs.clear()
-    sa.event.listen(items, "before_cursor_execute", listener)
-    try:
-        with items.connect() as connection:
-            traced = _core_searches(connection)
-    finally:
-        sa.event.remove(items, "before_cursor_execute", listener)
-    assert direct_runs == []  # a listener sees every search
-    assert sum("ORDER BY" in statement for statement in seen) == len(traced)
-    _same_rows(on_the_driver, traced)
 
 
 def test_a_core_search_outside_a_transaction_begins_one(items: sa.Engine) -> None:
@@ -823,30 +739,47 @@ def test_a_core_search_on_a_lost_connection_invalidates_it(items: sa.Engine, pat
 
 
 @pytest.mark.parametrize("path", ["index", "exact"])
-def test_a_core_search_begins_the_transaction_psycopg_would(items: sa.Engine, path: str) -> None:
-    """On libpq, a search that opens a transaction sends psycopg's BEGIN (the isolation level
-    and read-only mode set on the connection) with the statement, in one round trip."""
+def test_a_core_search_keeps_the_connections_transaction_options(
+    items: sa.Engine, path: str
+) -> None:
     table = Item.__table__
-
-    def run(connection: sa.Connection) -> Any:
-        return search(
-            connection, table.c.embedding, QUERIES[1], k=5, where=table.c.c10 == 4, plan=path
-        )
-
     options = {"isolation_level": "SERIALIZABLE", "postgresql_readonly": True}
     with items.connect().execution_options(**options) as connection:
-        run(connection)  # the shape's first run, through SQLAlchemy
-        connection.commit()
-        assert _round_trips(connection, lambda: run(connection)) == 1
-        assert connection.in_transaction()
-        level, read_only = connection.execute(
-            sa.text(
-                "SELECT current_setting('transaction_isolation'), "
-                "current_setting('transaction_read_only')"
+        for _ in range(2):
+            hits = search(
+                connection, table.c.embedding, QUERIES[1], k=5, where=table.c.c10 == 4, plan=path
             )
-        ).one()
-        assert (level, read_only) == ("serializable", "on")
-        connection.commit()
+            assert len(hits) == 5 and connection.in_transaction()
+            level, read_only = connection.execute(
+                sa.text(
+                    "SELECT current_setting('transaction_isolation'), "
+                    "current_setting('transaction_read_only')"
+                )
+            ).one()
+            assert (level, read_only) == ("serializable", "on")
+            connection.commit()
+
+
+@pytest.mark.parametrize("path", ["index", "exact", "auto"])
+def test_core_rows_are_the_same_on_every_run(items: sa.Engine, path: str) -> None:
+    """Rows carry their columns by name and by Column object on every run, not only the
+    first (a regression of the removed driver path)."""
+    table = Item.__table__
+    with items.connect() as connection:
+        for value in (3, 4, 3, 4):
+            hits = search(
+                connection,
+                table.c.embedding,
+                QUERIES[2],
+                k=4,
+                where=table.c.c10 == value,
+                plan=path,
+            )
+            assert len(hits) == 4
+            for hit in hits:
+                assert hit.row._mapping[table.c.id] == hit.row.id
+                assert hit.row._mapping[table.c.c10] == value == hit.row.c10
+                assert hit.row._mapping["distance"] == pytest.approx(hit.distance)
 
 
 def test_a_failed_core_search_keeps_the_callers_transaction_usable(items: sa.Engine) -> None:
@@ -867,54 +800,11 @@ def test_a_failed_core_search_keeps_the_callers_transaction_usable(items: sa.Eng
         connection.rollback()
 
 
-def test_an_interrupted_core_search_leaves_the_connection_usable(
-    items: sa.Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A KeyboardInterrupt while a pipeline waits cancels the statement and reads what is
-    left: the interrupt goes up, and the next statement on the connection works."""
-    from semdb.search import libpq
-
-    table = Item.__table__
-    wait = libpq._wait
-    with items.connect() as connection:
-
-        def run() -> Any:
-            return search(
-                connection, table.c.embedding, QUERIES[2], k=5, where=table.c.c2 == 1, plan="index"
-            )
-
-        run()
-        interrupts = iter([KeyboardInterrupt()])
-
-        def interrupted(*args: Any, **kwargs: Any) -> bool:
-            interrupt = next(interrupts, None)
-            if interrupt is not None:
-                raise interrupt
-            return wait(*args, **kwargs)
-
-        monkeypatch.setattr(libpq, "_wait", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            run()
-        monkeypatch.setattr(libpq, "_wait", wait)
-        driver = connection.connection.dbapi_connection
-        assert driver.pgconn.pipeline_status == 0
-        connection.rollback()
-        assert len(run()) == 5
-        assert connection.execute(sa.text("SELECT 1")).scalar() == 1
-
-
-def test_sql_with_percent_signs_runs_on_libpq(items: sa.Engine) -> None:
-    """SQLAlchemy doubles a literal percent sign for psycopg; libpq takes it single."""
-    from semdb.search.direct import numbered_placeholders
-
-    assert numbered_placeholders("SELECT '5%%', %(a)s, %(b)s, %(a)s") == (
-        "SELECT '5%', $1, $2, $1",
-        ("a", "b"),
-    )
+def test_sql_with_percent_signs(items: sa.Engine) -> None:
     table = Item.__table__
     statement = sa.select(table.c.id, sa.literal_column("'50%'").label("share"))
     with items.connect() as connection:
-        for _ in range(2):  # the second run is on libpq
+        for _ in range(2):
             hits = search(
                 connection,
                 table.c.embedding,
@@ -972,83 +862,3 @@ def test_a_prepared_search_names_a_wrong_or_missing_value(items: sa.Engine) -> N
         assert [h.row.id for h in nearest(session, QUERIES[0], body=body)] == [11]
         assert nearest(session, QUERIES[0], body=body, c10=2) == []
         assert session.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
-
-
-@pytest.mark.parametrize("path", ["exact", "index"])
-def test_searches_on_a_connection_replay_their_last_run(
-    items: sa.Engine, monkeypatch: pytest.MonkeyPatch, path: str
-) -> None:
-    """On a Connection, a PreparedSearch run (or a search() of the same shape) with filter
-    values seen before skips the plan and statement work: the hits and plan of a full run,
-    and a full run whenever one is needed."""
-    from semdb.search import semantic as semantic_module
-
-    table = Item.__table__
-    exact_below = 1000 if path == "exact" else 100  # 400 rows pass
-    nearest = semdb.PreparedSearch(
-        table.c.embedding, k=5, where=table.c.c10 == sa.bindparam("tenth"), exact_below=exact_below
-    )
-    full_runs: list[Any] = []  # of the PreparedSearch
-    search_runs: list[Any] = []  # of semdb.search
-    of_spec = semantic_module.SemanticQuery.of_spec.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: Any, *args: Any, own: bool = False) -> Any:
-        (search_runs if own else full_runs).append(args[4])
-        return of_spec(cls, *args, own=own)
-
-    monkeypatch.setattr(semantic_module.SemanticQuery, "of_spec", classmethod(counted))
-    with items.connect() as connection:
-        for tenth in (3, 4, 3, 4):  # SQLAlchemy runs the first; the second runs on the driver
-            nearest(connection, QUERIES[0], tenth=tenth)
-            search(
-                connection,
-                table.c.embedding,
-                QUERIES[0],
-                k=5,
-                where=table.c.c10 == tenth,
-                exact_below=exact_below,
-            )
-        full_runs.clear()
-        search_runs.clear()
-        for query in QUERIES[:8]:
-            for tenth in (3, 4):
-                got = nearest(connection, query, tenth=tenth)
-                where = table.c.c10 == tenth
-                also = search(
-                    connection, table.c.embedding, query, k=5, where=where, exact_below=exact_below
-                )
-                want = semantic_module.SemanticQuery(  # a full run
-                    connection, table.c.embedding, query, k=5, where=where, exact_below=exact_below
-                ).run()
-                for hits in (got, also):
-                    assert [h.row for h in hits] == [h.row for h in want]
-                    assert [h.distance for h in hits] == pytest.approx([h.distance for h in want])
-                    assert hits.plan == want.plan and hits.plan.path == path
-        assert full_runs == [] and search_runs == []  # semdb.search replays too
-        # A vector to convert, one refused, new values: full runs.
-        assert len(nearest(connection, [float(v) for v in QUERIES[0]], tenth=3)) == 5
-        with pytest.raises(DimensionMismatchError, match="NaN or infinite"):
-            nearest(connection, np.full(DIM, np.nan, np.float32), tenth=3)
-        assert len(nearest(connection, QUERIES[0], tenth=5)) == 5
-        assert full_runs == [[3], [3], [5]]
-        # Fewer than k rows pass now (deleted in this transaction): the replay gives way to a
-        # full run (which makes sure, exactly, that no other row passes).
-        connection.execute(sa.delete(table).where(table.c.c10 == 3, table.c.id >= 30))
-        few = nearest(connection, QUERIES[1], tenth=3)
-        assert sorted(h.row.id for h in few) == [3, 13, 23]
-        assert full_runs == [[3], [3], [5], [3]]
-        connection.rollback()
-        # A listener added: every run goes through SQLAlchemy, where it sees them.
-        seen: list[str] = []
-        sa.event.listen(items, "before_cursor_execute", lambda *args: seen.append(args[2]))
-        try:
-            nearest(connection, QUERIES[2], tenth=4)
-        finally:
-            items.dispatch.before_cursor_execute.clear()
-        assert sum("ORDER BY" in statement for statement in seen) == 1
-        # Kept no longer than a plan decision (here: not at all).
-        monkeypatch.setattr(semantic_module, "ESTIMATE_TTL_SECONDS", 0.0)
-        full_runs.clear()
-        for _ in range(3):
-            nearest(connection, QUERIES[2], tenth=6)
-        assert full_runs == [[6], [6], [6]]

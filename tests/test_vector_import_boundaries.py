@@ -11,7 +11,7 @@ HEAVY = ("torch", "transformers", "sentence_transformers", "optimum", "onnxrunti
 
 
 @pytest.mark.parametrize(
-    "module", ["semdb.orm", "semdb.search", "semdb.sync", "semdb.alembic", "semdb.cli.sql"]
+    "module", ["semdb.orm", "semdb.retrieval", "semdb.sync", "semdb.alembic", "semdb.cli.sql"]
 )
 def test_the_vector_layers_load_no_model_runtime(module: str) -> None:
     code = (

@@ -5,7 +5,7 @@
 >>> HNSW(halfvec=True)   # index a vector column as halfvec: half the index size
 
 Build-time options become the index's ``WITH (...)``; query-time options (``ef_search``,
-``probes``) are what :mod:`semdb.search` sets with ``SET LOCAL`` for each query.
+``probes``) are what :mod:`semdb.retrieval` sets with ``SET LOCAL`` for each query.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from semdb.protocols import TextEmbedder
-from semdb.search import hybrid_search, search
-from semdb.search.results import SearchResult
+from semdb.retrieval import hybrid_search, search
+from semdb.retrieval.results import SearchResult
 
 K = 5
 _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")

@@ -12,9 +12,10 @@ import sqlalchemy as sa
 
 from semdb.errors import SearchError
 from semdb.orm.columns import vector_column
-from semdb.search.plan import PlanRequest
-from semdb.search.results import SearchResult
-from semdb.search.semantic import Bind, connection_of, search
+from semdb.retrieval.nearest import connection_of, search
+from semdb.retrieval.plan import PlanRequest
+from semdb.retrieval.results import SearchResult
+from semdb.retrieval.settings import Bind
 
 
 def more_like_this(

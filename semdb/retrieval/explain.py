@@ -8,31 +8,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.sql.visitors import InternalTraversal
 
 
 class Explain(Executable, ClauseElement):
-    """``EXPLAIN (FORMAT JSON[, ANALYZE]) <statement>`` (cached like the statement itself)."""
+    """``EXPLAIN (FORMAT JSON[, ANALYZE]) <statement>``.
 
-    inherit_cache = True
-    _traverse_internals = [
-        ("statement", InternalTraversal.dp_clauseelement),
-        ("analyze", InternalTraversal.dp_boolean),
-    ]
+    Not cached (``inherit_cache = False``): SQLAlchemy compiles it on each use, which costs
+    less than the EXPLAIN's round trip, and a cache key would need SQLAlchemy's private
+    traversal attributes.
+    """
+
+    inherit_cache = False
 
     def __init__(self, statement: Executable, *, analyze: bool = False) -> None:
         self.statement = statement
         self.analyze = analyze
-
-    @property
-    def _all_selected_columns(self) -> list[Any]:
-        # what a cached compiled form maps result columns by: the one "QUERY PLAN" column
-        return [column("QUERY PLAN")]
 
 
 @compiles(Explain, "postgresql")

@@ -26,16 +26,30 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from semdb.errors import SearchError
 from semdb.orm.declaration import check_regconfig
 from semdb.orm.document import fulltext_document_sql, regconfig_sql
 from semdb.protocols import TextEmbedder
-from semdb.search.plan import PlanRequest
-from semdb.search.results import HybridHit, SearchResult
-from semdb.search.semantic import Bind, SemanticQuery, check_k, execute_search
+from semdb.retrieval.nearest import KnnSearch, connection_of
+from semdb.retrieval.plan import PlanRequest
+from semdb.retrieval.results import HybridHit, SearchResult
+from semdb.retrieval.settings import Bind, run_statement
+from semdb.retrieval.statement import (
+    check_k,
+    knn_statement,
+    query_parameter,
+    selects_one_entity,
+)
+from semdb.retrieval.vectors import query_vector
+from semdb.sync.registry import check_query_model
 
 DEFAULT_RRF_K = 60
+#: The most words a hybrid query text may hold: ``websearch_to_tsquery`` of 10,000 words
+#: takes seconds, and of 30,000 exceeds PostgreSQL's stack depth. The embedder reads at most
+#: 256 tokens of a text anyway.
+MAX_QUERY_WORDS = 256
 
 
 def hybrid_search(
@@ -59,40 +73,54 @@ def hybrid_search(
     The query vector is ``vector`` when given, else ``embedder.embed_query(text)``.
     ``fulltext``: the text search configuration (default: the column's, else english).
     ``where`` filters both legs. Hits are :class:`HybridHit` (score, and each leg's rank).
+    ``text`` holds at most :data:`MAX_QUERY_WORDS` words.
     """
     if not isinstance(text, str) or not text.strip():
         raise SearchError("hybrid search needs a non-empty query text", fix="pass the user's query")
+    if "\x00" in text:
+        raise SearchError(
+            "the hybrid query text holds a NUL character, which PostgreSQL text cannot hold",
+            fix="remove NUL characters from the query text",
+        )
+    words = len(text.split())
+    if words > MAX_QUERY_WORDS:
+        raise SearchError(
+            f"the hybrid query text has {words} words; at most {MAX_QUERY_WORDS} are searched",
+            fix=f"shorten the query to its first {MAX_QUERY_WORDS} words, or use semdb.search",
+        )
     check_k(k)
     if not isinstance(rrf_k, int) or isinstance(rrf_k, bool) or rrf_k < 0:
         raise SearchError(f"rrf_k must be a non-negative integer, got {rrf_k!r}", fix="use 60")
-    pool = candidates if candidates is not None else max(4 * k, 40)
-    check_k(pool)
-    semantic = SemanticQuery(
-        bind,
-        column,
-        vector if vector is not None else text,
-        k=pool,
-        where=where,
-        embedder=embedder,
-        ef_search=ef_search,
-        plan=plan,
-        exact_below=exact_below,
+    pool = check_k(candidates if candidates is not None else max(4 * k, 40), "candidates")
+    knn = KnnSearch.build(
+        column, k=pool, where=where, ef_search=ef_search, plan=plan, exact_below=exact_below
     )
-    target = semantic.target
+    target = knn.target
+    connection = connection_of(bind)
+    if vector is None and embedder is not None:
+        check_query_model(connection, target, embedder)
+    query_vec = query_vector(
+        target,
+        vector if vector is not None else text,
+        embedder,
+        argument="vector" if vector is not None else "query",
+    )
+    chosen = knn.plan(connection, {})
     config = check_regconfig(fulltext or target.spec.fulltext or "english")
-    table, key_names = target.table, [c.name for c in target.key]
+    key_names = [c.name for c in target.key]
 
-    # The semantic leg: the same statement search() would run, keys only.
-    path = semantic.plan.path
-    query = target.query_value(semantic.vector, for_index=path == "index")
-    distance = target.index_distance(query) if path == "index" else target.exact_distance(query)
-    semantic_top = sa.select(*target.key, distance.label("d")).select_from(table)
-    if semantic.where is not None:
-        semantic_top = semantic_top.where(semantic.where)
-    semantic_top_q = semantic_top.order_by(distance).limit(pool).subquery("semantic_top")
+    # The semantic leg: the statement search() would run, keys only.
+    semantic_top_q = knn_statement(
+        target,
+        sa.select(*target.key).select_from(target.table),
+        path=chosen.path,
+        k=pool,
+        where=knn.where,
+        query=query_parameter(target, chosen.path, query_vec),
+    ).subquery("semantic_top")
     semantic_ranked = sa.select(
         *[semantic_top_q.c[n] for n in key_names],
-        sa.func.row_number().over(order_by=semantic_top_q.c.d).label("rank"),
+        sa.func.row_number().over(order_by=semantic_top_q.c.distance).label("rank"),
     ).cte("semantic")
 
     # The full-text leg.
@@ -105,8 +133,8 @@ def hybrid_search(
     )
     rank = sa.func.ts_rank_cd(document, tsquery, type_=sa.Float)
     fulltext_top = sa.select(*target.key, rank.label("r")).where(document.op("@@")(tsquery))
-    if semantic.where is not None:
-        fulltext_top = fulltext_top.where(semantic.where)
+    if knn.where is not None:
+        fulltext_top = fulltext_top.where(knn.where)
     fulltext_top_q = fulltext_top.order_by(rank.desc()).limit(pool).subquery("fulltext_top")
     fulltext_ranked = sa.select(
         *[fulltext_top_q.c[n] for n in key_names],
@@ -133,21 +161,23 @@ def hybrid_search(
         )
         .subquery("fused")
     )
-    base = semantic.base
     statement = (
-        base.add_columns(fused.c.score, fused.c.semantic_rank, fused.c.fulltext_rank)
+        knn.base.add_columns(fused.c.score, fused.c.semantic_rank, fused.c.fulltext_rank)
         .join(fused, sa.and_(*[column == fused.c[column.name] for column in target.key]))
         .order_by(fused.c.score.desc(), *target.key)
         .limit(k)
     )
-    rows: list[Any] = execute_search(bind, semantic.connection, statement, semantic.settings(path))
+    rows: list[Any] = run_statement(
+        bind, connection, statement, None, chosen.settings, custom_plan=knn.filtered
+    )
+    one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
     hits = [
         HybridHit(
-            row[0] if semantic.single_entity else row,
+            row[0] if one_entity else row,
             float(row[-3]),
             None if row[-2] is None else int(row[-2]),
             None if row[-1] is None else int(row[-1]),
         )
         for row in rows
     ]
-    return SearchResult(hits, semantic.plan)
+    return SearchResult(hits, chosen)

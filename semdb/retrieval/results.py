@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from semdb.search.plan import SearchPlan
+from semdb.retrieval.plan import SearchPlan
 
 
 class Hit(NamedTuple):
-    """One result: ``row`` is the ORM object for ``select(Entity)`` searches, else the
-    SQLAlchemy ``Row`` (which also carries ``distance``, or ``score`` for hybrid search).
-    A named tuple (``for row, distance in hits``): a search makes k of them, and a frozen
-    dataclass costs five times as much to build."""
+    """One result, unpackable as ``for row, distance in hits``.
+
+    ``row`` is the ORM object when the search selects one entity (the default statement of an
+    ORM attribute such as ``Doc.embedding``, or ``statement=select(Doc)``) and runs on a
+    Session; otherwise it is the SQLAlchemy ``Row`` of the statement's columns, with
+    ``distance`` as its last column (``hit.row.title``, ``hit.row._mapping[docs.c.id]``).
+    """
 
     row: Any
     distance: float
 
 
 class HybridHit(NamedTuple):
-    """One hybrid result: the fused RRF ``score`` (larger is better) and each leg's rank
-    (None when that leg did not find the row)."""
+    """One hybrid result: the fused ``score`` (larger is better) and each leg's rank (None
+    when that leg did not find the row)."""
 
     row: Any
     score: float
@@ -28,7 +31,7 @@ class HybridHit(NamedTuple):
 
 
 class SearchResult(list[Any]):
-    """A list of hits, nearest first, with the :class:`SearchPlan` that produced them."""
+    """A list of hits, best first, with the :class:`SearchPlan` that produced them."""
 
     def __init__(self, hits: list[Any], plan: SearchPlan) -> None:
         super().__init__(hits)

@@ -1,0 +1,326 @@
+"""Which path a search runs, decided before it runs, and the settings that make it run.
+
+The choice: no filter -> the index (see :mod:`semdb.retrieval.statement` for the two
+paths). With a filter, the planner's own row estimate for it (``EXPLAIN`` of ``SELECT 1 FROM
+... WHERE filter``) is compared with ``exact_below`` rows, by default
+:data:`EXACT_BELOW_FACTOR` x sqrt(table rows): an exact search over that many rows is as
+fast as the iterative index scan (measured in ``bench/search.py``). Without iterative scans
+(pgvector < 0.8) a filtered search is always exact: the index would return fewer than k.
+
+On the index path the search sets, for its statement alone: ``hnsw.ef_search`` (at least k),
+``hnsw.iterative_scan = relaxed_order`` when a filter is present (the scan goes on until k
+rows pass) and ``enable_sort = off`` (the planner keeps the vector index instead of sorting
+what a btree found). Values equal to pgvector's defaults are not sent.
+
+When so many rows pass the filter that a plain HNSW scan (pgvector's defaults) finds k of
+them among its 40 candidates but for a small chance (:data:`PLAIN_SCAN_SHORTFALL`), that
+plain scan runs first, with no settings. If any index scan returns fewer than k rows, the
+search runs again the next way (iterative, then exact): k rows come back whenever k rows
+pass the filter.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from semdb.db.preflight import parse_version
+from semdb.errors import SearchError
+from semdb.orm.columns import VectorColumn
+from semdb.orm.indexes import HNSW
+from semdb.retrieval.explain import Explain, plan_root
+from semdb.retrieval.settings import custom_plans, savepoint
+from semdb.retrieval.statement import PlanPath
+
+PlanRequest = Literal["auto", "index", "exact"]
+
+#: Exact search is chosen when the filter passes at most ``EXACT_BELOW_FACTOR * sqrt(N)``
+#: rows of a table of N rows. Exact search costs about one distance (and one heap row) per
+#: passing row; the iterative index scan visits about k/selectivity graph nodes; the two meet
+#: where passing rows ~ sqrt(N). Measured with bench/query.py (MiniLM vectors of debdesc
+#: texts, 384-d, HNSW m=16 ef_construction=64, k=10, 2 CPU cores): the crossover was at
+#: ~2,000 passing rows of 26,850 and ~4,100 of 108,696, i.e. 12.2 and 12.4 x sqrt(N).
+EXACT_BELOW_FACTOR = 12.3
+#: pgvector's default ``hnsw.ef_search``: the candidates a plain HNSW scan considers.
+PGVECTOR_EF_SEARCH = 40
+#: The plain scan goes first when the chance that fewer than k of its candidates pass the
+#: filter is at most this, were the filter independent of the vectors. A shortfall costs a
+#: second scan; the plain scan saves the settings' round trips and the iterative scan's
+#: bookkeeping, so it pays while shortfalls stay rare.
+PLAIN_SCAN_SHORTFALL = 0.05
+#: pgvector's own defaults: settings equal to them are not sent.
+PGVECTOR_DEFAULTS = {
+    "hnsw.ef_search": str(PGVECTOR_EF_SEARCH),
+    "hnsw.iterative_scan": "off",
+    "ivfflat.probes": "1",
+    "ivfflat.iterative_scan": "off",
+}
+NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
+
+
+def exact_below_rows(table_rows: float) -> int:
+    """Passing rows at or below which exact search is as fast as the index, for a table."""
+    return max(1, round(EXACT_BELOW_FACTOR * math.sqrt(max(table_rows, 1.0))))
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What a search decided, and why (``result.plan``)."""
+
+    path: PlanPath
+    reason: str
+    estimated_rows: float | None = None
+    #: What the index path sets for its statement alone.
+    settings: Mapping[str, str] = field(default_factory=lambda: NO_SETTINGS)
+    fell_back_to_exact: bool = False
+    #: A plain index scan (no settings) runs first; the scan under :attr:`settings` only if
+    #: it returns fewer than k rows. In a result's plan: the plain scan gave the k rows.
+    plain_first: bool = False
+
+    @property
+    def first_settings(self) -> Mapping[str, str]:
+        """What the first statement runs under."""
+        return NO_SETTINGS if self.plain_first else self.settings
+
+
+def choose_plan(
+    connection: Connection,
+    target: VectorColumn,
+    *,
+    k: int,
+    filtered: bool,
+    filter_statement: Callable[[], sa.Select[Any]],
+    estimate_key: Any = None,
+    request: PlanRequest = "auto",
+    ef_search: int | None = None,
+    exact_below: int | None = None,
+) -> SearchPlan:
+    """Decide the path of one search (see the module). ``estimate_key`` identifies the
+    filter statement with its values when the caller knows it cheaply (else it is compiled)."""
+    if request not in ("auto", "index", "exact"):
+        raise SearchError(
+            f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"
+        )
+    if exact_below is not None and (
+        not isinstance(exact_below, int) or isinstance(exact_below, bool) or exact_below < 0
+    ):
+        raise SearchError(
+            f"exact_below must be a non-negative integer, got {exact_below!r}",
+            fix="leave it out (the default grows with the table)",
+        )
+    if target.spec.index is None and request != "index":
+        return SearchPlan("exact", f"{target.name} has no vector index declared")
+    if request == "exact":
+        return SearchPlan("exact", "asked for exact search")
+    iterative = supports_iterative_scan(connection)
+    settings = index_settings(target, k, ef_search, filtered=filtered, iterative=iterative)
+    if request == "index":
+        return SearchPlan("index", "asked for the index", None, settings)
+    if not filtered:
+        return SearchPlan("index", "no filter", None, settings)
+    if not iterative:
+        return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
+    estimated = estimate_rows(connection, filter_statement, key=estimate_key)
+    rows = table_rows(connection, target)
+    threshold = exact_below_rows(rows) if exact_below is None else exact_below
+    if estimated <= threshold:
+        return SearchPlan(
+            "exact",
+            f"about {estimated:.0f} rows pass the filter (<= {threshold}): exact is as fast",
+            estimated,
+        )
+    passing = estimated / max(rows, 1.0)
+    if _plain_scan_finds_k(target, k, ef_search, passing):
+        return SearchPlan(
+            "index",
+            f"about {estimated:.0f} rows pass the filter (> {threshold}, {passing:.0%} of the "
+            f"table): a plain index scan finds {k} among its {PGVECTOR_EF_SEARCH} candidates",
+            estimated,
+            settings,
+            plain_first=True,
+        )
+    return SearchPlan(
+        "index",
+        f"about {estimated:.0f} rows pass the filter (> {threshold}): iterative index scan",
+        estimated,
+        settings,
+    )
+
+
+def _plain_scan_finds_k(
+    target: VectorColumn, k: int, ef_search: int | None, passing: float
+) -> bool:
+    """Would a plain HNSW scan with pgvector's defaults find k passing rows among its
+    candidates, but for a chance of :data:`PLAIN_SCAN_SHORTFALL`? (The count that passes is
+    binomial if the filter is independent of the vectors.)"""
+    if not isinstance(target.spec.index, HNSW):
+        return False
+    if index_settings(target, k, ef_search, filtered=False, iterative=False):
+        return False  # an ef_search of its own: settings are sent anyway
+    n, p = PGVECTOR_EF_SEARCH, min(max(passing, 0.0), 1.0)
+    shortfall = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(min(k, n + 1)))
+    return shortfall <= PLAIN_SCAN_SHORTFALL
+
+
+def index_settings(
+    target: VectorColumn, k: int, ef_search: int | None, *, filtered: bool, iterative: bool
+) -> Mapping[str, str]:
+    """What the index path sets for its statement: what differs from pgvector's defaults,
+    plus ``enable_sort = off`` when a filter could tempt the planner into a btree + sort."""
+    index = target.spec.index
+    wanted: dict[str, str] = {}
+    if ef_search is not None and (
+        not isinstance(ef_search, int) or isinstance(ef_search, bool) or not 1 <= ef_search <= 1000
+    ):
+        raise SearchError(f"ef_search must be from 1 to 1000, got {ef_search!r}", fix="pass 40-400")
+    if isinstance(index, HNSW) or index is None:
+        ef = ef_search if ef_search is not None else (index.ef_search if index else 40)
+        wanted["hnsw.ef_search"] = str(min(1000, max(ef, k)))
+        if iterative:
+            wanted["hnsw.iterative_scan"] = "relaxed_order" if filtered else "off"
+    else:
+        probes = index.probes if ef_search is None else ef_search
+        wanted["ivfflat.probes"] = str(min(probes, index.lists))
+        if iterative:
+            wanted["ivfflat.iterative_scan"] = "relaxed_order" if filtered else "off"
+    settings = {
+        name: value for name, value in wanted.items() if PGVECTOR_DEFAULTS.get(name) != value
+    }
+    if filtered:
+        settings["enable_sort"] = "off"
+    return MappingProxyType(settings)
+
+
+# -- what the database says, kept for a while ------------------------------------------------
+
+_iterative_scan: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def supports_iterative_scan(connection: Connection) -> bool:
+    """pgvector 0.8+ in this database (looked up once per engine)."""
+    known = _iterative_scan.get(connection.engine)
+    if known is None:
+        version = connection.execute(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        ).scalar()
+        known = version is not None and parse_version(str(version)) >= (0, 8, 0)
+        _iterative_scan[connection.engine] = known
+    return known
+
+
+#: How long a row estimate (and a table's row count) is reused. The planner's estimate only
+#: changes when the table's statistics do (ANALYZE, autovacuum); asking again costs a round
+#: trip and a planning (about 0.3 ms, as much as a selective search itself).
+ESTIMATE_TTL_SECONDS = 60.0
+#: At most this many estimates are kept (the oldest go first): a bound on memory for
+#: applications whose filters take many values.
+ESTIMATES_KEPT = 4096
+
+
+class _Recent:
+    """Values kept for :data:`ESTIMATE_TTL_SECONDS`, at most :data:`ESTIMATES_KEPT`."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[Any, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> float | None:
+        item = self._items.get(key)
+        if item is not None and time.monotonic() - item[1] < ESTIMATE_TTL_SECONDS:
+            return item[0]
+        return None
+
+    def put(self, key: Any, value: float) -> None:
+        with self._lock:
+            self._items[key] = (value, time.monotonic())
+            self._items.move_to_end(key)
+            while len(self._items) > ESTIMATES_KEPT:
+                self._items.popitem(last=False)
+
+
+_estimates = _Recent()
+_engines: weakref.WeakKeyDictionary[Engine, object] = weakref.WeakKeyDictionary()
+
+
+def _engine_token(connection: Connection) -> object:
+    """A token per engine for cache keys (never reused, unlike ``id()``)."""
+    token = _engines.get(connection.engine)
+    if token is None:
+        token = _engines.setdefault(connection.engine, object())
+    return token
+
+
+def estimate_rows(
+    connection: Connection, statement: Callable[[], sa.Select[Any]], *, key: Any = None
+) -> float:
+    """The planner's estimate of how many rows ``statement()`` returns (not executed).
+
+    Kept per (engine, ``key``), ``key`` being by default the statement's SQL and values.
+    An error (a filter on a column the table lacks) is raised as a :class:`SearchError`
+    naming the filter; the caller's transaction stays usable (a savepoint).
+    """
+    query = None
+    if key is None:
+        query = statement()
+        compiled = query.compile(dialect=connection.dialect)
+        try:
+            key = (compiled.string, tuple(sorted(compiled.params.items())))
+            hash(key)
+        except TypeError:  # a value that cannot be a key (a list, a dict): not kept
+            key = None
+    cache_key = None if key is None else (_engine_token(connection), key)
+    if cache_key is not None:
+        known = _estimates.get(cache_key)
+        if known is not None:
+            return known
+    if query is None:
+        query = statement()
+    try:
+        with custom_plans(connection), savepoint(connection):
+            explained = connection.execute(Explain(query)).scalar()
+    except sa.exc.DBAPIError as exc:
+        cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise SearchError(
+            f"the search's filter cannot run: {cause} (filter: {_describe(query)})",
+            fix="check the filter: its columns and tables must exist in the database (a "
+            "migration not applied?) and its values must suit their columns",
+        ) from exc
+    rows = float(plan_root(explained)["Plan Rows"])
+    if cache_key is not None:
+        _estimates.put(cache_key, rows)
+    return rows
+
+
+def _describe(statement: sa.Select[Any]) -> str:
+    where = statement.whereclause
+    text = str(where) if where is not None else str(statement)
+    return " ".join(text.split())[:300]
+
+
+def table_rows(connection: Connection, target: VectorColumn) -> float:
+    """The planner's row count of the vector column's table (``pg_class.reltuples``), kept
+    for :data:`ESTIMATE_TTL_SECONDS`."""
+    key = (_engine_token(connection), "table", target.table)
+    known = _estimates.get(key)
+    if known is not None:
+        return known
+    name = str(connection.dialect.identifier_preparer.format_table(target.table))
+    rows = connection.execute(
+        sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
+    ).scalar()
+    if rows is None or rows < 0:  # never analysed: ask the planner
+        rows = estimate_rows(
+            connection, lambda: sa.select(sa.literal_column("1")).select_from(target.table)
+        )
+    _estimates.put(key, float(rows))
+    return float(rows)
