@@ -134,9 +134,13 @@ def resolve_model(engine: sa.Engine, ref: str) -> tuple[str, str, int]:
 
     A bare name means its active version, else its only one.
     """
+    from semdb.bundles.manifest import check_name
     from semdb.bundles.registry import list_registered
 
     name, _, version = ref.partition("@")
+    check_name(name)
+    if version or ref.endswith("@"):
+        check_name(version, "model version")
     rows = [r for r in list_registered(engine) if r.name == name]
     chosen = [r for r in rows if r.version == version] if version else rows
     if not version and len(rows) > 1:
