@@ -483,3 +483,31 @@ def test_backfill_fills_the_shadow_too(docs: sa.Engine, models: dict[str, Any]) 
     Worker(docs, models["tiny@2"]).run(until_empty=True)  # the queue: all fresh, skipped
     finish_activation(docs, activation)
     assert_all_made_by(docs, models["tiny@2"])
+
+
+def test_an_activation_whose_filling_session_is_killed_still_switches(
+    docs: sa.Engine, models: dict[str, Any]
+) -> None:
+    """``activate(embedder=...)`` (``semdb model activate --embed``) fills the shadow with a
+    worker: the server ends that worker's session mid-fill, it reconnects, nothing is lost,
+    and the switch happens."""
+    killed = threading.Event()
+
+    class KillOnce(Recording):
+        def embed(self, texts: Any, *, kind: str = "document") -> np.ndarray:
+            if not killed.is_set():
+                killed.set()
+                with docs.connect() as admin:
+                    admin.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'semdb worker%'"
+                        )
+                    )
+                    admin.commit()
+            return super().embed(texts, kind=kind)
+
+    wide = models["wide@1"]
+    done = activate(docs, COLUMN, "wide@1", embedder=KillOnce(wide), batch_size=8)
+    assert killed.is_set() and done.status == "switched"
+    assert_all_made_by(docs, wide)

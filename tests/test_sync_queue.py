@@ -428,3 +428,36 @@ def test_backfill_writes_every_row_but_the_one_whose_write_fails(
         assert "row 13 refused" in errors[0][3] and errors[0][4].startswith("backfill ")
     # Once the cause is gone, the next backfill writes it.
     assert semdb.backfill(posts, Post.embedding, tiny_embedder).embedded == 1
+
+
+def test_a_backfill_whose_session_is_killed_says_so_and_resumes(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The server ends backfill's session mid-run: a clear error (no half-written batch),
+    and the next run embeds the rest."""
+    import semdb
+
+    insert(posts, range(40))
+    calls = 0
+
+    class KillOnSecondBatch(Recording):
+        def embed(self, texts: Any, *, kind: str = "document") -> np.ndarray:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                with posts.connect() as admin:
+                    admin.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'semdb backfill%'"
+                        )
+                    )
+                    admin.commit()
+            return super().embed(texts, kind=kind)
+
+    with pytest.raises(SyncError, match="run it again") as lost:
+        semdb.backfill(posts, Post.embedding, KillOnSecondBatch(tiny_embedder), batch_size=10)
+    assert "connection" in lost.value.one_line()
+    assert sum(vector is not None for vector, _, _ in stored(posts).values()) == 10
+    assert semdb.backfill(posts, Post.embedding, tiny_embedder).embedded == 30
+    assert_all_fresh(posts, tiny_embedder)

@@ -274,6 +274,7 @@ class EmbeddedServer:
         self._prepare_permissions()
         if not self.initialised:
             self._initdb()
+        self._remove_stale_pid_file()
         self._start_server()
         self._ensure_database()
 
@@ -382,6 +383,27 @@ class EmbeddedServer:
                     "no data you need, or set SEMDB_DATABASE_URL to another server",
                 )
             time.sleep(0.05)
+
+    def _remove_stale_pid_file(self) -> None:
+        """A ``postmaster.pid`` left by a server that died (SIGKILL, a crash, a container
+        restart) names a pid that another process may have now; PostgreSQL takes a live
+        process of its own user for another postmaster and refuses to start. No server runs
+        on this data (the caller holds the lock and found none ready): unless that pid is a
+        postgres process, the file is stale."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            process = psutil.Process(pid)
+            if process.name() == "postgres" or "postgres" in " ".join(process.cmdline()):
+                return  # a postgres: let it say whether it is this data's
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        except psutil.AccessDenied:
+            return
+        lock.unlink(missing_ok=True)
 
     def _socket_setting(self) -> str:
         """``unix_socket_directories`` is a comma-separated list: the folder goes in double

@@ -130,7 +130,40 @@ def backfill(
     model = model_tag(embedder)
     stats = BackfillStats(column=target.name)
     started = time.perf_counter()
-    with psycopg.connect(libpq_uri(engine.url)) as connection:
+    try:
+        _run(engine, target, embedder, model, batch_size, stats, on_progress, on_total)
+    except psycopg.OperationalError as exc:
+        if not _connection_lost(exc):
+            raise
+        raise SyncError(
+            f"backfill of {target.name} lost its database connection after {stats.embedded} "
+            f"rows ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); the "
+            "batch in hand was rolled back",
+            fix="run it again: it resumes with the rows still missing or stale",
+        ) from exc
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """A lost session (terminated, server gone), not a lock timeout or a cancel."""
+    return not isinstance(exc, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
+
+
+def _run(
+    engine: sa.Engine,
+    target: SyncTarget,
+    embedder: TextEmbedder,
+    model: str,
+    batch_size: int,
+    stats: BackfillStats,
+    on_progress: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
+) -> None:
+    uri = libpq_uri(engine.url)
+    with psycopg.connect(
+        uri, application_name=f"semdb backfill {worker_name()}"[:63]
+    ) as connection:
         stats.stale_at_start = count_stale(connection, target, model)
         connection.commit()
         if on_total is not None:
@@ -188,5 +221,3 @@ def backfill(
             stats.skipped += len(written) - sum(written) - len(refused)
             if on_progress is not None:
                 on_progress(len(rows))
-    stats.seconds = time.perf_counter() - started
-    return stats
