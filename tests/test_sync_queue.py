@@ -461,3 +461,26 @@ def test_a_backfill_whose_session_is_killed_says_so_and_resumes(
     assert sum(vector is not None for vector, _, _ in stored(posts).values()) == 10
     assert semdb.backfill(posts, Post.embedding, tiny_embedder).embedded == 30
     assert_all_fresh(posts, tiny_embedder)
+
+
+def test_a_row_the_application_keeps_locked_does_not_hold_the_worker(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The application holds a lock on one row for longer than the worker's lock_timeout:
+    that row's write fails alone (recorded, retried later), the others are written, and the
+    worker does not wait for the application's transaction."""
+    import semdb
+
+    insert(posts, range(20))
+    with posts.connect() as application:
+        application.execute(sa.select(TABLE.c.id).where(TABLE.c.id == 13).with_for_update())
+        started = time.monotonic()
+        worker = semdb.Worker(posts, tiny_embedder, lock_timeout_seconds=0.3, backoff_seconds=60)
+        stats = worker.run(until_empty=True)
+        assert time.monotonic() - started < 20
+        application.rollback()
+    assert stats.embedded == 19 and stats.failed == 1 and stats.given_up == 0
+    errors = recorded_errors(posts)
+    assert [(e[0], e[1], e[2]) for e in errors] == [("13", 1, False)]
+    assert "LockNotAvailable" in errors[0][3]
+    assert queue_size(posts) == 1  # retried after its backoff

@@ -22,6 +22,13 @@ from semdb.db import create_engine
     "--max-attempts", default=5, show_default=True, help="Attempts before giving up on a row."
 )
 @click.option(
+    "--lock-timeout",
+    default=10.0,
+    show_default=True,
+    help="Seconds a vector write waits for a row the application keeps locked; then that row "
+    "is retried later.",
+)
+@click.option(
     "--until-empty", is_flag=True, help="Stop when the queue is empty (else run until SIGTERM)."
 )
 def worker(
@@ -31,6 +38,7 @@ def worker(
     batch_size: int,
     poll: float,
     max_attempts: int,
+    lock_timeout: float,
     until_empty: bool,
 ) -> None:
     """Embed queued rows: claims with FOR UPDATE SKIP LOCKED, writes in bulk, retries failures.
@@ -51,6 +59,7 @@ def worker(
             batch_size=batch_size,
             poll_seconds=poll,
             max_attempts=max_attempts,
+            lock_timeout_seconds=lock_timeout,
         )
         install_signal_handlers(runner)
         last_report = [time.monotonic()]

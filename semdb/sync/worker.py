@@ -66,7 +66,9 @@ class Worker:
     """Embeds the queued rows of the registered columns of one model.
 
     ``columns``: names (``table.column`` or ``schema.table.column``) to limit the work to;
-    default: every registered column of ``embedder.model_name``.
+    default: every registered column of ``embedder.model_name``. ``lock_timeout_seconds``:
+    how long writing a vector waits for a row lock the application holds before that row's
+    write counts as failed (retried later with backoff).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Worker:
         backoff_seconds: float = 2.0,
         backoff_cap_seconds: float = 600.0,
         idle_in_transaction_timeout_seconds: int = 600,
+        lock_timeout_seconds: float = 10.0,
     ) -> None:
         if batch_size < 1:
             raise SyncError(f"batch_size must be positive, got {batch_size}", fix="use 64-512")
@@ -97,6 +100,9 @@ class Worker:
         self.backoff_seconds = backoff_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
         self.idle_timeout_ms = int(idle_in_transaction_timeout_seconds * 1000)
+        # A row the application keeps locked fails its write after this long (recorded and
+        # retried like any failed write) instead of holding the worker and its claims.
+        self.lock_timeout_ms = max(1, int(lock_timeout_seconds * 1000))
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._connection: psycopg.Connection[Any] | None = None
@@ -119,7 +125,8 @@ class Worker:
             self._connection = psycopg.connect(
                 self.uri,
                 application_name=f"semdb worker {worker_name()}"[:63],
-                options=f"-c idle_in_transaction_session_timeout={self.idle_timeout_ms}",
+                options=f"-c idle_in_transaction_session_timeout={self.idle_timeout_ms} "
+                f"-c lock_timeout={self.lock_timeout_ms}",
             )
             self.targets = self._load_targets(reload=self._loaded)
             self._loaded = True
