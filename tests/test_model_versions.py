@@ -171,3 +171,39 @@ def test_inline_sync_binds_a_registered_column_at_its_first_flush(
     with tables.connect() as connection:
         tags = connection.execute(sa.select(Memo.id, Memo.embedding_model)).all()
     assert tags == [(1, "tiny@1")]
+
+
+def test_the_upgrade_binds_columns_that_hold_one_version(empty_database_url: Any) -> None:
+    """Columns registered and embedded before this release are bound by the migration to
+    the one version their vectors carry; a column mixing two is left unbound."""
+    from semdb.db.migrate import upgrade
+
+    engine = semdb.create_engine(empty_database_url)
+    try:
+        upgrade(engine, "0003_activations")
+        with engine.begin() as connection:
+            for table, tags in (
+                ("one_version", ["tiny@1", "tiny@1", None]),
+                ("two", ["tiny@1", "tiny@2"]),
+            ):
+                connection.execute(
+                    sa.text(
+                        f"CREATE TABLE {table} (id int PRIMARY KEY, body text, "
+                        "embedding vector(32), embedding_model text, embedding_hash bytea)"
+                    )
+                )
+                operations(connection).create_embedding_sync(
+                    table, "embedding", sources=["body"], model="tiny", dimension=DIM
+                )
+                for i, tag in enumerate(tags):
+                    connection.execute(
+                        sa.text(
+                            f"INSERT INTO {table} (id, body, embedding_model) VALUES (:i, 'x', :t)"
+                        ),
+                        {"i": i, "t": tag},
+                    )
+        upgrade(engine)
+        assert bound_version(engine, "one_version") == "1"
+        assert bound_version(engine, "two") is None
+    finally:
+        engine.dispose()

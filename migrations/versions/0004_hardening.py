@@ -10,6 +10,10 @@ through ``%I``/``%L`` or is an integer or a ``regclass``. Both functions set
 functions they name are pg_catalog's and pgvector's, whatever schemas the caller put first
 (``pg_temp`` last, so a temporary object never shadows them).
 
+Registered columns bound to no model version whose stored vectors carry one version of their
+model are bound to it (``model_version``), as semdb now binds columns at their first
+embedding.
+
 Revision ID: 0004_hardening
 Revises: 0003_activations
 Create Date: 2026-12-02
@@ -18,8 +22,10 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 from psycopg import sql
 
@@ -47,6 +53,45 @@ def upgrade() -> None:
     path = _search_path()
     op.execute(RRF_SCORE.replace("@SEARCH_PATH@", path))
     op.execute(HYBRID_SEARCH.replace("@SEARCH_PATH@", path))
+    _bind_model_versions()
+
+
+def _bind_model_versions() -> None:
+    """One column, one model version: a registered column bound to no version whose stored
+    vectors all carry one version of its model is bound to it (semdb binds new columns at
+    their first embedding). A column already holding several versions is left unbound, and
+    named."""
+    bind = op.get_bind()
+    rows = bind.exec_driver_sql(
+        "SELECT id, table_schema, table_name, column_name, model, model_column "
+        "FROM semdb.vector_columns WHERE model_version IS NULL AND shadow_of IS NULL"
+    ).all()
+    for column_id, schema, table_name, column_name, model, model_column in rows:
+        qualified = ".".join(sql.Identifier(n).as_string(None) for n in (schema, table_name))
+        found = bind.execute(
+            sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": qualified}
+        ).scalar()
+        if not found:
+            continue
+        table = sa.table(table_name, sa.column(model_column, sa.Text), schema=schema)
+        tag = table.c[model_column]
+        tags = bind.execute(sa.select(tag).where(tag.isnot(None)).distinct().limit(3)).scalars()
+        versions = {str(t).partition("@")[2] for t in tags if str(t).startswith(f"{model}@")}
+        if len(versions) == 1:
+            bind.execute(
+                sa.text("UPDATE semdb.vector_columns SET model_version = :v WHERE id = :id"),
+                {"v": versions.pop(), "id": column_id},
+            )
+        elif len(versions) > 1:
+            logging.getLogger("alembic.runtime.migration").warning(
+                "semdb: %s.%s.%s holds vectors of several versions of %s (%s): it stays unbound "
+                "until semdb model activate moves it to one",
+                schema,
+                table_name,
+                column_name,
+                model,
+                ", ".join(sorted(versions)),
+            )
 
 
 def downgrade() -> None:
