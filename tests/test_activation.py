@@ -511,3 +511,44 @@ def test_an_activation_whose_filling_session_is_killed_still_switches(
     done = activate(docs, COLUMN, "wide@1", embedder=KillOnce(wide), batch_size=8)
     assert killed.is_set() and done.status == "switched"
     assert_all_made_by(docs, wide)
+
+
+def test_an_activation_whose_shadow_write_fails_for_one_row_says_so(
+    docs: sa.Engine, models: dict[str, Any]
+) -> None:
+    """A trigger of the application's refuses one row's shadow vector: the other rows are
+    filled, the failing one is recorded and retried, then the activation stops with an error
+    naming semdb.errors; the column keeps its old model, and once the cause is gone
+    activating again switches."""
+    with docs.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE FUNCTION act_refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.id = 13 AND NEW.body IS NOT DISTINCT FROM OLD.body THEN "
+                "RAISE EXCEPTION 'row 13 refused'; END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            sa.text(
+                f"CREATE TRIGGER act_refuse_13 BEFORE UPDATE ON {TABLE} "
+                "FOR EACH ROW EXECUTE FUNCTION act_refuse_13()"
+            )
+        )
+    wide = models["wide@1"]
+    try:
+        started = time.monotonic()
+        with pytest.raises(SyncError, match="1 row.*cannot be embedded.*semdb.errors"):
+            activate(docs, COLUMN, "wide@1", embedder=wide, poll_seconds=0.1, backoff_seconds=0.05)
+        assert time.monotonic() - started < 60
+        assert_all_made_by(docs, models["tiny@1"])  # not switched
+        with docs.connect() as connection:
+            errors = connection.execute(
+                sa.text("SELECT DISTINCT key->>'id', error FROM semdb.errors")
+            ).all()
+        assert len(errors) == 1 and errors[0][0] == "13" and "row 13 refused" in errors[0][1]
+    finally:
+        with docs.begin() as connection:
+            connection.execute(sa.text(f"DROP TRIGGER act_refuse_13 ON {TABLE}"))
+            connection.execute(sa.text("DROP FUNCTION act_refuse_13()"))
+    assert activate(docs, COLUMN, "wide@1", embedder=wide).status == "switched"
+    assert_all_made_by(docs, wide)
