@@ -205,17 +205,21 @@ def files_under(folder: Path) -> set[Path]:
 
 
 @PROPERTY
-@given(name=hostile, command=st.sampled_from(["import", "register", "activate", "status"]))
+@given(
+    name=hostile,
+    command=st.sampled_from(["import", "register", "activate", "status", "worker", "backfill"]),
+)
 @example(name="name\n", command="import")  # "$" of a regular expression takes a last "\n"
 @example(name="name\n", command="register")
 @example(name="'; CREATE TABLE property_canary(); --", command="activate")
-def test_hostile_names_given_to_model_commands_are_refused_cleanly(
+def test_hostile_names_given_to_commands_are_refused_cleanly(
     engine: sa.Engine, store: Path, tmp_path: Path, name: str, command: str
 ) -> None:
-    """``semdb model import --name``, ``register``, ``activate`` and ``status --column``
-    with a name that is not a safe name: exit status 1 (or 2 for what click reads as an
-    option), one line naming the problem, no traceback; no file or folder made anywhere
-    (the store included), no row or table in the database."""
+    """``semdb model import --name``, ``register``, ``activate``, ``status --column``,
+    ``semdb worker --column`` and ``semdb backfill --column`` with a name that is not a safe
+    name: exit status 1 (or 2 for what click reads as an option), one line naming the
+    problem, no traceback; no file or folder made anywhere (the store included), no row or
+    table in the database."""
     assume(not SAFE_NAME.fullmatch(name) and not name.startswith("-"))
     source = tmp_path / "model-folder"
     source.mkdir(exist_ok=True)
@@ -224,6 +228,8 @@ def test_hostile_names_given_to_model_commands_are_refused_cleanly(
         "register": ["model", "register", name],
         "activate": ["model", "activate", name, "--column", "property_rows.embedding"],
         "status": ["model", "status", "--column", name],
+        "worker": ["worker", "--column", name, "--until-empty"],
+        "backfill": ["backfill", "--column", name],
     }[command]
     before_db = database_state(engine)
     before_files = files_under(tmp_path)
