@@ -75,7 +75,7 @@ class QueryBatcher:
         *,
         max_batch: int | None = None,
         wait_ms: float = 2.0,
-        max_concurrent: int = 1,
+        max_concurrent: int = 2,
     ) -> None:
         self.embedder = embedder
         if max_batch is None:

@@ -102,3 +102,8 @@ class TextTypeError(SemdbError, TypeError):
 class BindTypeError(SemdbError, TypeError):
     """A search was given something other than the Session or Connection it runs on (an
     AsyncSession to a synchronous call, or the reverse)."""
+
+
+class MonitorError(SemdbError):
+    """``semdb monitor`` cannot do what was asked (a drift snapshot of too few rows, a
+    database without semdb's monitoring tables)."""

@@ -18,6 +18,7 @@ values: plan chosen (:mod:`.plan`), statement of the path run (:mod:`.settings`)
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from semdb.errors import BindTypeError, SearchError
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval.explain import Explain, plan_root
+from semdb.retrieval.observers import OBSERVERS, searched
 from semdb.retrieval.plan import NO_SETTINGS, PlanRequest, SearchPlan, choose_plan
 from semdb.retrieval.results import Hit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
@@ -191,6 +193,7 @@ class KnnSearch:
         estimate_key: Any = None,
     ) -> SearchResult:
         """The hits for ``query`` with the filter's parameters set to ``values``."""
+        started = time.perf_counter()
         connection = connection_of(bind)
         if isinstance(query, str) and embedder is not None:
             # The model the column holds now (an activation may have switched it).
@@ -223,7 +226,12 @@ class KnnSearch:
             rows.sort(key=lambda row: row[-1])  # relaxed_order scans are nearly sorted
         one_entity = isinstance(bind, Session) and selects_one_entity(self.base)
         hits = [Hit(row[0] if one_entity else row, float(row[-1])) for row in rows]
-        return SearchResult(hits, plan)
+        result = SearchResult(hits, plan)
+        if OBSERVERS:  # the opt-in query log (semdb.monitor.query_log)
+            searched(
+                self, connection, parameters[QUERY_VECTOR], result, time.perf_counter() - started
+            )
+        return result
 
     def _rows(
         self,

@@ -36,10 +36,14 @@ class SearchResult(list[Any]):
     def __init__(self, hits: list[Any], plan: SearchPlan) -> None:
         super().__init__(hits)
         self.plan = plan
+        #: The query log's name for this search (for relevance feedback), when it was logged.
+        self.query_id: int | None = None
 
     def within(self, max_distance: float | None) -> SearchResult:
         """The hits at most ``max_distance`` away (all of them for None), same plan."""
         if max_distance is None:
             return self
         limit = float(max_distance)
-        return SearchResult([hit for hit in self if hit.distance <= limit], self.plan)
+        within = SearchResult([hit for hit in self if hit.distance <= limit], self.plan)
+        within.query_id = self.query_id
+        return within

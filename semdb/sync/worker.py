@@ -31,6 +31,7 @@ from semdb.db.url import libpq_uri
 from semdb.errors import DimensionMismatchError, SyncError
 from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
+from semdb.sync.activity import BatchObserver, after_batch, snapshot
 from semdb.sync.claim import Claimed, claim
 from semdb.sync.registration import TargetChanged, hold_registration
 from semdb.sync.registry import bind_model_version, registered, version_refusal
@@ -109,6 +110,8 @@ class Worker:
         self.targets: list[SyncTarget] = []
         self._reload = False
         self._loaded = False
+        #: Called with a BatchReport after each batch (semdb.sync.activity).
+        self.observers: list[BatchObserver] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -243,14 +246,18 @@ class Worker:
             if self.stopping:
                 break
             try:
-                total += self._batch(connection, target)
+                before, started = snapshot(self.stats), time.perf_counter()
+                claimed = self._batch(connection, target)
+                total += claimed
+                if claimed:
+                    elapsed = time.perf_counter() - started
+                    after_batch(self, connection, target, claimed, before, elapsed)
             except TargetChanged as exc:
                 log.warning("%s", exc)
                 self.targets.remove(target)
                 self._reload = True
-            except (
-                SCHEMA_CHANGED
-            ) as exc:  # the table changed under the worker: leave it, keep the others going
+            except SCHEMA_CHANGED as exc:
+                # the table changed under the worker: leave it, keep the others going
                 log.warning("%s cannot be synced any more (%s): skipped", target.name, exc)
                 self.targets.remove(target)
         return total
