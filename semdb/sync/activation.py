@@ -140,9 +140,13 @@ def resolve_model(engine: sa.Engine, ref: str) -> tuple[str, str, int]:
 
     A bare name means its active version, else its only one.
     """
+    from semdb.bundles.manifest import check_name
     from semdb.bundles.registry import list_registered
 
     name, _, version = ref.partition("@")
+    check_name(name)
+    if version or ref.endswith("@"):
+        check_name(version, "model version")
     rows = [r for r in list_registered(engine) if r.name == name]
     chosen = [r for r in rows if r.version == version] if version else rows
     if not version and len(rows) > 1:
@@ -874,10 +878,14 @@ def activate(
     batch_size: int = 128,
     on_progress: Callable[[Activation, Progress], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    max_attempts: int = 5,
+    backoff_seconds: float = 2.0,
 ) -> Activation:
     """Start (or resume) switching ``column`` to ``model`` and, with ``wait``, see it through:
     wait for the workers to fill the shadow (or fill it here with ``embedder``, the new
-    model's), build its indexes, switch. Without ``wait``, return once it is started."""
+    model's), build its indexes, switch. Without ``wait``, return once it is started.
+    ``max_attempts`` and ``backoff_seconds``: the filling worker's retries of a failing row
+    (with ``embedder``); a row that still fails stops the activation with an error."""
     from semdb.protocols import model_tag
     from semdb.sync.worker import Worker
 
@@ -900,7 +908,12 @@ def activate(
                     on_progress(activation, activation_progress(engine, activation))
 
             worker = Worker(
-                engine, embedder, columns=[activation.shadow.name], batch_size=batch_size
+                engine,
+                embedder,
+                columns=[activation.shadow.name],
+                batch_size=batch_size,
+                max_attempts=max_attempts,
+                backoff_seconds=backoff_seconds,
             )
             worker.run(until_empty=True, on_batch=report)
         progress = activation_progress(engine, activation)
@@ -927,5 +940,5 @@ def activate(
                 fix=f"run workers of the new model (semdb worker --model {activation.to_model}), "
                 "then semdb model activate again (it resumes)",
             )
-        if embedder is None:
-            time.sleep(poll_seconds)
+        # Workers fill the shadow (or, with embedder, rows back off before their next try).
+        time.sleep(poll_seconds)
