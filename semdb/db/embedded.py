@@ -426,7 +426,6 @@ class EmbeddedServer:
     def _ensure_database(self) -> None:
         import psycopg
         from psycopg import sql
-
         from psycopg.conninfo import make_conninfo
 
         # quoted by psycopg: a socket folder may hold spaces and quotes
