@@ -53,6 +53,44 @@ def _vector_cache() -> Path:
     return semdb_home() / "cache" / "vectors"
 
 
+def general_options(command: Any) -> Any:
+    """--general DIR (repeat), --general-split, --forgetting-bound: shared by train and eval."""
+    command = click.option(
+        "--forgetting-bound",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Points of nDCG@10 a general set may lose against the base model.",
+    )(command)
+    command = click.option(
+        "--general-split",
+        default="test",
+        show_default=True,
+        help="qrels split of the general sets.",
+    )(command)
+    return click.option(
+        "--general",
+        multiple=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="A BEIR folder from another domain, to measure forgetting on (repeat).",
+    )(command)
+
+
+def load_general_sets(folders: tuple[Path, ...], split: str, bound: float) -> dict[str, Any]:
+    """name -> RetrievalSet for each general folder; bad input fails here, before any work."""
+    from training.blend import check_bound
+    from training.data import load_beir
+
+    check_bound(bound)
+    sets: dict[str, Any] = {}
+    for folder in folders:
+        name = f"{folder.name}/{split}"
+        if name in sets:
+            raise SemdbError(f"two general sets are both named {name}", fix="give each folder once")
+        sets[name] = load_beir(folder, split)
+    return sets
+
+
 # --- semdb train --------------------------------------------------------------------------
 
 
@@ -137,6 +175,21 @@ def _vector_cache() -> Path:
     "--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --output.")
+@general_options
+@click.option(
+    "--general-queries",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Queries per general set scored for the blend curve (at most; seeded sample).",
+)
+@click.option(
+    "--general-corpus",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Documents per general set for the blend curve: the queries' own and random others.",
+)
 def train_command(
     data: str,
     output: Path,
@@ -161,6 +214,11 @@ def train_command(
     time_budget: float | None,
     resume: bool,
     overwrite: bool,
+    general: tuple[Path, ...],
+    general_split: str,
+    forgetting_bound: float,
+    general_queries: int,
+    general_corpus: int,
 ) -> None:
     """Fine-tune a text encoder on DATA: a BEIR folder, a .jsonl file, or an SQL query.
 
@@ -173,6 +231,11 @@ def train_command(
     Pairs are deduplicated and split (seeded) into train and validation; training stops
     early when the validation nDCG@10 stops improving. Runs unchanged under torchrun:
     torchrun --nproc_per_node=2 -m semdb train DATA ...
+
+    With --general DIR (BEIR folders from other domains), the run then blends the base and
+    fine-tuned weights, (1 - a) * base + a * fine-tuned for a = 0, 0.1, ..., 1, and keeps the
+    a with the best validation nDCG@10 among those losing at most --forgetting-bound points
+    on every general set: RUN/blended (what semdb export takes), RUN/blend.json, blend.png.
     """
     _quiet_libraries()
     from training.config import TrainConfig, check_output_dir, default_base_model, world
@@ -202,12 +265,26 @@ def train_command(
     # Mistakes fail before torch loads: an earlier run in the way, data that cannot be read.
     if not overwrite:
         check_output_dir(config)
+    general_sets = load_general_sets(general, general_split, forgetting_bound)
     training_data = load_source(data, split=split)
+    if general_sets and validation_fraction <= 0:
+        raise SemdbError(
+            "--general needs in-domain validation queries to choose the blend",
+            fix="give --validation-fraction above 0",
+        )
     require_training_stack()
-    from training.fine_tune import MiningOptions, fine_tune
+    from training.fine_tune import BlendOptions, MiningOptions, fine_tune
 
     mining = MiningOptions(depth=negative_depth, margin=negative_margin, cache_dir=_vector_cache())
-    result = fine_tune(training_data, config, mining=mining)
+    blend = None
+    if general_sets:
+        blend = BlendOptions(
+            general=general_sets,
+            bound=forgetting_bound,
+            queries=general_queries,
+            corpus=general_corpus,
+        )
+    result = fine_tune(training_data, config, mining=mining, blend=blend)
     if world()[0] != 0:
         return
     before, best = result.validation_start, result.best_metric
@@ -221,7 +298,29 @@ def train_command(
         )
     click.echo(f"model: {result.model_dir}")
     click.echo(f"metrics log: {result.metrics_log}")
+    if result.blend is not None:
+        _report_blend(output)
     click.echo(f"next: semdb export {output} --name NAME, then semdb eval NAME DATA --split test")
+
+
+def _report_blend(output: Path) -> None:
+    import json
+
+    from rich.console import Console
+
+    from training.blend import BLEND_FILE, BLENDED_DIR, PLOT_FILE, BlendReport, curve_table
+
+    report = BlendReport.from_json(json.loads((output / BLEND_FILE).read_text()))
+    Console(width=140).print(curve_table(report))
+    click.echo(f"rule: {report.rule} (bound {report.bound:g} points)")
+    if report.chosen < 1.0:
+        click.echo(
+            f"chosen: a = {report.chosen:.1f}, written to {output / BLENDED_DIR} "
+            "(semdb export takes it; --blend 1 exports the fine-tuned model as it is)"
+        )
+    else:
+        click.echo("chosen: a = 1.0, the fine-tuned model as it is (no general set lost too much)")
+    click.echo(f"curve: {output / BLEND_FILE}, plot: {output / PLOT_FILE}")
 
 
 # --- semdb eval ---------------------------------------------------------------------------
