@@ -67,21 +67,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--general-dir", type=Path, default=ROOT / "runs" / "stdlib-general")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "bench-forgetting")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "forgetting.json")
-    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--validation-queries", type=int, default=200)
-    parser.add_argument("--validation-corpus", type=int, default=600)
+    parser.add_argument("--validation-queries", type=int, default=150)
+    parser.add_argument("--validation-corpus", type=int, default=400)
     parser.add_argument("--general-dev", type=int, default=300, help="general queries in dev")
-    parser.add_argument("--general-corpus", type=int, default=600, help="docs for the curve")
+    parser.add_argument("--general-queries", type=int, default=200, help="dev queries scored")
+    parser.add_argument("--general-corpus", type=int, default=400, help="docs for the curve")
     parser.add_argument("--curve-max-tokens", type=int, default=128)
     parser.add_argument("--bound", type=float, default=1.0)
-    parser.add_argument("--test-queries", type=int, default=500)
-    parser.add_argument("--test-corpus", type=int, default=2000)
-    parser.add_argument(
-        "--general-test-queries", type=int, default=None, help="sample the general test set"
-    )
+    parser.add_argument("--test-queries", type=int, default=400)
+    parser.add_argument("--test-corpus", type=int, default=1200)
+    parser.add_argument("--general-test-queries", type=int, default=400)
+    parser.add_argument("--general-test-corpus", type=int, default=800)
     parser.add_argument("--test-curve", action="store_true", help="score every a on test")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-training", action="store_true", help="reuse --output's run")
@@ -210,7 +210,7 @@ def main() -> None:
         max_seq_length=args.max_seq_length,
         hard_negatives=0,
         seed=args.seed,
-        evaluations=2,
+        evaluations=1,
         early_stopping_patience=None,
         max_validation_queries=args.validation_queries,
         validation_corpus_size=args.validation_corpus,
@@ -219,7 +219,7 @@ def main() -> None:
     options = BlendOptions(
         general={"stdlib/dev": general_dev},
         bound=args.bound,
-        queries=args.general_dev,
+        queries=args.general_queries,
         corpus=args.general_corpus,
         max_tokens=args.curve_max_tokens,
     )
@@ -244,7 +244,7 @@ def main() -> None:
     }
     if args.general_test_queries:
         test_sets["stdlib/test"] = sample_test(
-            test_sets["stdlib/test"], args.general_test_queries, 10**9, args.seed
+            test_sets["stdlib/test"], args.general_test_queries, args.general_test_corpus, args.seed
         )
     alphas = [0.0, 1.0] if chosen in (0.0, 1.0) else [0.0, chosen, 1.0]
     if args.test_curve:
