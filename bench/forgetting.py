@@ -1,7 +1,10 @@
 """Forgetting benchmark: fine-tune on one domain, measure another, blend to keep both.
 
-    python bench/forgetting.py                    # the run bench/results/forgetting.json holds
+    OMP_NUM_THREADS=1 python bench/forgetting.py   # the run in bench/results/forgetting.json
     python bench/forgetting.py --max-steps 30 --test-queries 100 --test-corpus 400  # a look
+
+(On a shared 2-core machine one torch thread trained ~5x faster than two: 4-6 s a step
+against 20-30 s, the threads spinning against other processes.)
 
 1. **In-domain data**: debdesc (../shared/data/debdesc, Debian package descriptions; the query
    is a package's one-line summary, the document its long description). Training reads
@@ -14,9 +17,10 @@
    starting line number for an object.") and **its document is the rest of the docstring**,
    titled with the qualified name (``inspect.getsourcelines``): the summary itself is not in
    the document, so the query must be matched to what the body says. Summaries that occur
-   twice (inherited docstrings) are dropped. The ~1,200 pairs are split, seeded, into
-   ``qrels/dev.tsv`` (300 queries: they choose the blend) and ``qrels/test.tsv`` (the rest:
-   they only report). Written to ``--general-dir`` (default runs/stdlib-general).
+   twice (inherited docstrings) are dropped. The 1,209 pairs (Python 3.11) are split,
+   seeded, into ``qrels/dev.tsv`` (300 queries: they choose the blend) and
+   ``qrels/test.tsv`` (909: they only report). Written to ``--general-dir`` (default
+   runs/stdlib-general).
 3. ``semdb train``'s path (:func:`training.fine_tune.fine_tune` with ``BlendOptions``):
    all-MiniLM-L6-v2, MultipleNegativesRankingLoss with in-batch negatives (no mined
    negatives: mining encodes 25k documents), then the blend curve a = 0, 0.1, ..., 1 on the
@@ -24,8 +28,9 @@
    (:mod:`training.blend`, bound 1 point).
 4. The base (a = 0), the fine-tuned model (a = 1) and the chosen blend are scored on debdesc
    test and on the general test queries by semdb's evaluator (PyTorch encoder, exact top 100
-   in memory). On a 2-core machine debdesc test is scored on a seeded sample: ``--test-queries``
-   queries against their own documents and random others, ``--test-corpus`` in all.
+   in memory). On a 2-core machine both are scored on seeded samples: ``--test-queries``
+   queries against their own documents and random others, ``--test-corpus`` in all (and
+   ``--general-test-queries``, ``--general-test-corpus``); texts cut at 128 tokens.
    ``--test-curve`` scores every a on the test sets too.
 
 Targets (issue 23): the chosen blend keeps at least 80% of the fine-tuned model's in-domain
