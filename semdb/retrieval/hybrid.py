@@ -251,6 +251,7 @@ def hybrid_search(
 
 def _normalised(value: Any) -> sa.ColumnElement[float]:
     """``(v - min) / (max - min)`` over the leg's rows (1 when they are all equal)."""
-    low = sa.func.min(value).over()
-    high = sa.func.max(value).over()
-    return sa.func.coalesce((value - low) / sa.func.nullif(high - low, 0.0), 1.0, type_=sa.Float)
+    low = sa.func.min(value, type_=sa.Float).over()
+    high = sa.func.max(value, type_=sa.Float).over()
+    spread = sa.func.nullif(high - low, 0.0, type_=sa.Float)
+    return sa.func.coalesce((value - low) / spread, 1.0, type_=sa.Float)
