@@ -23,8 +23,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
 from bench.data import DEBDESC
 
@@ -70,6 +72,55 @@ def debdesc() -> RetrievalSet:
     return RetrievalSet("debdesc", ids, docs, queries, test, validation)
 
 
+def stdlib(engine: Any) -> RetrievalSet:
+    """The vocabulary-mismatch set, built from this interpreter's standard library.
+
+    Every documented class, function and method whose docstring has a summary paragraph of
+    at least 4 words and a rest of at least 15 words (duplicates dropped) gives a document,
+    the rest of its docstring (cut at 2,000 characters), and a candidate query, its summary.
+    A query is kept only when it shares at most one term (PostgreSQL's english
+    configuration, the BM25 leg's own analysis) with its document: paraphrase-like queries
+    that word matching cannot answer but meaning can. Every document stays in the corpus.
+    Queries are split by a hash of their name: 30% validation (tuning), 70% test.
+    """
+    from semdb.quickstart.stdlib_docs import stdlib_docs
+
+    docs: dict[str, str] = {}
+    summaries: dict[str, str] = {}
+    seen: set[str] = set()
+    for entry in stdlib_docs():
+        if entry.kind == "module":
+            continue
+        paragraphs = [p.strip() for p in entry.doc.split("\n\n") if p.strip()]
+        rest = " ".join(" ".join(paragraphs[1:]).split())[:2000]
+        summary = " ".join(entry.summary.split())
+        if len(summary.split()) < 4 or len(rest.split()) < 15 or rest in seen:
+            continue
+        seen.add(rest)
+        docs[entry.qualname] = rest
+        if summary not in summaries.values():
+            summaries[entry.qualname] = summary
+    names = sorted(summaries)
+    with engine.connect() as connection:
+        shared = connection.execute(
+            sa.text(
+                "SELECT n, (SELECT count(*) FROM unnest(tsvector_to_array(to_tsvector("
+                "'english', q))) AS t WHERE t = ANY(tsvector_to_array(to_tsvector('english', d)))) "
+                "FROM unnest(CAST(:n AS text[]), CAST(:q AS text[]), CAST(:d AS text[])) "
+                "AS x(n, q, d)"
+            ),
+            {"n": names, "q": [summaries[n] for n in names], "d": [docs[n] for n in names]},
+        ).all()
+    kept = sorted(name for name, count in shared if count <= 1)
+    queries = {f"q:{name}": summaries[name] for name in kept}
+    test, validation = {}, {}
+    for name in kept:
+        bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10
+        (validation if bucket < 3 else test)[f"q:{name}"] = {name}
+    ids = sorted(docs)
+    return RetrievalSet("stdlib", ids, [docs[i] for i in ids], queries, test, validation)
+
+
 def embedder():  # type: ignore[no-untyped-def]
     from semdb.embed import Embedder
 
@@ -110,6 +161,14 @@ def set_vectors(data: RetrievalSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "debdesc"
-    data = {"debdesc": debdesc}[name]()
+    if name == "stdlib":
+        from bench.common import engine
+
+        data = stdlib(engine())
+        print(
+            len(data.docs), "documents", len(data.test), "test", len(data.validation), "validation"
+        )
+    else:
+        data = debdesc()
     docs, queries = set_vectors(data)
     print(docs.shape, len(queries))

@@ -184,6 +184,23 @@ def keyword_document(target: VectorColumn, config: str) -> sa.ColumnElement[Any]
     return sa.func.to_tsvector(regconfig_sql(config), fulltext_document_sql(target.sources))
 
 
+def split_terms(terms: QueryTerms, k1: float) -> tuple[list[int], list[int]]:
+    """The query's terms split for pruning (indexes into ``terms.terms``): the essential ones
+    (the rarest) and the rest, the most common terms whose contributions together are at
+    most what the rarest term alone gives a typical row (its idf). A row holding only the
+    rest scores at most ``(k1 + 1) * sum(idf)`` over them."""
+    order = sorted(range(len(terms.terms)), key=lambda i: (-terms.idfs[i], terms.terms[i]))
+    rest: list[int] = []
+    bound = 0.0
+    for i in reversed(order[1:]):
+        if bound + (k1 + 1) * terms.idfs[i] > terms.idfs[order[0]]:
+            break
+        bound += (k1 + 1) * terms.idfs[i]
+        rest.append(i)
+    essential = [i for i in order if i not in rest]
+    return essential, rest
+
+
 def bm25_ranking(
     target: VectorColumn,
     base: sa.Select[Any],
@@ -195,21 +212,16 @@ def bm25_ranking(
     b: float,
 ) -> sa.Select[Any]:
     """``(key..., score, rank)`` of the ``limit`` best rows by BM25 among those passing
-    ``where`` in ``base``'s FROM (its joins filter too)."""
+    ``where`` in ``base``'s FROM (its joins filter too).
+
+    Exact top ``limit`` with pruning (MaxScore): the rows holding an essential term are
+    scored first; the rows holding only common terms are read only when their best possible
+    score could still enter the top ``limit`` (a one-time filter: PostgreSQL skips that
+    scan when the ``limit``-th score so far is above the bound). Each row's tsvector is
+    computed from its text once per scan, which is what a search costs.
+    """
     document = keyword_document(target, terms.config)
-    tsquery = sa.cast(sa.bindparam("semdb_tsquery", terms.tsquery, sa.Text), TSQUERY)
-    matches = document.op("@@")(tsquery)
-    candidates = base.with_only_columns(
-        *target.key, document.label("tv"), maintain_column_froms=True
-    ).where(matches)
-    if where is not None:
-        candidates = candidates.where(where)
-    cte = candidates.cte("bm25_candidates").prefix_with("MATERIALIZED")
-    tv = cte.c.tv
     term_array = sa.bindparam("semdb_terms", terms.terms, ARRAY(sa.Text))
-    # The row's tsvector cut to the query's terms: the other terms deleted (all in C).
-    only_terms = sa.func.ts_delete(tv, sa.func.tsvector_to_array(sa.func.ts_delete(tv, term_array)))
-    postings = sa.func.unnest(only_terms).table_valued("lexeme", "positions", "weights").alias("u")
     query = (
         sa.func.unnest(term_array, sa.bindparam("semdb_idfs", terms.idfs, ARRAY(sa.Float)))
         .table_valued("term", "idf")
@@ -219,23 +231,74 @@ def bm25_ranking(
     def number(value: float) -> sa.ColumnElement[float]:
         return sa.literal(value, sa.Float, literal_execute=True)
 
-    tf = sa.cast(sa.func.array_length(postings.c.positions, 1), sa.Float)
-    length = sa.cast(sa.func.length(tv), sa.Float)
-    norm = number(k1 * (1 - b)) + number(k1 * b / max(terms.average_length, 1e-9)) * length
-    score = sa.func.sum(query.c.idf * tf * number(k1 + 1) / (tf + norm), type_=sa.Float)
-    key = [cte.c[c.name] for c in target.key]
+    def tsquery(indexes: list[int], name: str) -> Any:
+        text = QueryTerms(terms.config, [terms.terms[i] for i in indexes], [], 0.0).tsquery
+        return sa.cast(sa.bindparam(name, text, sa.Text), TSQUERY)
+
+    def scored(indexes: list[int], name: str, gate: Any = None) -> sa.Select[Any]:
+        """The rows holding any of ``terms[indexes]``, each scored on every query term."""
+        candidates = base.with_only_columns(
+            *target.key, document.label("tv"), maintain_column_froms=True
+        ).where(document.op("@@")(tsquery(indexes, f"semdb_tsquery_{name}")))
+        if where is not None:
+            candidates = candidates.where(where)
+        if gate is not None:
+            candidates = candidates.where(gate)
+        cte = candidates.cte(f"bm25_{name}").prefix_with("MATERIALIZED")
+        tv = cte.c.tv
+        # The row's tsvector cut to the query's terms: the other terms deleted (all in C).
+        only_terms = sa.func.ts_delete(
+            tv, sa.func.tsvector_to_array(sa.func.ts_delete(tv, term_array))
+        )
+        postings = (
+            sa.func.unnest(only_terms).table_valued("lexeme", "positions", "weights").alias("u")
+        )
+        tf = sa.cast(sa.func.array_length(postings.c.positions, 1), sa.Float)
+        length = sa.cast(sa.func.length(tv), sa.Float)
+        norm = number(k1 * (1 - b)) + number(k1 * b / max(terms.average_length, 1e-9)) * length
+        score = sa.func.sum(query.c.idf * tf * number(k1 + 1) / (tf + norm), type_=sa.Float)
+        key = [cte.c[c.name] for c in target.key]
+        return (
+            sa.select(*key, score.label("score"))
+            .select_from(cte)
+            .join(postings, sa.true())
+            .join(query, postings.c.lexeme == query.c.term)
+            .group_by(*key)
+        )
+
+    essential, rest = split_terms(terms, k1)
+    top = sa.literal_column(str(limit), sa.Integer)
+    if not rest:
+        union = scored(essential, "all").subquery("bm25_scored")
+    else:
+        first = scored(essential, "essential").order_by(sa.desc("score")).limit(top)
+        first_cte = first.cte("bm25_first")
+        kth = (
+            sa.select(sa.func.min(first_cte.c.score))
+            .having(sa.func.count() >= limit)
+            .scalar_subquery()
+        )
+        bound = sum((k1 + 1) * terms.idfs[i] for i in rest)
+        # read the rows holding only common terms unless none of them can reach the top
+        gate = sa.or_(kth.is_(None), kth <= number(bound))
+        second = scored(rest, "rest", gate)
+        both = sa.union_all(sa.select(first_cte), second).subquery("bm25_both")
+        union = (
+            sa.select(
+                *[both.c[c.name] for c in target.key], sa.func.max(both.c.score).label("score")
+            )
+            .group_by(*[both.c[c.name] for c in target.key])
+            .subquery("bm25_scored")
+        )
+    key = [union.c[c.name] for c in target.key]
     return (
         sa.select(
             *key,
-            score.label("score"),
-            sa.func.row_number().over(order_by=[score.desc(), *key]).label("rank"),
+            union.c.score,
+            sa.func.row_number().over(order_by=[union.c.score.desc(), *key]).label("rank"),
         )
-        .select_from(cte)
-        .join(postings, sa.true())
-        .join(query, postings.c.lexeme == query.c.term)
-        .group_by(*key)
-        .order_by(score.desc(), *key)
-        .limit(sa.literal_column(str(limit), sa.Integer))
+        .order_by(union.c.score.desc(), *key)
+        .limit(top)
     )
 
 
