@@ -438,3 +438,190 @@ def test_a_column_without_statistics_is_refused(engine: sa.Engine) -> None:
             semdb.keyword_search(session, Other.embedding, "x")
     finally:
         Other.__table__.drop(engine)
+
+
+def test_pruned_rankings_stay_exact(notes: sa.Engine) -> None:
+    """A word in every row and a word in five: the rows holding only the common word cannot
+    reach a top 3 and are skipped; a top 10 needs them. Both equal the full BM25 ranking."""
+    with Session(notes) as session:
+        session.execute(sa.update(Note).values(body=Note.body + " common"))
+        session.execute(
+            sa.update(Note)
+            .where(Note.id.in_([5, 50, 150, 250, 299]))
+            .values(body=Note.body + " zanzibar")
+        )
+        docs = lexemes(session.connection())
+        expected = reference_bm25(docs, ["zanzibar", "common"])
+        want = [i for i, _ in sorted(expected.items(), key=lambda item: (-item[1], item[0]))]
+        for k in (3, 5, 10, 40):
+            hits = semdb.keyword_search(session, Note.embedding, "zanzibar common", k=k)
+            assert [h.row.id for h in hits] == want[:k]
+            assert [h.score for h in hits] == pytest.approx([expected[i] for i in want[:k]])
+        session.rollback()
+
+
+def test_the_migration_operation_installs_and_removes_the_statistics(
+    empty_database_url: Any,
+) -> None:
+    """op.create_embedding_sync(..., keyword=True) on a table with rows: statistics counted,
+    kept by the triggers, keyword search works; its reverse removes triggers and rows;
+    semdb's own schema downgrades past 0005 and back."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from semdb.alembic.operations import CreateEmbeddingSyncOp
+    from semdb.db.migrate import downgrade, upgrade
+
+    engine = semdb.create_engine(empty_database_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    'CREATE TABLE "my docs" (id int PRIMARY KEY, "ti:tle" text, body text, '
+                    "e vector(3), e_model text, e_hash bytea)"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO \"my docs\" VALUES (1, 'Rare words', 'a body', NULL, NULL, "
+                    "NULL), (2, NULL, 'another body', NULL, NULL, NULL)"
+                )
+            )
+            operations = Operations(MigrationContext.configure(connection))
+            operations.create_embedding_sync(
+                "my docs",
+                "e",
+                sources=["ti:tle", "body"],
+                model="m",
+                dimension=3,
+                mode="manual",
+                keyword=True,
+            )
+            connection.execute(sa.text("INSERT INTO \"my docs\" (id, body) VALUES (3, 'body')"))
+            counts = connection.execute(
+                sa.text("SELECT documents, total_length FROM semdb.bm25_stats")
+            ).one()
+            assert tuple(counts) == (3, 3 + 2 + 1)  # {rare, word, bodi}, {anoth, bodi}, {bodi}
+            terms = dict(
+                connection.execute(sa.text("SELECT term, documents FROM semdb.bm25_terms")).all()
+            )
+            assert terms == {"rare": 1, "word": 1, "bodi": 3, "anoth": 1}
+            rows = (
+                connection.execute(
+                    sa.text(
+                        "SELECT (h.item).id FROM semdb.keyword_search(NULL::\"my docs\", 'e', "
+                        "'rare bodies') AS h"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            assert rows[0] == 1 and sorted(rows) == [1, 2, 3]
+            created = CreateEmbeddingSyncOp(
+                "my docs",
+                "e",
+                sources=["ti:tle", "body"],
+                model="m",
+                dimension=3,
+                mode="manual",
+                keyword=True,
+            )
+            operations.invoke(created.reverse())
+            assert (
+                connection.execute(sa.text("SELECT count(*) FROM semdb.bm25_terms")).scalar() == 0
+            )
+            triggers = connection.execute(
+                sa.text("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'semdb_bm25%'")
+            ).scalar()
+            assert triggers == 0
+        assert downgrade(engine, "0003_activations") == "0003_activations"
+        with engine.connect() as connection:  # 0002's hybrid_search is back
+            assert (
+                connection.execute(
+                    sa.text("SELECT count(*) FROM pg_proc WHERE proname = 'hybrid_search'")
+                ).scalar()
+                == 1
+            )
+            assert (
+                connection.execute(sa.text("SELECT to_regclass('semdb.bm25_stats')")).scalar()
+                is None
+            )
+        assert upgrade(engine) == "0005_bm25"
+    finally:
+        engine.dispose()
+
+
+def test_semdb_tune_hybrid_on_a_beir_folder(
+    engine: sa.Engine, tiny_bundle: Any, tiny_embedder: Any, tmp_path: Any
+) -> None:
+    """The command embeds the validation queries with the column's model, stores its
+    choice, and hybrid_search uses it; no validation split: one line saying what to do."""
+    import json
+
+    from .conftest import run_semdb
+
+    class Page(Base):
+        __tablename__ = "keyword_pages"
+        id: Mapped[str] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        embedding: Mapped[np.ndarray | None] = embedding_column(
+            "body", model="tiny", dimension=32, sync="manual", fulltext="english"
+        )
+
+    bodies = {f"p{i}": f"{WORDS[i % 20]} {WORDS[(i * 7) % 20]} page {i}" for i in range(60)}
+    Page.__table__.create(engine)
+    try:
+        vectors = tiny_embedder.embed(list(bodies.values()))
+        with engine.begin() as connection:
+            semdb.copy_rows(
+                connection,
+                Page,
+                {"id": list(bodies), "body": list(bodies.values()), "embedding": vectors},
+                model="tiny@1",
+            )
+            register(connection, SyncTarget.from_column(Page.embedding))
+            semdb.install_keyword_stats(connection, Page.embedding)
+        (tmp_path / "qrels").mkdir()
+        queries = {f"q{i}": f"{WORDS[i % 20]} {WORDS[(i * 7) % 20]}" for i in range(0, 60, 6)}
+        (tmp_path / "queries.jsonl").write_text(
+            "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items())
+        )
+        (tmp_path / "qrels" / "validation.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\tp{q[1:]}\t1\n" for q in queries)
+        )
+        result = run_semdb(
+            "tune-hybrid",
+            str(tmp_path),
+            "--column",
+            "keyword_pages.embedding",
+            "--model",
+            str(tiny_bundle),
+        )
+        assert result.returncode == 0, result.stderr
+        assert (
+            "10 queries" in result.stdout and "stored for keyword_pages.embedding" in result.stdout
+        )
+        with Session(engine) as session:
+            hits = semdb.hybrid_search(
+                session, Page.embedding, queries["q0"], embedder=tiny_embedder, k=5
+            )
+            assert hits.fusion.source == "stored" and len(hits) == 5
+            assert f"chosen: {hits.fusion.method}" in result.stdout
+        missing = run_semdb(
+            "tune-hybrid",
+            str(tmp_path),
+            "--column",
+            "keyword_pages.embedding",
+            "--split",
+            "dev",
+            "--model",
+            str(tiny_bundle),
+        )
+        assert missing.returncode == 1 and "dev.tsv does not exist" in missing.stderr
+        assert "never tune on test" in missing.stderr
+    finally:
+        with engine.begin() as connection:
+            semdb.uninstall_keyword_stats(connection, Page.embedding)
+            connection.execute(unregister_statement(SyncTarget.from_column(Page.embedding)))
+        Page.__table__.drop(engine)
