@@ -244,6 +244,10 @@ def test_bad_arguments_name_the_culprit(notes: sa.Engine) -> None:
                 semdb.keyword_search(session, Note.embedding, "red", **kwargs)
         with pytest.raises(SearchError, match="at most 256"):
             semdb.keyword_search(session, Note.embedding, "red " * 300)
+        with pytest.raises(SearchError, match="NUL character"):
+            semdb.keyword_search(session, Note.embedding, "red\x00circle")
+        with pytest.raises(SearchError, match="must be a string"):
+            semdb.keyword_search(session, Note.embedding, None)  # type: ignore[arg-type]
         for kwargs, culprit in [
             ({"fusion": "max"}, "fusion must be one of"),
             ({"weights": (1,)}, "weights must be a pair"),

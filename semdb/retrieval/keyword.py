@@ -83,6 +83,11 @@ def check_text(text: Any) -> str:
             f"the query text must be a string, got {type(text).__name__}",
             fix="pass the user's query as a str",
         )
+    if "\x00" in text:
+        raise SearchError(
+            "the query text holds a NUL character, which PostgreSQL text cannot hold",
+            fix="remove NUL characters from the query text",
+        )
     words = len(text.split())
     if words > MAX_QUERY_WORDS:
         raise SearchError(
