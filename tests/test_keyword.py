@@ -329,6 +329,10 @@ def test_the_sql_function_gives_the_same_keyword_rows(notes: sa.Engine) -> None:
             ", fusion => 'convex', semantic_weight => 0.6, keyword_weight => 0.4",
         ),
         ({"fusion": "convex", "candidates": 7}, ", candidates => 7, fusion => 'convex'"),
+        (
+            {"fusion": "rrf", "weights": (1.0, 0.0)},
+            ", fusion => 'rrf', semantic_weight => 1, keyword_weight => 0",
+        ),
     ],
 )
 def test_the_sql_function_gives_the_same_hybrid_rows(
@@ -354,7 +358,7 @@ def test_the_sql_function_gives_the_same_hybrid_rows(
             assert [(r.semantic_rank, r.keyword_rank) for r in rows] == [
                 (h.semantic_rank, h.keyword_rank) for h in hits
             ]
-            if text == "the of":  # no term: the semantic leg's order
+            if text == "the of" or options.get("weights") == (1.0, 0.0):  # the semantic leg's order
                 assert all(h.keyword_rank is None for h in hits)
                 assert [h.semantic_rank for h in hits] == list(range(1, 13))
 

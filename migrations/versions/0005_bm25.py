@@ -307,7 +307,7 @@ AS $fn$
                           CASE spec.index_storage WHEN 'halfvec' THEN 'halfvec' ELSE 'vector' END,
                           spec.dimension::integer);
     END IF;
-    IF terms.terms IS NULL THEN
+    IF terms.terms IS NULL OR keyword_weight = 0 THEN  -- no term, or no weight: no leg
         bm25 := 'SELECT NULL::tid AS tid, NULL::bigint AS rank, NULL::float8 AS score WHERE false';
     END IF;
     PERFORM set_config('hnsw.ef_search', least(greatest(pool, 40), 1000)::text, true);

@@ -15,8 +15,9 @@ A leg that did not find a row adds 0. The k best fused scores come back, ties br
 the semantic rank, then the key. With no stored choice and no ``fusion=``: ``rrf``, weights
 1 and 1, ``rrf_k`` 60. ``result.fusion`` says which fusion ran and where it came from.
 A text without any term (stopwords, punctuation) leaves the keyword leg empty: the result
-is the semantic leg's order. ``semdb.hybrid_search`` (SQL, installed by ``semdb db
-upgrade``) runs the same statement from psql.
+is the semantic leg's order; so does a keyword weight of 0 (the leg is not run).
+``semdb.hybrid_search`` (SQL, installed by ``semdb db upgrade``) runs the same statement
+from psql.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ def hybrid_search(
         _normalised(-distance).label("norm"),
     ).cte("semantic")
 
-    # The keyword leg: BM25 of the same rows (empty when the text has no term).
-    if terms.terms:
+    # The keyword leg: BM25 of the same rows (empty when the text has no term, or when the
+    # fusion gives it no weight: then it could only add rows scored 0 after the others).
+    if terms.terms and chosen_fusion.keyword_weight > 0:
         ranked = bm25_ranking(target, knn.base, knn.where, terms, limit=pool, k1=k1, b=b)
         ranked_q = ranked.subquery("keyword_top")
         keyword = sa.select(
