@@ -16,13 +16,15 @@ bound at execution, the planner settings set once on its connection:
 - ``hand iterative``: the same with ``SET hnsw.iterative_scan = relaxed_order``;
 - ``hand exact``: ``ORDER BY cosine_distance(embedding, :q)``: no index can serve it.
 
-``hand best`` is, per selectivity, the fastest of them that returned k rows at recall@10 >=
-0.95: the plan a user would pick by hand after measuring. semdb's side:
+``hand best`` is, per selectivity, the fastest of them that returned k rows at semdb's
+recall@10 (within 0.01): the plan a user would pick by hand after measuring. semdb's side:
 
 - ``semdb``: ``semdb.search(connection, docs.c.embedding, q, k=10, where=docs.c.bucket < t,
-  statement=select(docs.c.id))``, the filter built on each call as an application writes it,
-  the plan chosen by semdb; ``semdb index`` and ``semdb exact`` force a path (the crossover
-  that EXACT_BELOW_FACTOR encodes);
+  statement=select(docs.c.id))``, the filter and statement built once per selectivity as the
+  hand-written statements are, the plan chosen by semdb; ``semdb per call``: the filter built
+  anew for each query, as a one-off call is written (what SQLAlchemy's construction of an
+  expression adds); ``semdb index`` and ``semdb exact`` force a path (the crossover that
+  EXACT_BELOW_FACTOR encodes);
 - ``semdb prepared``: a ``semdb.PreparedSearch`` built once, run with ``t=...``.
 
 Every search runs on a connection of its own, in a transaction that is rolled back after it
@@ -223,14 +225,18 @@ def semdb_runner(
     plan: str,
     paths: Counter[str] | None,
     embed: Any = None,
+    per_call: bool = False,
 ) -> Any:
     import semdb
 
     connection = engine.connect()
     ids = sa.select(table.c.id)
+    built = None if threshold is None else table.c.bucket < threshold
 
     def run(query: Any) -> list[int]:
-        where = None if threshold is None else table.c.bucket < threshold
+        where = built
+        if per_call and threshold is not None:  # as a one-off call is written
+            where = table.c.bucket < threshold
         hits = semdb.search(
             connection,
             table.c.embedding,
@@ -371,6 +377,9 @@ def main() -> None:
         paths: Counter[str] = Counter()
         runners["semdb"] = semdb_runner(engine, table, threshold, "auto", paths)
         runners["semdb prepared"] = prepared_runner(engine, table, threshold)
+        runners["semdb per call"] = semdb_runner(
+            engine, table, threshold, "auto", None, per_call=True
+        )
         runners["semdb index"] = semdb_runner(engine, table, threshold, "index", None)
         runners["semdb exact"] = semdb_runner(engine, table, threshold, "exact", None)
         seconds, found = measure(runners, list(query_vectors))
@@ -385,12 +394,16 @@ def main() -> None:
                 "recall": recall(found[name], query_vectors, kth, vectors, position, mask),
                 "rows": float(np.mean([len(ids) for ids in found[name]])),
             }
-        eligible = [h for h in hands if row[h]["rows"] >= wanted and row[h]["recall"] >= 0.95]
+        # The plan a user would pick: the fastest that returns k rows at semdb's recall (within
+        # 0.01: 2 of 200 queries missing one row of ten).
+        floor = min(0.95, row["semdb"]["recall"]) - 0.01
+        eligible = [h for h in hands if row[h]["rows"] >= wanted and row[h]["recall"] >= floor]
         best = max(eligible, key=lambda h: row[h]["qps"]) if eligible else None
         row["hand_best"] = best
         if best:
             row["semdb_vs_hand"] = row["semdb"]["qps"] / row[best]["qps"]
             row["prepared_vs_hand"] = row["semdb prepared"]["qps"] / row[best]["qps"]
+            row["per_call_vs_hand"] = row["semdb per call"]["qps"] / row[best]["qps"]
             # Text queries: the query embedded, then the search; semdb against embed + hand best.
             text_runners = {
                 "hand text": functools.partial(
@@ -413,7 +426,7 @@ def main() -> None:
             text_runners["semdb text"].connection.close()
         for plan in hands.values():
             plan.connection.close()
-        for name in ("semdb", "semdb prepared", "semdb index", "semdb exact"):
+        for name in ("semdb", "semdb prepared", "semdb per call", "semdb index", "semdb exact"):
             runners[name].connection.close()
         results.append(row)
         print({k: v for k, v in row.items() if not isinstance(v, dict)})
@@ -424,6 +437,7 @@ def main() -> None:
         "hand exact",
         "semdb",
         "semdb prepared",
+        "semdb per call",
         "semdb index",
         "semdb exact",
     ]
@@ -453,6 +467,7 @@ def main() -> None:
             "hand best",
             "vector: semdb",
             "vector: prepared",
+            "vector: per call",
             "text p50 hand ms",
             "text p50 semdb ms",
             "text p50",
@@ -465,6 +480,7 @@ def main() -> None:
                 r["hand_best"] or "-",
                 ratio(r.get("semdb_vs_hand")),
                 ratio(r.get("prepared_vs_hand")),
+                ratio(r.get("per_call_vs_hand")),
                 r.get("hand text", {}).get("p50_ms", "-"),
                 r.get("semdb text", {}).get("p50_ms", "-"),
                 ratio(r.get("text_p50_speed")),

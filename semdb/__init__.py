@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from semdb.bundles import Bundle
 from semdb.db import EmbeddedServer, create_engine, resolve_url
 from semdb.errors import SemdbError
+from semdb.monitor import query_log
 from semdb.orm import (
     HNSW,
     Distance,
@@ -57,6 +58,7 @@ __all__ = [
     "install_keyword_stats",
     "keyword_search",
     "more_like_this",
+    "query_log",
     "resolve_url",
     "search",
     "uninstall_keyword_stats",

@@ -70,6 +70,11 @@ class VectorTypeError(SemdbError, TypeError):
     """Something that is neither a text nor an array of real numbers was given as a vector."""
 
 
+class DatasetError(SemdbError):
+    """Evaluation or training data (a BEIR folder, JSON lines, a training query) that semdb
+    cannot read or use."""
+
+
 class SearchError(SemdbError):
     """A search cannot run as asked (no query vector, no embedder, a bad argument)."""
 
@@ -97,3 +102,8 @@ class TextTypeError(SemdbError, TypeError):
 class BindTypeError(SemdbError, TypeError):
     """A search was given something other than the Session or Connection it runs on (an
     AsyncSession to a synchronous call, or the reverse)."""
+
+
+class MonitorError(SemdbError):
+    """``semdb monitor`` cannot do what was asked (a drift snapshot of too few rows, a
+    database without semdb's monitoring tables)."""

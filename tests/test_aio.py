@@ -143,6 +143,7 @@ def test_concurrent_query_texts_are_embedded_together(notes: sa.Engine, tiny_emb
 
     async def main() -> list[Any]:
         engine = async_engine(notes)
+        semdb.aio.batcher(recording, max_batch=32)  # on a CPU the default embeds one by one
 
         async def one(text: str) -> Any:
             async with AsyncSession(engine) as session:

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
+from semdb.db import libpq_uri
 from semdb.embed import Embedder
 from semdb.embed.providers import cuda_listed
 
@@ -181,3 +183,24 @@ def test_import_of_the_default_model_again_only_registers_it(
     assert f"{DEFAULT_MODEL} 1 is already in the store" in result.stdout
     assert "in the database as model id" in result.stdout
     assert sorted(p.name for p in (home / "models" / DEFAULT_MODEL).iterdir()) == before
+
+
+def test_import_into_a_fresh_database_creates_semdb_schema_and_registers(
+    tiny_model_dir: Path, tmp_path: Path, empty_database_url: URL
+) -> None:
+    """A new user's first command: a fresh SEMDB_HOME and a database semdb never migrated.
+    The bundle is saved, semdb's schema created (as `semdb db upgrade` would) and the model
+    registered; `semdb model list` then reads it from the registry."""
+    env = {"SEMDB_HOME": str(tmp_path), "SEMDB_DATABASE_URL": libpq_uri(empty_database_url)}
+    result = run_semdb(
+        "model", "import", str(tiny_model_dir), "--name", "first", "--precision", "fp32", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "created semdb's schema" in result.stdout
+    assert "registered in the database as model id" in result.stdout
+    listed = run_semdb("model", "list", env={**env, "COLUMNS": "200"})
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "first" in line)
+    assert "registered" in row
+    status = run_semdb("db", "status", env={**env, "COLUMNS": "200"})
+    assert "up to date" in status.stdout, status.stdout + status.stderr

@@ -86,3 +86,53 @@ def test_a_package_never_imports_what_its_wall_forbids(package: str, forbidden: 
                 continue
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_no_semdb_module_outside_the_cli_imports_the_training_package() -> None:
+    """Training depends on semdb, never the reverse: every module of semdb (but semdb.cli,
+    whose `semdb train` and `semdb eval` start training) is imported and then called
+    nowhere near training; a function-level import shows up in the source, so both are
+    checked: the modules loaded after importing each one, and every import statement."""
+    import ast
+    from pathlib import Path
+
+    import semdb
+
+    root = Path(semdb.__file__).parent
+    modules = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name = ".".join(parts)
+        if name == "semdb.cli" or name.startswith("semdb.cli.") or name == "semdb.__main__":
+            continue
+        modules.append(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == (
+                "import_module"
+            ):
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                names = [n for n in names if isinstance(n, str)]
+                if path.name == "importer.py":
+                    # The bundle importer loads the exporter on demand, with the training
+                    # extra's install hint when it is missing: training code, not semdb's.
+                    names = [n for n in names if n != "training.export"]
+            else:
+                continue
+            for imported in names:
+                assert imported.split(".")[0] != "training", f"{name} imports {imported}"
+    assert len(modules) > 40
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'training' or m.startswith('training.'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from semdb.db import libpq_uri
+from semdb.errors import DatasetError
 from training.data import (
     RetrievalSet,
-    TrainingDataError,
     load_beir,
     load_jsonl,
     load_source,
@@ -67,15 +67,15 @@ def test_deduplication_merges_texts_and_qrels(tmp_path: Path) -> None:
 
 def test_beir_errors_name_the_file_and_line(tmp_path: Path) -> None:
     folder = write_beir(tmp_path / "beir", qrels="query-id\tcorpus-id\tscore\nq1\td9\t1\n")
-    with pytest.raises(TrainingDataError, match="documents missing from corpus.jsonl.*'d9'"):
+    with pytest.raises(DatasetError, match="documents missing from corpus.jsonl.*'d9'"):
         load_beir(folder)
     folder = write_beir(tmp_path / "beir2", qrels="q1 d1 1\n")
-    with pytest.raises(TrainingDataError, match=r"train.tsv, line 1, has 1 columns"):
+    with pytest.raises(DatasetError, match=r"train.tsv, line 1, has 1 columns"):
         load_beir(folder)
-    with pytest.raises(TrainingDataError, match=r"test.tsv is missing \(qrels splits here: train"):
+    with pytest.raises(DatasetError, match=r"test.tsv is missing \(qrels splits here: train"):
         load_beir(write_beir(tmp_path / "beir3"), split="test")
     (tmp_path / "beir3" / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n[1, 2]\n')
-    with pytest.raises(TrainingDataError, match=r"corpus.jsonl, line 2, is a JSON list"):
+    with pytest.raises(DatasetError, match=r"corpus.jsonl, line 2, is a JSON list"):
         load_beir(tmp_path / "beir3")
 
 
@@ -97,7 +97,7 @@ def test_split_is_seeded_disjoint_and_keeps_the_corpus() -> None:
     assert validation.corpus is data.corpus
     _, capped = data.split(0.5, seed=7, max_validation=5)
     assert len(capped.queries) == 5
-    with pytest.raises(TrainingDataError, match="validation_fraction"):
+    with pytest.raises(DatasetError, match="validation_fraction"):
         data.split(1.0)
 
 
@@ -137,7 +137,7 @@ def test_a_negative_that_is_also_the_positive_is_dropped(tmp_path: Path) -> None
 def test_bad_jsonl_names_the_line(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(line + "\n")
-    with pytest.raises(TrainingDataError, match=message):
+    with pytest.raises(DatasetError, match=message):
         load_jsonl(path)
 
 
@@ -163,17 +163,17 @@ def test_sql_query_reads_pairs_read_only(engine: sa.Engine, database_url: URL) -
     by_anchor = {p.anchor: p for p in triplets.pairs()}
     assert by_anchor["What is 50% off?"].negatives == ("A refund.",)
 
-    with pytest.raises(TrainingDataError, match="returns 1 columns"):
+    with pytest.raises(DatasetError, match="returns 1 columns"):
         load_sql("SELECT question FROM faq", url)
-    with pytest.raises(TrainingDataError, match='relation "nope" does not exist'):
+    with pytest.raises(DatasetError, match='relation "nope" does not exist'):
         load_sql("SELECT a, b FROM nope", url)
-    with pytest.raises(TrainingDataError, match="read-only transaction"):
+    with pytest.raises(DatasetError, match="read-only transaction"):
         load_sql("WITH g AS (DELETE FROM faq RETURNING question, answer) SELECT * FROM g", url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM faq").scalar() == 4
 
 
 def test_load_source_says_what_it_accepts(tmp_path: Path) -> None:
-    with pytest.raises(TrainingDataError, match="neither a folder, a file nor an SQL query"):
+    with pytest.raises(DatasetError, match="neither a folder, a file nor an SQL query"):
         load_source(str(tmp_path / "missing"))
     assert len(load_source(str(write_beir(tmp_path / "beir")))) == 4

@@ -1,4 +1,4 @@
-"""training.metrics against values worked out by hand."""
+"""semdb.evaluation.metrics against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from training.metrics import (
+from semdb.evaluation.metrics import (
     evaluate_rankings,
     ndcg_at_k,
     parse_metric,

@@ -77,8 +77,27 @@ def test_hnsw_search_is_used_for_mining_and_finds_the_neighbours(url: str) -> No
     with CorpusTable.open(ids, corpus, exact=False, url=url) as table:
         found = table.search(corpus[:20], 5)
         plan = table.explain(corpus[0])
-    assert "Index Scan using" in plan and "_embedding_idx" in plan, plan
+    assert "Index Scan using" in plan and "_embedding_hnsw" in plan, plan
     assert [hits[0][0] for hits in found] == ids[:20]  # each vector's nearest is itself
+
+
+def test_exact_tables_run_the_exact_form_and_mined_ones_the_index_form(url: str) -> None:
+    """semdb's one k-NN statement: exact search orders by the distance function, which no
+    index serves; mining by the operator its HNSW index serves."""
+    rng = np.random.default_rng(2)
+    corpus = rng.standard_normal((200, 8)).astype(np.float32)
+    ids = [f"d{i}" for i in range(len(corpus))]
+    with CorpusTable.open(ids, corpus, exact=True, url=url) as table:
+        exact_plan = table.explain(corpus[0], k=5)
+    with CorpusTable.open(ids, corpus, exact=False, url=url) as table:
+        index_plan = table.explain(corpus[0], k=5)
+    sort_keys = [line for line in exact_plan.splitlines() if line.startswith("Sort Key: ")]
+    assert sort_keys and "cosine_distance(" in sort_keys[0], exact_plan
+    assert "<=>" not in exact_plan and "Index" not in exact_plan, exact_plan
+    order_by = [line for line in index_plan.splitlines() if line.startswith("Order By: ")]
+    assert order_by and "embedding <=> " in order_by[0], index_plan
+    assert "Index Scan using" in index_plan, index_plan
+    assert "cosine_distance" not in index_plan, index_plan
 
 
 def test_mining_keeps_the_hardest_true_negatives_and_skips_likely_positives(url: str) -> None:

@@ -10,9 +10,18 @@ import pytest
 from safetensors.torch import load_file
 
 from semdb.errors import SemdbError
+from semdb.evaluation.metrics import DEFAULT_METRICS
 from training.config import TrainConfig
 from training.data import RetrievalSet
-from training.trainer import PRIMARY_METRIC, TrainResult, train, training_rows
+from training.encoders import SentenceTransformerEncoder
+from training.evaluate import evaluate
+from training.trainer import (
+    PRIMARY_METRIC,
+    TrainResult,
+    train,
+    training_rows,
+    validation_corpus,
+)
 
 from .tiny_retrieval import tiny_retrieval_set
 
@@ -74,6 +83,32 @@ def test_metrics_log_has_losses_and_validation(trained: TrainResult) -> None:
     assert losses[-1] < losses[0]
     assert [step for step, _ in validations] == [0, 10, 20]  # before training, then each half
     assert all("elapsed_s" in r and "epoch" in r for r in records)
+
+
+def test_validation_scores_as_semdb_eval_does(
+    trained: TrainResult,
+    tiny_model_dir: Path,
+    split: tuple[RetrievalSet, RetrievalSet],
+    tmp_path: Path,
+) -> None:
+    """One evaluator: the validation logged before training (the base model) has the metrics
+    of `semdb eval` (semdb.evaluation.metrics) with the values evaluate() gives the same
+    model on the same queries and validation corpus."""
+    records = [json.loads(line) for line in trained.metrics_log.read_text().splitlines()]
+    first = next(r for r in records if PRIMARY_METRIC in r)
+    prefix = "eval_validation_cosine_"
+    logged = {k.removeprefix(prefix): v for k, v in first.items() if k.startswith(prefix)}
+    assert set(logged) == set(DEFAULT_METRICS)
+
+    _, validation = split
+    seed = config(tmp_path, tiny_model_dir).seed
+    corpus = validation_corpus(validation, 200, seed=seed)
+    data = RetrievalSet(queries=validation.queries, corpus=corpus, qrels=validation.qrels)
+    encoder = SentenceTransformerEncoder.load(
+        tiny_model_dir, query_max_tokens=16, document_max_tokens=16
+    )
+    expected = evaluate(encoder, data, model="base", search="numpy").metrics
+    assert logged == pytest.approx(expected, abs=1e-5)
 
 
 def test_summary_and_model_keep_the_configuration(trained: TrainResult) -> None:

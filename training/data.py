@@ -18,23 +18,19 @@ This module imports neither torch nor the database driver at import time.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from semdb.errors import SemdbError
+from semdb.errors import DatasetError
+from semdb.evaluation import beir
+from semdb.evaluation.beir import normalise_text, read_jsonl
 
 QUERY_KEYS = ("query", "anchor", "question")
 POSITIVE_KEYS = ("positive", "document", "answer", "passage")
-
-
-class TrainingDataError(SemdbError):
-    """Training or evaluation data that semdb cannot read or use."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +73,10 @@ class RetrievalSet:
     def __post_init__(self) -> None:
         for query_id, relevant in self.qrels.items():
             if query_id not in self.queries:
-                raise TrainingDataError(f"the qrels name a query {query_id!r} with no text")
+                raise DatasetError(f"the qrels name a query {query_id!r} with no text")
             for document_id in relevant:
                 if document_id not in self.corpus:
-                    raise TrainingDataError(
+                    raise DatasetError(
                         f"the qrels name a document {document_id!r} (for query {query_id!r}) "
                         "that is not in the corpus"
                     )
@@ -124,9 +120,7 @@ class RetrievalSet:
         ``max_validation``, and at least one when there are two queries or more.
         """
         if not 0.0 <= validation_fraction < 1.0:
-            raise TrainingDataError(
-                f"validation_fraction must be in [0, 1), not {validation_fraction}"
-            )
+            raise DatasetError(f"validation_fraction must be in [0, 1), not {validation_fraction}")
         ids = sorted(self.query_ids)
         random.Random(seed).shuffle(ids)
         count = min(round(len(ids) * validation_fraction), max_validation)
@@ -142,7 +136,7 @@ class RetrievalSet:
         for query_id, documents in negatives.items():
             for document_id in documents:
                 if document_id not in self.corpus:
-                    raise TrainingDataError(
+                    raise DatasetError(
                         f"negative {document_id!r} (for query {query_id!r}) is not in the corpus"
                     )
         return replace(self, negatives={q: list(d) for q, d in negatives.items()})
@@ -189,11 +183,6 @@ class RetrievalSet:
         return digest.hexdigest()[:16]
 
 
-def normalise_text(text: str) -> str:
-    """Whitespace collapsed; the form texts are stored and compared in."""
-    return " ".join(text.split())
-
-
 def _aliases(texts: Mapping[str, str]) -> dict[str, str]:
     first_by_key: dict[str, str] = {}
     alias = {}
@@ -211,126 +200,11 @@ def text_id(text: str) -> str:
 # --- sources ------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise TrainingDataError(
-            f"cannot read {path}: {exc.strerror}", fix="check the path"
-        ) from exc
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainingDataError(
-                    f"{path}, line {number}, is not valid JSON ({exc.msg})",
-                    fix="write one JSON object per line",
-                ) from exc
-            if not isinstance(record, dict):
-                raise TrainingDataError(
-                    f"{path}, line {number}, is a JSON {type(record).__name__}, not an object",
-                    fix="write one JSON object per line",
-                )
-            yield number, record
-
-
-def load_beir_corpus(folder: str | Path) -> dict[str, str]:
-    """The documents of a BEIR-layout folder (``corpus.jsonl``): id -> title and text joined
-    by a space (the title may be empty), whitespace normalised."""
-    path = Path(folder) / "corpus.jsonl"
-    if not path.is_file():
-        raise TrainingDataError(
-            f"{folder} is not a BEIR folder: corpus.jsonl is missing",
-            fix="give a folder with corpus.jsonl (and queries.jsonl, qrels/<split>.tsv)",
-        )
-    corpus: dict[str, str] = {}
-    for number, record in _read_jsonl(path):
-        document_id = _field(record, "_id", path, number)
-        title = str(record.get("title") or "")
-        text = str(record.get("text") or "")
-        corpus[document_id] = normalise_text(f"{title} {text}")
-    return corpus
-
-
-def qrels_splits(folder: str | Path) -> list[str]:
-    """The qrels splits a BEIR folder has (``["test", "train"]``), sorted."""
-    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
-
-
 def load_beir(folder: str | Path, split: str = "train") -> RetrievalSet:
-    """Load a BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
-
-    A document's text is its title and text joined by a space (the title may be empty).
-    Only the queries named in the split's qrels with a grade above 0 are kept.
-    """
-    folder = Path(folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    for required in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
-        if not required.is_file():
-            available = qrels_splits(folder)
-            hint = f" (qrels splits here: {', '.join(available)})" if available else ""
-            raise TrainingDataError(
-                f"{folder} is not a BEIR folder: {required.name} is missing{hint}",
-                fix="give a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv",
-            )
-    qrels = _read_qrels(qrels_path)
-    corpus = load_beir_corpus(folder)
-    queries: dict[str, str] = {}
-    wanted = set(qrels)
-    for number, record in _read_jsonl(folder / "queries.jsonl"):
-        query_id = _field(record, "_id", folder / "queries.jsonl", number)
-        if query_id in wanted:
-            queries[query_id] = normalise_text(str(record.get("text") or ""))
-    missing_queries = [q for q in qrels if q not in queries]
-    if missing_queries:
-        raise TrainingDataError(
-            f"{qrels_path} names {len(missing_queries)} queries missing from queries.jsonl "
-            f"(first: {missing_queries[0]!r})"
-        )
-    missing_documents = sorted({d for r in qrels.values() for d in r if d not in corpus})
-    if missing_documents:
-        raise TrainingDataError(
-            f"{qrels_path} names {len(missing_documents)} documents missing from corpus.jsonl "
-            f"(first: {missing_documents[0]!r})"
-        )
-    return RetrievalSet(queries=queries, corpus=corpus, qrels=qrels)
-
-
-def _field(record: dict[str, Any], key: str, path: Path, number: int) -> str:
-    value = record.get(key)
-    if value is None or str(value) == "":
-        raise TrainingDataError(
-            f"{path}, line {number}, has no {key!r} (keys: {', '.join(record) or 'none'})"
-        )
-    return str(value)
-
-
-def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-            if not row or (number == 1 and row[0] == "query-id"):
-                continue
-            if len(row) != 3:
-                raise TrainingDataError(
-                    f"{path}, line {number}, has {len(row)} columns; qrels have 3 "
-                    "(query-id, corpus-id, score), separated by tabs"
-                )
-            query_id, document_id, score = row
-            try:
-                grade = int(float(score))
-            except ValueError as exc:
-                raise TrainingDataError(
-                    f"{path}, line {number}: the score {score!r} is not a number"
-                ) from exc
-            if grade > 0:
-                qrels.setdefault(query_id, {})[document_id] = grade
-    if not qrels:
-        raise TrainingDataError(f"{path} has no relevant (score > 0) query-document pair")
-    return qrels
+    """Load a BEIR-layout folder (:func:`semdb.evaluation.beir.load_beir`) as a
+    :class:`RetrievalSet`: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+    loaded = beir.load_beir(folder, split)
+    return RetrievalSet(queries=loaded.queries, corpus=loaded.corpus, qrels=loaded.qrels)
 
 
 def pairs_to_set(rows: Iterable[tuple[str, str, Sequence[str]]], *, source: str) -> RetrievalSet:
@@ -352,7 +226,7 @@ def pairs_to_set(rows: Iterable[tuple[str, str, Sequence[str]]], *, source: str)
             if negative_id not in listed:
                 listed.append(negative_id)
     if not qrels:
-        raise TrainingDataError(f"{source} gave no (query, document) pair")
+        raise DatasetError(f"{source} gave no (query, document) pair")
     # A text given as a negative for a query and as its positive elsewhere is no negative.
     for query_id, listed in negatives.items():
         listed[:] = [d for d in listed if d not in qrels[query_id]]
@@ -369,7 +243,7 @@ def load_jsonl(path: str | Path) -> RetrievalSet:
     path = Path(path)
 
     def rows() -> Iterator[tuple[str, str, Sequence[str]]]:
-        for number, record in _read_jsonl(path):
+        for number, record in read_jsonl(path):
             query = _first_text(record, QUERY_KEYS, path, number)
             positive = _first_text(record, POSITIVE_KEYS, path, number)
             negatives: list[str] = []
@@ -378,7 +252,7 @@ def load_jsonl(path: str | Path) -> RetrievalSet:
             listed = record.get("negatives")
             if listed is not None:
                 if not isinstance(listed, list):
-                    raise TrainingDataError(
+                    raise DatasetError(
                         f"{path}, line {number}: 'negatives' must be a list of texts"
                     )
                 negatives.extend(_as_text(n, "negatives", path, number) for n in listed)
@@ -392,9 +266,9 @@ def _first_text(record: dict[str, Any], keys: Sequence[str], path: Path, number:
         if key in record:
             text = _as_text(record[key], key, path, number)
             if not text.strip():
-                raise TrainingDataError(f"{path}, line {number}: {key!r} is empty")
+                raise DatasetError(f"{path}, line {number}: {key!r} is empty")
             return text
-    raise TrainingDataError(
+    raise DatasetError(
         f"{path}, line {number}, has none of the keys {', '.join(keys)} "
         f"(it has: {', '.join(record) or 'none'})",
         fix=f"name the field {keys[0]!r} (or {', '.join(keys[1:])})",
@@ -403,7 +277,7 @@ def _first_text(record: dict[str, Any], keys: Sequence[str], path: Path, number:
 
 def _as_text(value: Any, key: str, path: Path, number: int) -> str:
     if not isinstance(value, str):
-        raise TrainingDataError(
+        raise DatasetError(
             f"{path}, line {number}: {key!r} is a {type(value).__name__}, not a text"
         )
     return value
@@ -432,18 +306,18 @@ def load_sql(query: str, url: str | None = None) -> RetrievalSet:
                 cursor.execute(query)
             except psycopg.Error as exc:
                 message = str(exc).strip().splitlines()[0]
-                raise TrainingDataError(
+                raise DatasetError(
                     f"the training query failed: {message}",
                     fix="run it in psql first (semdb db psql); it must be a SELECT",
                 ) from exc
             if cursor.description is None:
-                raise TrainingDataError(
+                raise DatasetError(
                     "the training query returns no rows (it is not a SELECT)",
                     fix="give a SELECT whose first column is the query and second the document",
                 )
             columns = [column.name for column in cursor.description]
             if not 2 <= len(columns) <= 3:
-                raise TrainingDataError(
+                raise DatasetError(
                     f"the training query returns {len(columns)} columns "
                     f"({', '.join(columns)}); it needs 2 (query, document) or 3 "
                     "(query, document, negative)",
@@ -476,7 +350,7 @@ def load_source(source: str, *, split: str = "train", url: str | None = None) ->
     """
     stripped = source.strip()
     if not stripped:
-        raise TrainingDataError("no training data given", fix="give a folder, file or query")
+        raise DatasetError("no training data given", fix="give a folder, file or query")
     if stripped.split(None, 1)[0].upper() in {"SELECT", "WITH", "VALUES", "TABLE"}:
         return load_sql(stripped, url)
     path = Path(source).expanduser()
@@ -484,7 +358,7 @@ def load_source(source: str, *, split: str = "train", url: str | None = None) ->
         return load_beir(path, split)
     if path.is_file():
         return load_jsonl(path)
-    raise TrainingDataError(
+    raise DatasetError(
         f"{source!r} is neither a folder, a file nor an SQL query",
         fix="give a BEIR folder, a .jsonl file, or a query such as "
         "'SELECT question, answer FROM faq'",

@@ -4,7 +4,7 @@
 (semdb's ONNX embedder for an exported bundle, so the numbers describe what users get),
 copies the corpus vectors into a temporary pgvector table, asks PostgreSQL for each query's
 top k by cosine distance (exact: no index, so the numbers do not depend on index settings),
-and scores the rankings against the qrels (:mod:`training.metrics`).
+and scores the rankings against the qrels (:mod:`semdb.evaluation.metrics`).
 
 ``search="numpy"`` does the same exact search in memory, for a machine without a database.
 """
@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from semdb.evaluation.metrics import DEFAULT_METRICS, evaluate_rankings, parse_metric
 from training.data import RetrievalSet
 from training.encoders import Encoder, encode_corpus
-from training.metrics import DEFAULT_METRICS, evaluate_rankings, parse_metric
 from training.vector_search import CorpusTable, exact_search_numpy
 
 SearchPath = Literal["pgvector", "numpy"]

@@ -7,8 +7,9 @@ negatives (extra columns). With ``mini_batch_size`` below ``batch_size`` the cac
 
 Around it, sentence-transformers' trainer (the Hugging Face Trainer) gives AdamW with linear
 warmup and decay, a seed, AMP on CUDA (never on CPU), checkpoints and resume, early stopping on
-the validation nDCG@10, a progress bar, and DistributedDataParallel when started by torchrun
-(gloo on CPU, NCCL on CUDA; in-batch negatives are then gathered from every process).
+the validation nDCG@10 (scored by :mod:`training.validation`: semdb's one evaluator), a
+progress bar, and DistributedDataParallel when started by torchrun (gloo on CPU, NCCL on
+CUDA; in-batch negatives are then gathered from every process).
 :class:`MetricsLog` writes every logged value to ``metrics.jsonl``.
 
 Layout of ``output_dir``::
@@ -135,14 +136,13 @@ def train(
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator,
-    )
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
     )
     from transformers import EarlyStoppingCallback, set_seed
+
+    from training.validation import ValidationEvaluator
 
     rank, world_size = world()
     resume_from = check_output_dir(config)
@@ -169,19 +169,11 @@ def train(
     evaluator = None
     if validation_data is not None and validation_data.query_ids:
         corpus = validation_corpus(validation_data, config.validation_corpus_size, seed=config.seed)
-        evaluator = InformationRetrievalEvaluator(
+        evaluator = ValidationEvaluator(
             queries={q: validation_data.queries[q] for q in validation_data.query_ids},
             corpus=corpus,
-            relevant_docs={q: set(validation_data.qrels[q]) for q in validation_data.query_ids},
+            qrels={q: validation_data.qrels[q] for q in validation_data.query_ids},
             name=VALIDATION_NAME,
-            mrr_at_k=[10],
-            ndcg_at_k=[10],
-            accuracy_at_k=[1],
-            precision_recall_at_k=[10, 100],
-            map_at_k=[10],
-            batch_size=64,
-            write_csv=False,
-            score_functions=None,
         )
 
     gather = world_size > 1

@@ -1,31 +1,63 @@
 """Corpus vectors in a pgvector table, nearest neighbours by SQL: how evaluation and mining search.
 
-:class:`CorpusTable` copies vectors (binary COPY) into a temporary table on one connection of
-the user's database: nothing persists after it closes, and nothing of the user's is touched.
-Queries run as SQL, ``ORDER BY embedding <=> :query LIMIT k``, many queries per statement
-(a LATERAL join over an array of query vectors).
+:class:`CorpusTable` copies vectors (binary COPY, :func:`semdb.copy_rows`) into a temporary
+table on one connection of the user's database: nothing persists after it closes, and nothing
+of the user's is touched. The table is declared like any user table (its vector column by
+:func:`semdb.embedding_column`), and its nearest-neighbour SQL is semdb's own
+(:func:`semdb.retrieval.statement.knn_statement`), many queries per statement: a LATERAL join
+of that statement over a VALUES list of query vectors.
 
-- ``exact=True`` (evaluation): the table has no index, so PostgreSQL computes every distance
-  and the numbers do not depend on index parameters.
-- ``exact=False`` (mining): an HNSW index, built after the copy, answers in milliseconds
-  with a recall close to 1 (``hnsw.ef_search`` is raised to the number of neighbours asked).
+- ``exact=True`` (evaluation): no index, and the exact form of the statement
+  (``ORDER BY cosine_distance(embedding, q) LIMIT k``, which no index can serve): PostgreSQL
+  computes every distance and the numbers do not depend on index parameters.
+- ``exact=False`` (mining): an HNSW index, built after the copy, and the index form
+  (``ORDER BY embedding <=> q LIMIT k``) answer in milliseconds with a recall close to 1
+  (``hnsw.ef_search`` is raised to twice the number of neighbours asked).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 from psycopg import sql
 
+from semdb import HNSW, copy_rows, embedding_column
 from semdb.errors import SemdbError
+from semdb.orm.columns import VectorColumn, vector_column
+from semdb.orm.types import VectorType
+from semdb.retrieval.explain import Explain, describe_plan, plan_nodes, plan_root
+from semdb.retrieval.statement import PlanPath, knn_statement
 
 logger = logging.getLogger(__name__)
 
 Hit = tuple[str, float]  # (document id, cosine similarity)
+_VECTOR_LITERAL = re.compile(r"'\[[^\]]*\]'")  # a query vector inlined in a plan
+
+
+def corpus_table(name: str, dimension: int, *, indexed: bool) -> sa.Table:
+    """A temporary table ``name`` (ord, embedding): an HNSW index for cosine when
+    ``indexed``. No text is embedded in it (the vectors are copied in: ``sync="manual"``);
+    the declaration names the ordinal as its source, the table's only other column."""
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("ord", sa.Integer, primary_key=True, autoincrement=False),
+        embedding_column(
+            "ord",
+            model="corpus",
+            dimension=dimension,
+            index=HNSW() if indexed else None,
+            sync="manual",
+            name="embedding",
+        ).column,
+        prefixes=["TEMPORARY"],
+    )
 
 
 class CorpusTable:
@@ -35,11 +67,15 @@ class CorpusTable:
     ...     hits = table.search(query_vectors, k=100)   # [[(id, similarity), ...], ...]
     """
 
-    def __init__(self, connection: Any, ids: Sequence[str], *, exact: bool) -> None:
+    def __init__(
+        self, connection: sa.Connection, ids: Sequence[str], *, exact: bool, dimension: int
+    ) -> None:
         self._connection = connection
         self._ids = list(ids)
         self.exact = exact
-        self.table = sql.Identifier(f"semdb_corpus_{id(self):x}")
+        self.path: PlanPath = "exact" if exact else "index"
+        self.table = corpus_table(f"semdb_corpus_{id(self):x}", dimension, indexed=not exact)
+        self.target: VectorColumn = vector_column(self.table.c.embedding)
 
     @classmethod
     def open(
@@ -52,54 +88,69 @@ class CorpusTable:
         progress: bool = False,
     ) -> CorpusTable:
         """Connect (``url``, else SEMDB_DATABASE_URL, else the embedded server), copy, index."""
-        import psycopg
-        from pgvector.psycopg import register_vector
-
-        from semdb.db import libpq_uri, resolve_url
+        from semdb.db import create_engine
 
         if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
             raise ValueError(f"{len(ids)} ids for vectors of shape {vectors.shape}")
-        connection = psycopg.connect(libpq_uri(resolve_url(url)), autocommit=True)
+        engine = create_engine(url, preflight=False, poolclass=sa.NullPool)
+        connection = engine.connect()
         try:
             has_vector = connection.execute(
-                "SELECT 1 FROM pg_extension WHERE extname = 'vector'"
-            ).fetchone()
+                sa.text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+            ).first()
+            connection.rollback()
             if not has_vector:
                 raise SemdbError(
                     "the database has no pgvector extension, which evaluation searches with",
                     fix="run: semdb db upgrade (it creates the extension)",
                 )
-            register_vector(connection)
-            table = cls(connection, ids, exact=exact)
+            table = cls(connection, ids, exact=exact, dimension=vectors.shape[1])
             table._load(np.ascontiguousarray(vectors, dtype=np.float32), progress=progress)
         except BaseException:
             connection.close()
+            engine.dispose()
             raise
         return table
 
     def _load(self, vectors: np.ndarray, *, progress: bool) -> None:
-        dimension = vectors.shape[1]
-        self._connection.execute(
-            sql.SQL(
-                "CREATE TEMPORARY TABLE {} (ord integer PRIMARY KEY, embedding vector({}))"
-            ).format(self.table, sql.Literal(dimension))
-        )
-        copy_sql = sql.SQL("COPY {} (ord, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
-            self.table
-        )
-        with self._connection.cursor() as cursor, cursor.copy(copy_sql) as copy:
-            copy.set_types(["int4", "vector"])
-            for ordinal, vector in enumerate(vectors):
-                copy.write_row((ordinal, vector))
+        connection = self._connection
+        with connection.begin():
+            # The table first, its index after the vectors are in (faster to build).
+            connection.execute(sa.schema.CreateTable(self.table))
+            copy_rows(connection, self.table, {"ord": range(len(vectors)), "embedding": vectors})
         if not self.exact:
             if progress:
                 logger.info("building an HNSW index over %d vectors", len(vectors))
-            self._connection.execute(
-                sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)").format(
-                    self.table
-                )
-            )
-        self._connection.execute(sql.SQL("ANALYZE {}").format(self.table))
+            with connection.begin():
+                for index in self.table.indexes:
+                    index.create(connection)
+        with connection.begin():
+            analyze = sql.SQL("ANALYZE {}").format(sql.Identifier(self.table.name))
+            connection.exec_driver_sql(analyze.as_string(None))
+
+    def statement(self, queries: np.ndarray, k: int) -> sa.Select[Any]:
+        """The k nearest rows of each query vector, in one statement: semdb's k-NN statement
+        (the exact or the index form) as a LATERAL subquery over a VALUES list of the
+        queries, numbered from 1. Columns: the query's number, the row's ordinal, distance."""
+        queries_list = sa.values(
+            sa.column("n", sa.Integer),
+            sa.column("v", VectorType(self.target.dimension)),
+            name="q",
+        ).data([(number, vector) for number, vector in enumerate(queries, start=1)])
+        ordinal = self.table.c.ord
+        nearest = knn_statement(
+            self.target, sa.select(ordinal), path=self.path, k=k, query=queries_list.c.v
+        )
+        if self.exact:
+            # Ties broken by ordinal, so the answer is fully determined. Approximate: the
+            # distance alone, the only order an HNSW index can return.
+            nearest = nearest.order_by(ordinal)
+        hit = nearest.lateral("hit")
+        return (
+            sa.select(queries_list.c.n, hit.c.ord, hit.c.distance)
+            .select_from(queries_list.join(hit, sa.true()))
+            .order_by(queries_list.c.n, hit.c.distance, hit.c.ord)
+        )
 
     def search(
         self,
@@ -112,25 +163,15 @@ class CorpusTable:
         """The ``k`` nearest documents of each query vector, nearest first, ties by id order."""
         if queries.ndim != 2:
             raise ValueError(f"query vectors must be a matrix, not of shape {queries.shape}")
-        # Exact: ties broken by ordinal, so the answer is fully determined. Approximate: the
-        # distance alone, the only order an HNSW index can return.
-        order = sql.SQL("embedding <=> q.v, ord" if self.exact else "embedding <=> q.v")
-        statement = sql.SQL(
-            "SELECT q.n, hit.ord, 1 - hit.distance FROM unnest(%s::vector[]) WITH ORDINALITY"
-            " AS q(v, n) CROSS JOIN LATERAL (SELECT ord, embedding <=> q.v AS distance FROM {}"
-            " ORDER BY {} LIMIT %s) AS hit ORDER BY q.n, hit.distance, hit.ord"
-        ).format(self.table, order)
         results: list[list[Hit]] = []
-        with self._connection.transaction():
+        with self._connection.begin():
             self._steer_plan(k)
             for start in _progress(range(0, len(queries), batch_size), progress, len(queries)):
-                chunk = [
-                    np.asarray(v, dtype=np.float32) for v in queries[start : start + batch_size]
-                ]
-                rows = self._connection.execute(statement, (chunk, k)).fetchall()
+                chunk = np.asarray(queries[start : start + batch_size], dtype=np.float32)
+                rows = self._connection.execute(self.statement(chunk, k))
                 hits: list[list[Hit]] = [[] for _ in chunk]
-                for number, ordinal, score in rows:  # number counts from 1 (WITH ORDINALITY)
-                    hits[number - 1].append((self._ids[ordinal], float(score)))
+                for number, ordinal, distance in rows:  # number counts from 1
+                    hits[number - 1].append((self._ids[ordinal], 1.0 - float(distance)))
                 results.extend(hits)
         return results
 
@@ -143,25 +184,37 @@ class CorpusTable:
         """
         if self.exact:
             return
-        self._connection.execute("SET LOCAL enable_seqscan = off")
+        ef_search = min(max(40, 2 * k), 1000)
         self._connection.execute(
-            sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(min(max(40, 2 * k), 1000)))
+            sa.select(
+                sa.func.set_config("enable_seqscan", "off", True),
+                sa.func.set_config("hnsw.ef_search", str(ef_search), True),
+            )
         )
 
     def explain(self, query: np.ndarray, k: int = 10) -> str:
-        """PostgreSQL's plan for one query, as :meth:`search` runs it."""
-        with self._connection.transaction():
+        """PostgreSQL's plan for one query, as :meth:`search` runs it: the plan's outline,
+        then its sort keys (an exact search's distance function, an index's operator)."""
+        with self._connection.begin():
             self._steer_plan(k)
-            rows = self._connection.execute(
-                sql.SQL("EXPLAIN SELECT ord FROM {} ORDER BY embedding <=> %s LIMIT %s").format(
-                    self.table
-                ),
-                (np.asarray(query, dtype=np.float32), k),
-            ).fetchall()
-        return "\n".join(row[0] for row in rows)
+            explained = self._connection.execute(
+                Explain(self.statement(np.asarray(query, dtype=np.float32)[None, :], k))
+            ).scalar()
+        root = plan_root(explained)
+        keys = []
+        for node in plan_nodes(root):
+            for key in ("Sort Key", "Order By"):
+                value = node.get(key)
+                if value is not None:
+                    text = ", ".join(value) if isinstance(value, list) else str(value)
+                    text = _VECTOR_LITERAL.sub("'[...]'", text)
+                    keys.append(f"{key}: {text}")
+        return "\n".join([describe_plan(root), *keys])
 
     def close(self) -> None:
+        engine = self._connection.engine
         self._connection.close()
+        engine.dispose()
 
     def __enter__(self) -> CorpusTable:
         return self

@@ -8,7 +8,7 @@
   ``semdb.hybrid_search(...)`` with the BM25 leg and the column's fusion (replaces 0002's).
 
 Revision ID: 0005_bm25
-Revises: 0003_activations
+Revises: 0006_monitor (the lead re-chains it at merge)
 Create Date: 2026-12-02
 
 """
@@ -22,7 +22,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005_bm25"
-down_revision: str | Sequence[str] | None = "0003_activations"
+down_revision: str | Sequence[str] | None = "0006_monitor"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

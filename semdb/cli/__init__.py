@@ -45,6 +45,7 @@ def _register() -> None:
     from semdb.cli.db import db
     from semdb.cli.embed import embed
     from semdb.cli.model import model
+    from semdb.cli.monitor import monitor
     from semdb.cli.quickstart import quickstart
     from semdb.cli.sql import sql_command
     from semdb.cli.train import COMMANDS as TRAINING_COMMANDS
@@ -56,6 +57,7 @@ def _register() -> None:
     cli.add_command(embed)
     cli.add_command(model)
     cli.add_command(worker)
+    cli.add_command(monitor)
     cli.add_command(backfill)
     cli.add_command(sql_command)
     cli.add_command(tune_hybrid_command)

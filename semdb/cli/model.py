@@ -5,9 +5,11 @@ Bundles live in ``SEMDB_HOME/models/<name>/<version>/``; the database's registry
 (``semdb.models``) records which of them may have written vectors. ``import`` needs the
 training extra (torch, optimum); ``list`` and ``register`` do not.
 
-When the database cannot be reached, ``import`` still leaves a complete bundle on disk and
-says how to register it later (``semdb model register NAME@VERSION``); ``--no-register``
-skips the database on purpose. ``list`` shows the local bundles either way.
+On a database semdb has never migrated, ``import`` and ``register`` first create semdb's
+schema (what ``semdb db upgrade`` does). When the database cannot be reached, ``import``
+still leaves a complete bundle on disk and says how to register it later (``semdb model
+register NAME@VERSION``); ``--no-register`` skips the database on purpose. ``list`` shows
+the local bundles either way.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
     try:
         engine = create_engine()
         try:
+            _create_schema_if_new(engine)
             row = register_bundle(engine, bundle, activate=activate)
         finally:
             engine.dispose()
@@ -172,6 +175,17 @@ def _register(bundle: Any, *, activate: bool, after_import: bool) -> None:
         ) from exc
     state = "active" if row.active else "registered"
     click.echo(f"{state} in the database as model id {row.id}")
+
+
+def _create_schema_if_new(engine: Any) -> None:
+    """A database semdb never migrated (a new user's first command) gets semdb's schema and
+    the vector extension, as `semdb db upgrade` makes them; one migrated to an older
+    revision is left alone (the registry then says to run the upgrade)."""
+    from semdb.db.migrate import current_revision, upgrade
+
+    if current_revision(engine) is None:
+        revision = upgrade(engine)
+        click.echo(f"created semdb's schema in the database (revision {revision})")
 
 
 # -- switching a column to another model ------------------------------------------------------

@@ -24,6 +24,13 @@ from semdb.db import create_engine
 @click.option(
     "--until-empty", is_flag=True, help="Stop when the queue is empty (else run until SIGTERM)."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (queue depth and lag, "
+    "embedded rows, errors, batch latency).",
+)
 def worker(
     model: str | None,
     provider: str,
@@ -32,6 +39,7 @@ def worker(
     poll: float,
     max_attempts: int,
     until_empty: bool,
+    metrics_port: int | None,
 ) -> None:
     """Embed queued rows: claims with FOR UPDATE SKIP LOCKED, writes in bulk, retries failures.
 
@@ -53,6 +61,13 @@ def worker(
             max_attempts=max_attempts,
         )
         install_signal_handlers(runner)
+        if metrics_port is not None:
+            from semdb.monitor.metrics import WorkerMetrics
+
+            metrics = WorkerMetrics(engine)
+            server, _thread = metrics.serve(metrics_port)
+            runner.observers.append(metrics)
+            console.print(f"metrics on http://0.0.0.0:{server.server_port}/metrics")
         last_report = [time.monotonic()]
 
         def report(stats: WorkerStats) -> None:

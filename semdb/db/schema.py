@@ -16,7 +16,9 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    Sequence,
     Table,
     Text,
     UniqueConstraint,
@@ -186,4 +188,81 @@ hybrid_fusion = Table(
     Column("rrf_k", Integer, nullable=False),
     Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("tuned_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# -- monitoring (semdb monitor, the query log; migration 0006_monitor) ------------------------
+
+# What the workers embedded, per column, worker and minute: one upsert per batch, so that
+# ``semdb monitor`` (any host) can say how many rows a second were embedded lately. Rows
+# older than a day are deleted by the workers as they go.
+sync_activity = Table(
+    "sync_activity",
+    metadata,
+    Column("column_id", Integer, primary_key=True),
+    Column("worker", Text, primary_key=True),
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("embedded", Integer, nullable=False, server_default=text("0")),
+    Column("failed", Integer, nullable=False, server_default=text("0")),
+    Column("batches", Integer, nullable=False, server_default=text("0")),
+    Column("batch_seconds", Float, nullable=False, server_default=text("0")),
+)
+
+# The opt-in sampled query log (semdb.monitor.query_log): a ring of ``capacity`` slots, the
+# slot of an entry being its sequence number modulo the capacity, so the table never
+# outgrows it (the oldest entry is overwritten). ``id``: the entry's name for relevance
+# feedback, chosen by the application's process (``result.query_id``). The query vector is
+# stored as float32 bytes (any dimension); ``results``: the keys of the rows returned, best
+# first (when the search selected them).
+query_log = Table(
+    "query_log",
+    metadata,
+    Column("slot", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("id", BigInteger, nullable=False),
+    Column("logged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("column_id", Integer, nullable=True),
+    Column("column_name", Text, nullable=False),
+    Column("query", LargeBinary, nullable=True),
+    Column("filter", Text, nullable=True),
+    Column("plan", Text, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("k", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("results", JSONB, nullable=True),
+)
+Index("ix_query_log_seq", query_log.c.seq, unique=True)
+Index("ix_query_log_id", query_log.c.id, unique=True)
+Index("ix_query_log_column_id_logged_at", query_log.c.column_id, query_log.c.logged_at)
+query_log_ids = Sequence("query_log_ids", metadata=metadata)
+
+# Relevance feedback on logged queries: which returned (or other) rows a user clicked or
+# accepted. nDCG in production is computed from these and the logged result keys.
+query_feedback = Table(
+    "query_feedback",
+    metadata,
+    Column("query_id", BigInteger, primary_key=True),
+    Column("key", JSONB, primary_key=True),
+    Column("relevance", Integer, nullable=False, server_default=text("1")),
+    Column("given_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Reference snapshots for drift (semdb monitor --snapshot): a sample of the column's vectors
+# and the distribution of nearest-neighbour distances at the time, for the model then active.
+drift_snapshots = Table(
+    "drift_snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("column_id", Integer, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # pg_snapshot_xmax(pg_current_snapshot()) when taken: rows written later have newer xmin
+    Column("snapshot_xmax", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("dimension", Integer, nullable=False),
+    Column("reference", LargeBinary, nullable=False),  # float32 matrix, rows x dimension
+    Column("row_distances", LargeBinary, nullable=False),  # float32, sorted
+    Column("query_distances", LargeBinary, nullable=True),  # float32, sorted (query log)
+)
+Index(
+    "ix_drift_snapshots_column_id_taken_at", drift_snapshots.c.column_id, drift_snapshots.c.taken_at
 )

@@ -4,8 +4,8 @@ The journey, by module:
 
 - :mod:`semdb.quickstart.stdlib_docs`: the default corpus, the documentation of the running
   interpreter's standard library (modules, classes, functions, methods);
-- :mod:`semdb.quickstart.beir_folder`: a corpus of the user's own (``--data DIR``, BEIR
-  layout), and its queries and relevance judgements when present;
+- :mod:`semdb.evaluation.beir`: a corpus of the user's own (``--data DIR``, BEIR layout),
+  and its queries and relevance judgements when present;
 - :mod:`semdb.quickstart.tables`: the tables both land in (schema ``quickstart``), declared
   with :func:`semdb.embedding_column` like any user table;
 - :mod:`semdb.quickstart.loading`: rows upserted so that a second run changes nothing;

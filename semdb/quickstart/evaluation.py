@@ -3,7 +3,7 @@
 The queries of the folder's qrels (the ``test`` split when there is one) are embedded by the
 same embedder as the documents and answered by :func:`semdb.search` on the quickstart's
 table, the path an application's queries take (HNSW, ``ef_search`` at least k), then scored
-with :mod:`training.metrics` (nDCG@10, MRR@10, Recall@10 and @100, trec_eval conventions).
+with :mod:`semdb.evaluation.metrics` (nDCG@10, MRR@10, Recall@10 and @100, trec_eval conventions).
 ``semdb eval`` scores a model the same way with exact search, for comparing models.
 """
 
@@ -80,8 +80,8 @@ def evaluate_folder(
     """Score the table's vectors on the folder's qrels; None when the folder has none."""
     import time
 
-    from training.data import load_beir, qrels_splits
-    from training.metrics import DEFAULT_METRICS, evaluate_rankings
+    from semdb.evaluation.beir import load_beir, qrels_splits
+    from semdb.evaluation.metrics import DEFAULT_METRICS, evaluate_rankings
 
     splits = qrels_splits(folder)
     if not splits or not (folder / "queries.jsonl").is_file():

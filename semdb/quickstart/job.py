@@ -242,7 +242,7 @@ def _stdlib_rows(modules: Sequence[str]) -> tuple[list[dict[str, Any]], str, str
 
 
 def _folder_rows(folder: Path) -> tuple[list[dict[str, Any]], str, str]:
-    from training.data import load_beir_corpus
+    from semdb.evaluation.beir import load_beir_corpus
 
     corpus = load_beir_corpus(folder)
     if not corpus:

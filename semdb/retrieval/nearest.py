@@ -18,10 +18,11 @@ values: plan chosen (:mod:`.plan`), statement of the path run (:mod:`.settings`)
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -32,6 +33,7 @@ from semdb.errors import BindTypeError, SearchError
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval.explain import Explain, plan_root
+from semdb.retrieval.observers import OBSERVERS, searched
 from semdb.retrieval.plan import NO_SETTINGS, PlanRequest, SearchPlan, choose_plan
 from semdb.retrieval.results import Hit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
@@ -46,6 +48,8 @@ from semdb.retrieval.statement import (
 )
 from semdb.retrieval.vectors import query_vector
 from semdb.sync.registry import check_query_model
+
+T = TypeVar("T")
 
 
 def connection_of(bind: Bind) -> Connection:
@@ -120,10 +124,13 @@ class KnnSearch:
         """The statement of ``path`` (built once), the query vector bound at execution."""
         known = self._statements.get(path)
         if known is None:
-            target, k = self.target, self.k
+            target, k, where = self.target, self.k, self.where
             key = (path, k, target.column, target.entity, self.given)
             template = _kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
-            known = template if self.where is None else template.where(self.where)
+            if where is not None:  # the same filter object again: its statement again
+                known = _kept((*key, where), lambda: template.where(where))
+            else:
+                known = template
             self._statements[path] = known
         return known
 
@@ -131,18 +138,23 @@ class KnnSearch:
         """What identifies the filter statement with its values, from the filter alone when
         the statement reads the vector's table alone (cheaper than compiling the whole
         statement); None: the statement is compiled to know."""
-        if self.where is None or (
+        where = self.where
+        if where is None or (
             self.base.whereclause is not None
             or list(self.base.columns_clause_froms) != [self.target.table]
         ):
             return None
-        compiled = self.where.compile(dialect=connection.dialect)
-        key = (self.target.table, compiled.string, tuple(sorted(compiled.params.items())))
-        try:
-            hash(key)
-        except TypeError:  # a value that cannot be a key (a list): the statement is compiled
-            return None
-        return key
+
+        def build() -> Any:
+            compiled = where.compile(dialect=connection.dialect)
+            key = (self.target.table, compiled.string, tuple(sorted(compiled.params.items())))
+            try:
+                hash(key)
+            except TypeError:  # a value that cannot be a key (a list): compiled to know
+                return None
+            return key
+
+        return _kept(("estimate key", self.target.table, where), build)
 
     def filter_statement(self, values: Mapping[str, Any]) -> sa.Select[Any]:
         """``SELECT 1 FROM <the statement's tables> WHERE <filters>``: what the row estimate
@@ -181,6 +193,7 @@ class KnnSearch:
         estimate_key: Any = None,
     ) -> SearchResult:
         """The hits for ``query`` with the filter's parameters set to ``values``."""
+        started = time.perf_counter()
         connection = connection_of(bind)
         if isinstance(query, str) and embedder is not None:
             # The model the column holds now (an activation may have switched it).
@@ -213,7 +226,12 @@ class KnnSearch:
             rows.sort(key=lambda row: row[-1])  # relaxed_order scans are nearly sorted
         one_entity = isinstance(bind, Session) and selects_one_entity(self.base)
         hits = [Hit(row[0] if one_entity else row, float(row[-1])) for row in rows]
-        return SearchResult(hits, plan)
+        result = SearchResult(hits, plan)
+        if OBSERVERS:  # the opt-in query log (semdb.monitor.query_log)
+            searched(
+                self, connection, parameters[QUERY_VECTOR], result, time.perf_counter() - started
+            )
+        return result
 
     def _rows(
         self,
@@ -249,18 +267,19 @@ class KnnSearch:
         return plan, plan_root(rows[0][0])
 
 
-#: Statements without their filter, by (path, k, column, entity, statement given): building
-#: one costs about 130 us of Python, as much as a third of a selective search's own time
-#: (bench/search.py, 0.5% of 108k rows: semdb.search 0.67x of the hand-written plan before,
-#: see CHANGELOG); a search adds its filter to the kept one (``.where()``: about 15 us).
+#: Statements by (path, k, column, entity, statement given[, filter object]), and the row
+#: estimate keys of filter objects. Building a statement costs about 130 us of Python, a
+#: third of a selective search's own time (bench/search.py, 0.5% of 108k rows: semdb.search
+#: 0.67x of the hand-written plan without this); a filter used again (built once, as a
+#: careful caller does) finds its whole statement, whose SQLAlchemy cache key is then known.
 #: A select() is immutable, so searches share them. At most TEMPLATES_KEPT, oldest first out.
-_templates: OrderedDict[Any, sa.Select[Any]] = OrderedDict()
+_templates: OrderedDict[Any, Any] = OrderedDict()
 _templates_lock = threading.Lock()
 TEMPLATES_KEPT = 512
 
 
-def _kept(key: Any, build: Callable[[], sa.Select[Any]]) -> sa.Select[Any]:
-    known = _templates.get(key)
+def _kept(key: Any, build: Callable[[], T]) -> T:
+    known: T | None = _templates.get(key)
     if known is None:
         known = build()
         with _templates_lock:

@@ -292,8 +292,8 @@ def estimate_rows(
         cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         raise SearchError(
             f"the search's filter cannot run: {cause} (filter: {_describe(query)})",
-            fix="check that the filter's columns and tables exist in the database (a "
-            "migration not applied?) and that its values have their columns' types",
+            fix="check the filter: its columns and tables must exist in the database (a "
+            "migration not applied?) and its values must suit their columns",
         ) from exc
     rows = float(plan_root(explained)["Plan Rows"])
     if cache_key is not None:

@@ -38,13 +38,19 @@ class SearchResult(list[Any]):
         super().__init__(hits)
         self.plan = plan
         self.fusion = fusion
+        #: The query log's name for this search (for relevance feedback), when it was logged.
+        self.query_id: int | None = None
 
     def within(self, max_distance: float | None) -> SearchResult:
         """The hits at most ``max_distance`` away (all of them for None), same plan."""
         if max_distance is None:
             return self
         limit = float(max_distance)
-        return SearchResult([hit for hit in self if hit.distance <= limit], self.plan, self.fusion)
+        within = SearchResult(
+            [hit for hit in self if hit.distance <= limit], self.plan, self.fusion
+        )
+        within.query_id = self.query_id
+        return within
 
 
 class KeywordHit(NamedTuple):

@@ -29,6 +29,7 @@ from semdb.db.url import libpq_uri
 from semdb.errors import DimensionMismatchError, SyncError
 from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
+from semdb.sync.activity import BatchObserver, after_batch, snapshot
 from semdb.sync.claim import Claimed, claim
 from semdb.sync.registration import TargetChanged, hold_registration
 from semdb.sync.registry import registered
@@ -93,6 +94,8 @@ class Worker:
         self._connection: psycopg.Connection[Any] | None = None
         self.targets: list[SyncTarget] = []
         self._reload = False
+        #: Called with a BatchReport after each batch (semdb.sync.activity).
+        self.observers: list[BatchObserver] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -212,7 +215,12 @@ class Worker:
             if self.stopping:
                 break
             try:
-                total += self._batch(connection, target)
+                before, started = snapshot(self.stats), time.perf_counter()
+                claimed = self._batch(connection, target)
+                total += claimed
+                if claimed:
+                    elapsed = time.perf_counter() - started
+                    after_batch(self, connection, target, claimed, before, elapsed)
             except TargetChanged as exc:
                 log.warning("%s", exc)
                 self.targets.remove(target)
