@@ -25,10 +25,12 @@ from semdb.retrieval import (
     PreparedSearch,
     explain_search,
     hybrid_search,
+    keyword_search,
     more_like_this,
     search,
 )
 from semdb.sync import Worker, backfill, embed_on_flush
+from semdb.sync.keyword_stats import install_keyword_stats, uninstall_keyword_stats
 
 if TYPE_CHECKING:
     from semdb.embed import Embedder
@@ -56,10 +58,13 @@ __all__ = [
     "embedding_column",
     "explain_search",
     "hybrid_search",
+    "install_keyword_stats",
+    "keyword_search",
     "more_like_this",
     "query_log",
     "resolve_url",
     "search",
+    "uninstall_keyword_stats",
     "wait_for_replay",
 ]
 

@@ -33,6 +33,7 @@ from semdb.orm.columns import vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval import PreparedSearch, SearchResult
 from semdb.retrieval import hybrid_search as sync_hybrid_search
+from semdb.retrieval import keyword_search as sync_keyword_search
 from semdb.retrieval import more_like_this as sync_more_like_this
 from semdb.retrieval import search as sync_search
 from semdb.retrieval.nearest import connection_of
@@ -172,6 +173,12 @@ async def hybrid_search(bind: AsyncBind, column: Any, text: str, **options: Any)
         return sync_hybrid_search(sync, column, text, vector=vector, **options)
 
     return await _run(bind, run)
+
+
+async def keyword_search(bind: AsyncBind, column: Any, text: str, **options: Any) -> SearchResult:
+    """``await`` twin of :func:`semdb.keyword_search`."""
+    _check_bind(bind, "keyword_search")
+    return await _run(bind, lambda sync: sync_keyword_search(sync, column, text, **options))
 
 
 async def more_like_this(bind: AsyncBind, column: Any, row: Any, **options: Any) -> SearchResult:

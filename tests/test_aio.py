@@ -17,6 +17,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import semdb
 import semdb.aio
 from semdb.errors import BindTypeError, NonFiniteVectorError, SearchError, VectorTypeError
+from semdb.sync.registry import register, unregister_statement
+from semdb.sync.target import SyncTarget
 
 from .embedders import Recording
 
@@ -54,7 +56,12 @@ def notes(engine: sa.Engine, tiny_embedder: Any) -> Iterator[sa.Engine]:
             ],
         )
         connection.execute(sa.text("ANALYZE aio_notes"))
+        register(connection, SyncTarget.from_column(Note.embedding))
+        semdb.install_keyword_stats(connection, Note.embedding)  # hybrid's BM25 leg
     yield engine
+    with engine.begin() as connection:
+        semdb.uninstall_keyword_stats(connection, Note.embedding)
+        connection.execute(unregister_statement(SyncTarget.from_column(Note.embedding)))
     Base.metadata.drop_all(engine)
 
 

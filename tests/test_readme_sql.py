@@ -60,6 +60,7 @@ def docs(engine: sa.Engine) -> Iterator[sa.Engine]:
             model="all-MiniLM-L6-v2",
             dimension=384,
             fulltext="english",
+            keyword=True,  # BM25 statistics for semdb.keyword_search / hybrid_search
         )
     rng = np.random.default_rng(5)
     vectors = rng.normal(size=(30, 384)).astype(np.float32)
@@ -80,7 +81,9 @@ def docs(engine: sa.Engine) -> Iterator[sa.Engine]:
     yield engine
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM semdb.queue"))
-        Operations(MigrationContext.configure(connection)).drop_embedding_sync("docs", "embedding")
+        Operations(MigrationContext.configure(connection)).drop_embedding_sync(
+            "docs", "embedding", keyword=True
+        )
     Base.metadata.drop_all(engine)
 
 

@@ -97,8 +97,10 @@ def items(engine: sa.Engine) -> Iterator[sa.Engine]:
         connection.execute(sa.text("ANALYZE search_items"))
         connection.execute(sa.text("ANALYZE search_shops"))
         register(connection, SyncTarget.from_column(Item.embedding))  # for semdb.hybrid_search()
+        semdb.install_keyword_stats(connection, Item.embedding)  # its BM25 leg
     yield engine
     with engine.begin() as connection:
+        semdb.uninstall_keyword_stats(connection, Item.embedding)
         connection.execute(unregister_statement(SyncTarget.from_column(Item.embedding)))
     Base.metadata.drop_all(engine)
 
@@ -494,14 +496,13 @@ def test_hybrid_search_fuses_both_rankings_in_one_statement(items: sa.Engine) ->
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
     top = hits[0]
-    assert top.row.id == 4 and top.semantic_rank == 1 and top.fulltext_rank == 1
-    assert top.score == pytest.approx(2 / 61)
-    assert all(h.fulltext_rank is None for h in hits[1:])  # the other rows: vectors only
-    assert [h.semantic_rank for h in hits[1:]] == list(range(2, 11))
+    assert top.row.id == 4 and top.semantic_rank == 1 and top.keyword_rank == 1
+    assert top.score == pytest.approx(2 / 61)  # untuned: RRF, weights 1 and 1, k 60
+    assert hits.fusion.method == "rrf" and hits.fusion.source == "default"
     for hit in words:
-        if hit.fulltext_rank is not None:
+        if hit.keyword_rank is not None:  # any of the words
             assert "violet" in hit.row.body or "hexagon" in hit.row.body
-    assert any(h.fulltext_rank is not None and h.semantic_rank is None for h in words)
+    assert any(h.keyword_rank is not None and h.semantic_rank is None for h in words)
 
 
 def test_hybrid_search_with_a_filter(items: sa.Engine) -> None:
@@ -610,7 +611,7 @@ def test_the_sql_function_gives_psql_users_the_same_hybrid_search(items: sa.Engi
     with items.connect() as connection:
         rows = connection.execute(
             sa.text(
-                "SELECT (h.item).id, (h.item).body, h.score, h.semantic_rank, h.fulltext_rank "
+                "SELECT (h.item).id, (h.item).body, h.score, h.semantic_rank, h.keyword_rank "
                 "FROM semdb.hybrid_search(NULL::search_items, 'embedding', "
                 "CAST(:q AS vector), :text, 10) AS h"
             ),
@@ -620,7 +621,7 @@ def test_the_sql_function_gives_psql_users_the_same_hybrid_search(items: sa.Engi
         hits = hybrid_search(session, Item.embedding, "4 violet star", vector=VECTORS[4], k=10)
     assert [row.id for row in rows] == [hit.row.id for hit in hits]
     assert [row.score for row in rows] == pytest.approx([hit.score for hit in hits])
-    assert rows[0].body == "item 4 violet star" and rows[0].fulltext_rank == 1
+    assert rows[0].body == "item 4 violet star" and rows[0].keyword_rank == 1
 
 
 def test_the_sql_function_refuses_what_it_cannot_search(items: sa.Engine) -> None:
@@ -636,7 +637,7 @@ def test_the_sql_function_refuses_what_it_cannot_search(items: sa.Engine) -> Non
 @pytest.mark.parametrize(
     ("kwargs", "culprit"),
     [
-        ({"fulltext": "english'; DROP TABLE search_items; --"}, "text search configuration"),
+        ({"fusion": "english'; DROP TABLE search_items; --"}, "fusion must be one of"),
         ({"rrf_k": -1}, "rrf_k"),
         ({"text": "   "}, "non-empty query text"),
         ({"candidates": 0}, "candidates must be"),

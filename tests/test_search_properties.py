@@ -18,6 +18,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import semdb
 from semdb.errors import SearchError
+from semdb.sync.registry import register, unregister_statement
+from semdb.sync.target import SyncTarget
 
 N, DIM, K = 300, 8, 5
 PROPERTY = settings(
@@ -58,7 +60,12 @@ def cards(engine: sa.Engine) -> Iterator[sa.Engine]:
             ],
         )
         connection.execute(sa.text("ANALYZE property_cards"))
+        register(connection, SyncTarget.from_column(Card.embedding))
+        semdb.install_keyword_stats(connection, Card.embedding)  # hybrid's BM25 leg
     yield engine
+    with engine.begin() as connection:
+        semdb.uninstall_keyword_stats(connection, Card.embedding)
+        connection.execute(unregister_statement(SyncTarget.from_column(Card.embedding)))
     Base.metadata.drop_all(engine)
 
 
@@ -148,4 +155,18 @@ def test_any_hybrid_query_text_runs_or_is_refused_clearly(cards: sa.Engine, text
         else:
             hits = semdb.hybrid_search(session, Card.embedding, text, vector=vector, k=K)
             assert len(hits) == K  # the vector leg alone finds K
+        unchanged(session)
+
+
+@PROPERTY
+@given(text=st.text(max_size=60))
+def test_any_keyword_query_text_runs_or_is_refused_clearly(cards: sa.Engine, text: str) -> None:
+    with Session(cards) as session:
+        if "\x00" in text:
+            with pytest.raises(SearchError, match="NUL"):
+                semdb.keyword_search(session, Card.embedding, text, k=K)
+        else:
+            hits = semdb.keyword_search(session, Card.embedding, text, k=K)
+            assert len(hits) <= K
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         unchanged(session)

@@ -11,7 +11,8 @@ In a migration (after ``import semdb.alembic`` in env.py, or in the migration it
                            halfvec=True)
     op.drop_vector_index("ix_docs_embedding_hnsw", "docs", concurrently=True)
     op.create_embedding_sync("docs", "embedding", sources=["title", "body"],
-                             model="all-MiniLM-L6-v2", dimension=384, mode="queued")
+                             model="all-MiniLM-L6-v2", dimension=384, mode="queued",
+                             fulltext="english", keyword=True)  # + BM25 statistics
     op.drop_embedding_sync("docs", "embedding")
 
 ``concurrently=True`` runs outside the migration's transaction (an autocommit block), as
@@ -40,6 +41,7 @@ from semdb.errors import DeclarationError
 from semdb.orm.distance import Distance
 from semdb.orm.indexes import HNSW, METHODS, IVFFlat, VectorIndex, build_index
 from semdb.orm.types import VectorType
+from semdb.sync import keyword_stats
 from semdb.sync.registry import register_statement, unregister_statement
 from semdb.sync.target import SyncTarget
 from semdb.sync.triggers import install_statements, uninstall_statements
@@ -298,6 +300,7 @@ class CreateEmbeddingSyncOp(MigrateOperation):
         fulltext: str | None = None,
         model_column: str | None = None,
         hash_column: str | None = None,
+        keyword: bool = False,
         schema: str | None = None,
     ) -> None:
         if mode not in ("inline", "queued", "manual"):
@@ -307,6 +310,7 @@ class CreateEmbeddingSyncOp(MigrateOperation):
         self.table_name = table_name
         self.column_name = column_name
         self.schema = schema
+        self.keyword = keyword
         self.target = SyncTarget(
             table_schema=schema or "public",
             table_name=table_name,
@@ -328,6 +332,12 @@ class CreateEmbeddingSyncOp(MigrateOperation):
     def from_target(cls, target: SyncTarget, *, schema: str | None) -> CreateEmbeddingSyncOp:
         return cls(target.table_name, target.column_name, schema=schema, **_target_options(target))
 
+    def options(self) -> dict[str, Any]:
+        options = _target_options(self.target)
+        if self.keyword:
+            options["keyword"] = True
+        return options
+
     @classmethod
     def create_embedding_sync(
         cls, operations: Operations, table_name: str, column_name: str, **kw: Any
@@ -340,7 +350,7 @@ class CreateEmbeddingSyncOp(MigrateOperation):
 
     def reverse(self) -> DropEmbeddingSyncOp:
         return DropEmbeddingSyncOp(
-            self.table_name, self.column_name, schema=self.schema, **_target_options(self.target)
+            self.table_name, self.column_name, schema=self.schema, **self.options()
         )
 
 
@@ -372,6 +382,7 @@ class DropEmbeddingSyncOp(MigrateOperation):
     def target(self) -> SyncTarget:
         options: dict[str, Any] = {"sources": ("unknown",), "model": "unknown", "dimension": 1}
         options.update(self.create_options)
+        options.pop("keyword", None)
         return CreateEmbeddingSyncOp(
             self.table_name, self.column_name, schema=self.schema, **options
         ).target
@@ -402,6 +413,8 @@ def _create_embedding_sync(operations: Operations, operation: CreateEmbeddingSyn
     statements = install_statements(target) if target.sync == "queued" else []
     if target.sync != "queued":
         statements = uninstall_statements(target)
+    if operation.keyword:  # BM25 statistics kept by triggers (semdb.sync.keyword_stats)
+        statements += keyword_stats.install_statements(target)
     for statement in statements:
         _run_composed(operations, statement)
 
@@ -409,7 +422,10 @@ def _create_embedding_sync(operations: Operations, operation: CreateEmbeddingSyn
 @Operations.implementation_for(DropEmbeddingSyncOp)
 def _drop_embedding_sync(operations: Operations, operation: DropEmbeddingSyncOp) -> None:
     target = operation.target
-    for statement in uninstall_statements(target):
+    extra = (
+        keyword_stats.uninstall_statements(target) if "keyword" in operation.create_options else []
+    )
+    for statement in uninstall_statements(target) + extra:
         _run_composed(operations, statement)
     operations.execute(unregister_statement(target))
 

@@ -49,6 +49,7 @@ def _register() -> None:
     from semdb.cli.quickstart import quickstart
     from semdb.cli.sql import sql_command
     from semdb.cli.train import COMMANDS as TRAINING_COMMANDS
+    from semdb.cli.tune import tune_hybrid_command
     from semdb.cli.worker import worker
 
     cli.add_command(quickstart)
@@ -59,6 +60,7 @@ def _register() -> None:
     cli.add_command(monitor)
     cli.add_command(backfill)
     cli.add_command(sql_command)
+    cli.add_command(tune_hybrid_command)
     for command in TRAINING_COMMANDS:
         cli.add_command(command)
 

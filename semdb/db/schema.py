@@ -155,6 +155,40 @@ errors = Table(
 Index("ix_errors_column_id_failed_at", errors.c.column_id, errors.c.failed_at)
 Index("ix_queue_column_id_id", queue.c.column_id, queue.c.id)
 
+# BM25 corpus statistics of a vector column's text (semdb.keyword_search), kept exact by
+# statement-level triggers in the writer's transaction (see semdb.sync.keyword_stats): the
+# number of documents, their total length (distinct terms after the column's text search
+# configuration), and per term the number of documents holding it. A row here is what
+# makes a column keyword-searchable.
+bm25_stats = Table(
+    "bm25_stats",
+    metadata,
+    Column("column_id", Integer, primary_key=True, autoincrement=False),
+    Column("config", Text, nullable=False),
+    Column("documents", BigInteger, nullable=False, server_default=text("0")),
+    Column("total_length", BigInteger, nullable=False, server_default=text("0")),
+)
+bm25_terms = Table(
+    "bm25_terms",
+    metadata,
+    Column("column_id", Integer, primary_key=True, autoincrement=False),
+    Column("term", Text, primary_key=True),
+    Column("documents", BigInteger, nullable=False),
+)
+
+# The fusion hybrid_search uses for a column by default, as ``semdb tune-hybrid`` chose it
+# on validation queries (no row: reciprocal rank fusion, equal weights, k 60).
+hybrid_fusion = Table(
+    "hybrid_fusion",
+    metadata,
+    Column("column_id", Integer, primary_key=True, autoincrement=False),
+    Column("method", Text, nullable=False),
+    Column("semantic_weight", Float, nullable=False),
+    Column("keyword_weight", Float, nullable=False),
+    Column("rrf_k", Integer, nullable=False),
+    Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("tuned_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
 
 # -- monitoring (semdb monitor, the query log; migration 0006_monitor) ------------------------
 

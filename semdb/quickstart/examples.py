@@ -63,7 +63,7 @@ STDLIB_EXAMPLES = (
     Example(
         "Filtered: one module", "send an email with an attachment", filters=(("module", "email"),)
     ),
-    Example("Hybrid: full text + vector (RRF)", "sha256 checksum of a file", hybrid=True),
+    Example("Hybrid: BM25 + vector", "sha256 checksum of a file", hybrid=True),
 )
 
 
@@ -71,7 +71,7 @@ def data_examples(queries: Sequence[str]) -> tuple[Example, ...]:
     """Examples for a data folder: its first queries, semantic then hybrid."""
     examples = [Example("Semantic search", query) for query in queries[:2]]
     if queries:
-        examples.append(Example("Hybrid: full text + vector (RRF)", queries[0], hybrid=True))
+        examples.append(Example("Hybrid: BM25 + vector", queries[0], hybrid=True))
     return tuple(examples)
 
 
@@ -97,7 +97,7 @@ def result_table(
     shown = "" if not example.filters else " where " + _filter_sql(example.filters).as_string()
     plan = result.plan
     caption = (
-        f"plan: {plan.path} ({plan.reason})" if not example.hybrid else "score: RRF of both ranks"
+        f"plan: {plan.path} ({plan.reason})" if not example.hybrid else "score: both rankings fused"
     )
     table = Table(
         title=f"{example.title}: {example.query!r}{shown}",
@@ -178,9 +178,9 @@ ORDER BY embedding <=> {vector}
 LIMIT {k};
 COMMIT;
 
--- hybrid search (full text + vector, reciprocal rank fusion): the function the
+-- hybrid search (BM25 + vector, the column's fusion): the function the
 -- migrations installed, given a query vector and a query text
-SELECT (h.item).{label}, h.score, h.semantic_rank, h.fulltext_rank
+SELECT (h.item).{label}, h.score, h.semantic_rank, h.keyword_rank
 FROM semdb.hybrid_search(NULL::{table}, 'embedding', {vector}, {query}, {k}) AS h;
 """
 

@@ -38,6 +38,7 @@ from semdb.quickstart.tables import (
     table_name_for,
 )
 from semdb.sync.backfill import backfill
+from semdb.sync.keyword_stats import install_keyword_stats
 from semdb.sync.registry import register
 from semdb.sync.target import SyncTarget
 
@@ -263,6 +264,8 @@ def _load(
         # Registered (sync "manual": no triggers; the quickstart embeds with backfill), so
         # that semdb.hybrid_search() in SQL and `semdb backfill` know the column.
         register(connection, SyncTarget.from_column(table.c.embedding))
+        # BM25 statistics (kept by triggers) for keyword and hybrid search
+        install_keyword_stats(connection, table.c.embedding)
         return upsert_rows(connection, table, key, rows)
 
 

@@ -1,55 +1,114 @@
-"""Hybrid search: PostgreSQL full-text search and vector search, fused by reciprocal rank
-fusion (RRF) in one SQL statement.
+"""Hybrid search: BM25 (:mod:`.keyword`) and vector search fused in one SQL statement, by the
+fusion tuned for the column (``semdb tune-hybrid``) unless the call names one.
 
-Each leg ranks its top ``candidates`` rows: the semantic leg by distance (with the same plan
-choice as :func:`semdb.search`), the full-text leg by ``ts_rank_cd`` over
-``websearch_to_tsquery``. A row's score is ``1/(rrf_k + semantic_rank) + 1/(rrf_k +
-fulltext_rank)`` (a missing rank adds 0); the k best scores come back::
+Each leg ranks its top ``candidates`` rows (default 100) among those passing ``where``: the
+semantic leg by distance (the statement and plan of :func:`semdb.search`), the keyword leg
+by BM25. Two fusions, each with a weight per leg:
 
-    WITH semantic AS (SELECT id, row_number() OVER (ORDER BY d) AS rank
-                      FROM (SELECT id, embedding <=> $1 AS d FROM docs WHERE <filter>
-                            ORDER BY embedding <=> $1 LIMIT 40) AS s),
-         fulltext AS (SELECT id, row_number() OVER (ORDER BY r DESC) AS rank
-                      FROM (SELECT id, ts_rank_cd(<tsvector>, q) AS r
-                            FROM docs, websearch_to_tsquery('english', $2) AS q
-                            WHERE <tsvector> @@ q AND <filter> ORDER BY r DESC LIMIT 40) AS f)
-    SELECT docs.*, coalesce(1.0 / (60 + s.rank), 0) + coalesce(1.0 / (60 + f.rank), 0) AS score
-    FROM semantic s FULL JOIN fulltext f USING (id) JOIN docs USING (id)
-    ORDER BY score DESC LIMIT 10;
+``rrf`` (weighted reciprocal rank fusion)
+    ``ws / (rrf_k + semantic_rank) + wk / (rrf_k + keyword_rank)``
+``convex`` (convex combination of min-max normalised scores)
+    ``ws * (dmax - d) / (dmax - dmin) + wk * (s - smin) / (smax - smin)``, the minimum and
+    maximum over the leg's candidates (1 when they are equal)
 
-``semdb.hybrid_search`` (the SQL function installed by ``semdb db upgrade``) runs the same
-statement from psql.
+A leg that did not find a row adds 0. The k best fused scores come back, ties broken by
+the semantic rank, then the key. With no stored choice and no ``fusion=``: ``rrf``, weights
+1 and 1, ``rrf_k`` 60. ``result.fusion`` says which fusion ran and where it came from.
+A text without any term (stopwords, punctuation) leaves the keyword leg empty: the result
+is the semantic leg's order; so does a keyword weight of 0 (the leg is not run).
+``semdb.hybrid_search`` (SQL, installed by ``semdb db upgrade``) runs the same statement
+from psql.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from semdb.errors import SearchError
-from semdb.orm.declaration import check_regconfig
-from semdb.orm.document import fulltext_document_sql, regconfig_sql
 from semdb.protocols import TextEmbedder
+from semdb.retrieval.keyword import (
+    DEFAULT_B,
+    DEFAULT_K1,
+    MAX_QUERY_WORDS,
+    bm25_ranking,
+    check_bm25,
+    check_text,
+    query_terms,
+)
 from semdb.retrieval.nearest import KnnSearch, connection_of
 from semdb.retrieval.plan import PlanRequest
 from semdb.retrieval.results import HybridHit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
-from semdb.retrieval.statement import (
-    check_k,
-    knn_statement,
-    query_parameter,
-    selects_one_entity,
-)
+from semdb.retrieval.statement import check_k, knn_statement, query_parameter, selects_one_entity
 from semdb.retrieval.vectors import query_vector
 from semdb.sync.registry import check_query_model
 
+__all__ = ["DEFAULT_CANDIDATES", "FUSIONS", "MAX_QUERY_WORDS", "Fusion", "hybrid_search"]
+
 DEFAULT_RRF_K = 60
-#: The most words a hybrid query text may hold: ``websearch_to_tsquery`` of 10,000 words
-#: takes seconds, and of 30,000 exceeds PostgreSQL's stack depth. The embedder reads at most
-#: 256 tokens of a text anyway.
-MAX_QUERY_WORDS = 256
+DEFAULT_CANDIDATES = 100
+FUSIONS = ("rrf", "convex")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the two legs' rankings are fused (``result.fusion``)."""
+
+    method: str  # "rrf" or "convex"
+    semantic_weight: float = 1.0
+    keyword_weight: float = 1.0
+    rrf_k: int = DEFAULT_RRF_K
+    #: "given" (the call's arguments), "stored" (semdb tune-hybrid's choice) or "default".
+    source: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSIONS:
+            raise SearchError(
+                f"fusion must be one of {', '.join(FUSIONS)}, got {self.method!r}",
+                fix="pass fusion='rrf' or fusion='convex'",
+            )
+        for name in ("semantic_weight", "keyword_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise SearchError(
+                    f"the {name.replace('_', ' ')} must be a number >= 0, got {value!r}",
+                    fix="pass weights=(semantic, keyword), e.g. (0.7, 0.3)",
+                )
+        rrf_k = self.rrf_k
+        if not isinstance(rrf_k, int) or isinstance(rrf_k, bool) or rrf_k < 0:
+            raise SearchError(f"rrf_k must be a non-negative integer, got {rrf_k!r}", fix="use 60")
+
+
+def resolve_fusion(
+    stored: Fusion | None, fusion: str | None, weights: Any, rrf_k: int | None
+) -> Fusion:
+    """The call's choice over the stored one over the default."""
+    base = stored or Fusion("rrf")
+    if fusion is None and weights is None and rrf_k is None:
+        return base
+    if weights is not None:
+        try:
+            semantic, keyword = weights
+        except (TypeError, ValueError):
+            raise SearchError(
+                f"weights must be a pair (semantic, keyword), got {weights!r}",
+                fix="pass e.g. weights=(0.7, 0.3)",
+            ) from None
+    elif fusion is not None and fusion != base.method:
+        semantic, keyword = 1.0, 1.0
+    else:
+        semantic, keyword = base.semantic_weight, base.keyword_weight
+    return Fusion(
+        fusion or base.method,
+        semantic,
+        keyword,
+        base.rrf_k if rrf_k is None else rrf_k,
+        "given",
+    )
 
 
 def hybrid_search(
@@ -59,41 +118,44 @@ def hybrid_search(
     *,
     k: int = 10,
     where: Any = None,
+    statement: sa.Select[Any] | None = None,
     embedder: TextEmbedder | None = None,
     vector: Any = None,
-    rrf_k: int = DEFAULT_RRF_K,
-    candidates: int | None = None,
-    fulltext: str | None = None,
+    fusion: str | None = None,
+    weights: tuple[float, float] | None = None,
+    rrf_k: int | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
+    k1: float = DEFAULT_K1,
+    b: float = DEFAULT_B,
     plan: PlanRequest = "auto",
     ef_search: int | None = None,
     exact_below: int | None = None,
 ) -> SearchResult:
-    """The k best rows by RRF of full-text and vector rankings for ``text``.
+    """The k best rows for ``text`` by BM25 and vector rankings fused (see the module).
 
     The query vector is ``vector`` when given, else ``embedder.embed_query(text)``.
-    ``fulltext``: the text search configuration (default: the column's, else english).
-    ``where`` filters both legs. Hits are :class:`HybridHit` (score, and each leg's rank).
-    ``text`` holds at most :data:`MAX_QUERY_WORDS` words.
+    ``where`` filters both legs; ``statement`` as in :func:`semdb.search`. ``fusion``
+    (``"rrf"`` or ``"convex"``), ``weights`` ``(semantic, keyword)`` and ``rrf_k`` override
+    the column's stored choice. Hits are :class:`HybridHit` (score, and each leg's rank);
+    k rows whenever k rows pass the filter. ``text`` holds at most :data:`MAX_QUERY_WORDS`
+    words.
     """
-    if not isinstance(text, str) or not text.strip():
+    text = check_text(text)
+    if not text.strip():
         raise SearchError("hybrid search needs a non-empty query text", fix="pass the user's query")
-    if "\x00" in text:
-        raise SearchError(
-            "the hybrid query text holds a NUL character, which PostgreSQL text cannot hold",
-            fix="remove NUL characters from the query text",
-        )
-    words = len(text.split())
-    if words > MAX_QUERY_WORDS:
-        raise SearchError(
-            f"the hybrid query text has {words} words; at most {MAX_QUERY_WORDS} are searched",
-            fix=f"shorten the query to its first {MAX_QUERY_WORDS} words, or use semdb.search",
-        )
     check_k(k)
-    if not isinstance(rrf_k, int) or isinstance(rrf_k, bool) or rrf_k < 0:
-        raise SearchError(f"rrf_k must be a non-negative integer, got {rrf_k!r}", fix="use 60")
-    pool = check_k(candidates if candidates is not None else max(4 * k, 40), "candidates")
+    k1, b = check_bm25(k1, b)
+    pool = max(check_k(candidates, "candidates"), k)
+    if fusion is not None:
+        Fusion(fusion)  # checked before any round trip
     knn = KnnSearch.build(
-        column, k=pool, where=where, ef_search=ef_search, plan=plan, exact_below=exact_below
+        column,
+        k=pool,
+        where=where,
+        statement=statement,
+        ef_search=ef_search,
+        plan=plan,
+        exact_below=exact_below,
     )
     target = knn.target
     connection = connection_of(bind)
@@ -105,70 +167,76 @@ def hybrid_search(
         embedder,
         argument="vector" if vector is not None else "query",
     )
+    terms = query_terms(connection, target, text)
+    chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
     chosen = knn.plan(connection, {})
-    config = check_regconfig(fulltext or target.spec.fulltext or "english")
-    key_names = [c.name for c in target.key]
+    keys = [c.name for c in target.key]
 
-    # The semantic leg: the statement search() would run, keys only.
-    semantic_top_q = knn_statement(
+    # The semantic leg: the statement search() would run, keys and distances only.
+    top = knn_statement(
         target,
-        sa.select(*target.key).select_from(target.table),
+        knn.base.with_only_columns(*target.key, maintain_column_froms=True),
         path=chosen.path,
         k=pool,
         where=knn.where,
         query=query_parameter(target, chosen.path, query_vec),
     ).subquery("semantic_top")
-    semantic_ranked = sa.select(
-        *[semantic_top_q.c[n] for n in key_names],
-        sa.func.row_number().over(order_by=semantic_top_q.c.distance).label("rank"),
+    distance = top.c.distance
+    semantic = sa.select(
+        *[top.c[n] for n in keys],
+        sa.func.row_number().over(order_by=[distance, *[top.c[n] for n in keys]]).label("rank"),
+        _normalised(-distance).label("norm"),
     ).cte("semantic")
 
-    # The full-text leg.
-    if target.spec.fulltext is not None and config == target.spec.fulltext:
-        document = target.fulltext_document()  # the GIN index's expression
+    # The keyword leg: BM25 of the same rows (empty when the text has no term, or when the
+    # fusion gives it no weight: then it could only add rows scored 0 after the others).
+    if terms.terms and chosen_fusion.keyword_weight > 0:
+        ranked = bm25_ranking(target, knn.base, knn.where, terms, limit=pool, k1=k1, b=b)
+        ranked_q = ranked.subquery("keyword_top")
+        keyword = sa.select(
+            *[ranked_q.c[n] for n in keys],
+            ranked_q.c.rank,
+            _normalised(ranked_q.c.score).label("norm"),
+        ).cte("keyword")
     else:
-        document = sa.func.to_tsvector(regconfig_sql(config), fulltext_document_sql(target.sources))
-    tsquery = sa.func.websearch_to_tsquery(
-        regconfig_sql(config), sa.bindparam("text", text, sa.Text)
-    )
-    rank = sa.func.ts_rank_cd(document, tsquery, type_=sa.Float)
-    fulltext_top = sa.select(*target.key, rank.label("r")).where(document.op("@@")(tsquery))
-    if knn.where is not None:
-        fulltext_top = fulltext_top.where(knn.where)
-    fulltext_top_q = fulltext_top.order_by(rank.desc()).limit(pool).subquery("fulltext_top")
-    fulltext_ranked = sa.select(
-        *[fulltext_top_q.c[n] for n in key_names],
-        sa.func.row_number().over(order_by=fulltext_top_q.c.r.desc()).label("rank"),
-    ).cte("fulltext")
+        keyword = (
+            sa.select(
+                *[sa.cast(sa.null(), c.type).label(c.name) for c in target.key],
+                sa.cast(sa.null(), sa.BigInteger).label("rank"),
+                sa.cast(sa.null(), sa.Float).label("norm"),
+            )
+            .where(sa.false())
+            .cte("keyword")
+        )
 
-    # Fusion.
-    s, f = semantic_ranked.c, fulltext_ranked.c
-    constant = sa.literal(float(rrf_k), sa.Float)
-    score = sa.func.coalesce(1.0 / (constant + s.rank), 0.0) + sa.func.coalesce(
-        1.0 / (constant + f.rank), 0.0
-    )
+    s, f = semantic.c, keyword.c
+    ws = sa.literal(float(chosen_fusion.semantic_weight), sa.Float, literal_execute=True)
+    wk = sa.literal(float(chosen_fusion.keyword_weight), sa.Float, literal_execute=True)
+    if chosen_fusion.method == "rrf":
+        constant = sa.literal(float(chosen_fusion.rrf_k), sa.Float, literal_execute=True)
+        score = ws * sa.func.coalesce(1.0 / (constant + s.rank), 0.0) + wk * sa.func.coalesce(
+            1.0 / (constant + f.rank), 0.0
+        )
+    else:
+        score = ws * sa.func.coalesce(s.norm, 0.0) + wk * sa.func.coalesce(f.norm, 0.0)
     fused = (
         sa.select(
-            *[sa.func.coalesce(s[n], f[n]).label(n) for n in key_names],
+            *[sa.func.coalesce(s[n], f[n]).label(n) for n in keys],
             score.label("score"),
             s.rank.label("semantic_rank"),
-            f.rank.label("fulltext_rank"),
+            f.rank.label("keyword_rank"),
         )
-        .select_from(
-            semantic_ranked.join(
-                fulltext_ranked, sa.and_(*[s[n] == f[n] for n in key_names]), full=True
-            )
-        )
+        .select_from(semantic.join(keyword, sa.and_(*[s[n] == f[n] for n in keys]), full=True))
         .subquery("fused")
     )
-    statement = (
-        knn.base.add_columns(fused.c.score, fused.c.semantic_rank, fused.c.fulltext_rank)
-        .join(fused, sa.and_(*[column == fused.c[column.name] for column in target.key]))
-        .order_by(fused.c.score.desc(), *target.key)
+    final = (
+        knn.base.add_columns(fused.c.score, fused.c.semantic_rank, fused.c.keyword_rank)
+        .join(fused, sa.and_(*[c == fused.c[c.name] for c in target.key]))
+        .order_by(fused.c.score.desc(), fused.c.semantic_rank.asc().nulls_last(), *target.key)
         .limit(k)
     )
     rows: list[Any] = run_statement(
-        bind, connection, statement, None, chosen.settings, custom_plan=knn.filtered
+        bind, connection, final, None, chosen.settings, custom_plan=True
     )
     one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
     hits = [
@@ -180,4 +248,12 @@ def hybrid_search(
         )
         for row in rows
     ]
-    return SearchResult(hits, chosen)
+    return SearchResult(hits, chosen, fusion=chosen_fusion)
+
+
+def _normalised(value: Any) -> sa.ColumnElement[float]:
+    """``(v - min) / (max - min)`` over the leg's rows (1 when they are all equal)."""
+    low = sa.func.min(value, type_=sa.Float).over()
+    high = sa.func.max(value, type_=sa.Float).over()
+    spread = sa.func.nullif(high - low, 0.0, type_=sa.Float)
+    return sa.func.coalesce((value - low) / spread, 1.0, type_=sa.Float)

@@ -22,20 +22,22 @@ class Hit(NamedTuple):
 
 class HybridHit(NamedTuple):
     """One hybrid result: the fused ``score`` (larger is better) and each leg's rank (None
-    when that leg did not find the row)."""
+    when that leg did not find the row among its candidates)."""
 
     row: Any
     score: float
     semantic_rank: int | None
-    fulltext_rank: int | None
+    keyword_rank: int | None
 
 
 class SearchResult(list[Any]):
-    """A list of hits, best first, with the :class:`SearchPlan` that produced them."""
+    """A list of hits, best first, with the :class:`SearchPlan` that produced them (and, for
+    a hybrid search, the fusion that ran: ``result.fusion``)."""
 
-    def __init__(self, hits: list[Any], plan: SearchPlan) -> None:
+    def __init__(self, hits: list[Any], plan: SearchPlan, fusion: Any = None) -> None:
         super().__init__(hits)
         self.plan = plan
+        self.fusion = fusion
         #: The query log's name for this search (for relevance feedback), when it was logged.
         self.query_id: int | None = None
 
@@ -44,6 +46,15 @@ class SearchResult(list[Any]):
         if max_distance is None:
             return self
         limit = float(max_distance)
-        within = SearchResult([hit for hit in self if hit.distance <= limit], self.plan)
+        within = SearchResult(
+            [hit for hit in self if hit.distance <= limit], self.plan, self.fusion
+        )
         within.query_id = self.query_id
         return within
+
+
+class KeywordHit(NamedTuple):
+    """One keyword (BM25) result: larger ``score`` is better."""
+
+    row: Any
+    score: float

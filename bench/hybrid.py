@@ -1,0 +1,343 @@
+"""BM25 in SQL, dense, untuned RRF and tuned hybrid search side by side, through semdb's API.
+
+For each set (see bench/hybrid_sets.py and bench/README-hybrid.md): the corpus is loaded into
+a table with MiniLM vectors (semdb's ONNX embedder), an HNSW index, the GIN index of
+``fulltext="english"`` and BM25 statistics; the fusion is tuned on the set's validation
+queries with :func:`semdb.retrieval.tuning.tune_hybrid` (never on test); then every test
+query runs through ``semdb.keyword_search``, ``semdb.search``, ``semdb.hybrid_search`` with
+RRF 1:1 k=60 (untuned) and ``semdb.hybrid_search`` with the stored choice (tuned), 100 rows
+each: nDCG@10 and Recall@100.
+
+Then, on 100k rows (bench/data.py's debdesc texts and their cached vectors): p50 latency of
+a dense search and a hybrid search (k=10, 100 candidates per leg), and what the BM25
+statistics' triggers cost: COPY (semdb.copy_rows) throughput and a worker-like vector
+update, with and without them.
+
+    python -m bench.hybrid                    # everything (tens of minutes on 2 cores)
+    python -m bench.hybrid --queries 200      # a sample of test queries
+    python -m bench.hybrid --skip-latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bench.common import engine as bench_engine
+from bench.common import machine, median, print_table
+from bench.data import write_result
+from bench.hybrid_sets import RetrievalSet, debdesc, set_vectors, stdlib
+
+DIM = 384
+MODEL = "all-MiniLM-L6-v2"
+
+
+def _table(name: str) -> Any:
+    from semdb import HNSW, embedding_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Doc(Base):
+        __tablename__ = name
+        id: Mapped[str] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        embedding = embedding_column(
+            "body",
+            model=MODEL,
+            dimension=DIM,
+            sync="manual",
+            fulltext="english",
+            index=HNSW(m=16, ef_construction=64),
+        )
+
+    return Doc
+
+
+def load(
+    engine: sa.Engine, doc: Any, ids: list[str], texts: list[str], vectors: np.ndarray
+) -> dict[str, float]:
+    """The table filled, indexed, registered, with BM25 statistics (reused when unchanged)."""
+    import semdb
+    from semdb.sync.registry import register
+    from semdb.sync.target import SyncTarget
+
+    table = doc.__table__
+    digest = f"{len(ids)}:{float(vectors[:, 0].sum()):.6f}:{sum(map(len, texts))}"
+    with engine.connect() as connection:
+        comment = connection.execute(
+            sa.text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": table.name}
+        ).scalar()
+    if comment == digest:
+        return {}
+    timings = {}
+    with engine.begin() as connection:
+        table.drop(connection, checkfirst=True)
+        table.create(connection)
+        started = time.perf_counter()
+        semdb.copy_rows(
+            connection,
+            doc,
+            {"id": ids, "body": texts, "embedding": vectors},
+            model=f"{MODEL}@bench",
+        )
+        timings["copy_s"] = time.perf_counter() - started
+        register(connection, SyncTarget.from_column(doc.embedding))
+        started = time.perf_counter()
+        semdb.install_keyword_stats(connection, doc.embedding)
+        timings["bm25_stats_s"] = time.perf_counter() - started
+        connection.execute(sa.text(f"ANALYZE {table.name}"))
+        connection.execute(sa.text(f"COMMENT ON TABLE {table.name} IS '{digest}'"))
+    return timings
+
+
+def ndcg10(ranking: list[str], relevant: set[str]) -> float:
+    dcg = sum(1 / math.log2(i + 2) for i, key in enumerate(ranking[:10]) if key in relevant)
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(10, len(relevant))))
+    return dcg / ideal
+
+
+def recall100(ranking: list[str], relevant: set[str]) -> float:
+    return len(relevant & set(ranking[:100])) / len(relevant)
+
+
+def evaluate_set(
+    engine: sa.Engine, data: RetrievalSet, queries: int | None, validation: int | None
+) -> dict[str, Any]:
+    from semdb.retrieval.tuning import describe, tune_hybrid
+
+    doc_vectors, query_vectors = set_vectors(data)
+    doc = _table(f"bench_hybrid_{data.name}")
+    print(f"[{data.name}] {len(data.docs)} documents, {len(data.test)} test queries")
+    timings = load(engine, doc, data.doc_ids, data.docs, doc_vectors)
+    column = doc.embedding
+    light = sa.select(doc.id)
+    chosen_validation = (
+        sorted(data.validation)[:validation] if validation else sorted(data.validation)
+    )
+    with engine.begin() as connection:
+        started = time.perf_counter()
+        tuning = tune_hybrid(
+            connection,
+            column,
+            data.queries,
+            {q: {d: 1.0 for d in data.validation[q]} for q in chosen_validation},
+            vectors=query_vectors,
+        )
+        tune_s = time.perf_counter() - started
+    print(
+        f"  tuned on {tuning.queries} validation queries in {tune_s:.0f} s: "
+        f"{describe(tuning.fusion)} (validation nDCG@10 {tuning.ndcg:.4f}; "
+        f"dense {tuning.semantic_ndcg:.4f}, BM25 {tuning.keyword_ndcg:.4f})"
+    )
+    test_ids = sorted(data.test)
+    if queries is not None and queries < len(test_ids):
+        rng = np.random.default_rng(0)
+        test_ids = sorted(rng.choice(test_ids, size=queries, replace=False).tolist())
+    methods = ["BM25 (SQL)", "dense", "hybrid RRF untuned", "hybrid tuned"]
+    scores: dict[str, dict[str, list[float]]] = {
+        m: {"ndcg": [], "recall": [], "ms": []} for m in methods
+    }
+    with engine.connect() as connection:
+        for n, q in enumerate(test_ids):
+            text, vector, relevant = data.queries[q], query_vectors[q], data.test[q]
+            for method in methods:
+                started = time.perf_counter()
+                ranking = _ranking(connection, method, column, light, text, vector)
+                scores[method]["ms"].append(1000 * (time.perf_counter() - started))
+                scores[method]["ndcg"].append(ndcg10(ranking, relevant))
+                scores[method]["recall"].append(recall100(ranking, relevant))
+            if (n + 1) % 200 == 0:
+                print(f"  {n + 1}/{len(test_ids)} queries", flush=True)
+    summary = {
+        m: {
+            "ndcg@10": float(np.mean(v["ndcg"])),
+            "recall@100": float(np.mean(v["recall"])),
+            "p50_ms_k100": median(v["ms"]),
+        }
+        for m, v in scores.items()
+    }
+    better_leg = max(summary["BM25 (SQL)"]["ndcg@10"], summary["dense"]["ndcg@10"])
+    return {
+        "documents": len(data.docs),
+        "test_queries": len(test_ids),
+        "validation_queries": tuning.queries,
+        "load": timings,
+        "tuning": {
+            "chosen": describe(tuning.fusion),
+            "validation_ndcg@10": tuning.ndcg,
+            "validation_dense": tuning.semantic_ndcg,
+            "validation_bm25": tuning.keyword_ndcg,
+            "seconds": tune_s,
+            "grid": tuning.scores,
+        },
+        "methods": summary,
+        "tuned_minus_better_leg_points": 100 * (summary["hybrid tuned"]["ndcg@10"] - better_leg),
+    }
+
+
+def _ranking(
+    connection: sa.Connection, method: str, column: Any, light: Any, text: str, vector: Any
+) -> list[str]:
+    import semdb
+
+    if method == "BM25 (SQL)":
+        hits = semdb.keyword_search(connection, column, text, k=100, statement=light)
+    elif method == "dense":
+        hits = semdb.search(connection, column, vector, k=100, statement=light)
+    elif method == "hybrid RRF untuned":
+        hits = semdb.hybrid_search(
+            connection,
+            column,
+            text,
+            vector=vector,
+            k=100,
+            statement=light,
+            fusion="rrf",
+            weights=(1.0, 1.0),
+            rrf_k=60,
+        )
+    else:  # the stored, tuned fusion
+        hits = semdb.hybrid_search(connection, column, text, vector=vector, k=100, statement=light)
+    return [hit.row[0] for hit in hits]
+
+
+def latency(engine: sa.Engine, samples: int) -> dict[str, Any]:
+    """p50 of dense and hybrid search (k=10) on the 108,896 rows of bench/data.py."""
+    import semdb
+    from bench.data import table_rows
+
+    items, matrix = table_rows()
+    doc = _table("bench_hybrid_latency")
+    ids = [f"{i}" for i in range(len(items))]
+    load(engine, doc, ids, [item.text for item in items], matrix)
+    data = debdesc()
+    _, query_vectors = set_vectors(data)
+    chosen = sorted(data.test)[:samples]
+    column = doc.embedding
+    dense, hybrid, keyword = [], [], []
+    with engine.connect() as connection:
+        for q in chosen * 2:  # the first pass warms the cache, the second is measured
+            text, vector = data.queries[q], query_vectors[q]
+            started = time.perf_counter()
+            semdb.search(connection, column, vector, k=10)
+            middle = time.perf_counter()
+            semdb.hybrid_search(connection, column, text, vector=vector, k=10)
+            end = time.perf_counter()
+            semdb.keyword_search(connection, column, text, k=10)
+            keyword.append(time.perf_counter() - end)
+            dense.append(middle - started)
+            hybrid.append(end - middle)
+    half = len(chosen)
+    result = {
+        "rows": len(items),
+        "queries": half,
+        "dense_p50_ms": 1000 * median(dense[half:]),
+        "hybrid_p50_ms": 1000 * median(hybrid[half:]),
+        "bm25_p50_ms": 1000 * median(keyword[half:]),
+    }
+    result["hybrid_over_dense"] = result["hybrid_p50_ms"] / result["dense_p50_ms"]
+    return result
+
+
+def upkeep(engine: sa.Engine, rows: int) -> dict[str, Any]:
+    """COPY and a worker-like vector UPDATE of ``rows`` rows, with and without the BM25
+    triggers, into a table with its declared indexes (HNSW, GIN) and without indexes."""
+    import semdb
+    from bench.data import table_rows
+    from semdb.sync.registry import register
+    from semdb.sync.target import SyncTarget
+
+    items, matrix = table_rows()
+    texts = [item.text for item in items[:rows]]
+    vectors = matrix[:rows]
+    ids = [str(i) for i in range(rows)]
+    out: dict[str, Any] = {"rows": rows}
+    for indexes in (True, False):
+        for stats in (False, True):
+            doc = _table("bench_hybrid_upkeep")
+            table = doc.__table__
+            with engine.begin() as connection:
+                table.drop(connection, checkfirst=True)
+                table.create(connection)
+                if not indexes:
+                    for index in table.indexes:
+                        index.drop(connection)
+                register(connection, SyncTarget.from_column(doc.embedding))
+                if stats:
+                    semdb.install_keyword_stats(connection, doc.embedding)
+            with engine.begin() as connection:
+                started = time.perf_counter()
+                semdb.copy_rows(
+                    connection,
+                    doc,
+                    {"id": ids, "body": texts, "embedding": vectors},
+                    model=f"{MODEL}@bench",
+                )
+                copy_s = time.perf_counter() - started
+            with engine.begin() as connection:
+                started = time.perf_counter()
+                connection.execute(sa.text("UPDATE bench_hybrid_upkeep SET embedding = embedding"))
+                update_s = time.perf_counter() - started
+            where = "indexed" if indexes else "no indexes"
+            label = f"{where}, {'with' if stats else 'without'} BM25 triggers"
+            out[label] = {
+                "copy_rows_per_s": rows / copy_s,
+                "vector_update_rows_per_s": rows / update_s,
+            }
+            print(f"  {label}: copy {rows / copy_s:,.0f} rows/s, ", end="")
+            print(f"vector update {rows / update_s:,.0f} rows/s")
+            with engine.begin() as connection:
+                if stats:
+                    semdb.uninstall_keyword_stats(connection, doc.embedding)
+                table.drop(connection)
+    for indexes in ("indexed", "no indexes"):
+        without = out[f"{indexes}, without BM25 triggers"]
+        with_ = out[f"{indexes}, with BM25 triggers"]
+        out[f"{indexes}: copy cost"] = 1 - with_["copy_rows_per_s"] / without["copy_rows_per_s"]
+        out[f"{indexes}: vector update cost"] = (
+            1 - with_["vector_update_rows_per_s"] / without["vector_update_rows_per_s"]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, help="test queries per set (default: all)")
+    parser.add_argument("--validation", type=int, help="validation queries (default: all)")
+    parser.add_argument("--sets", default="debdesc,stdlib")
+    parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--upkeep-rows", type=int, default=20000)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    engine = bench_engine()
+    results: dict[str, Any] = {"machine": machine(), "model": f"{MODEL} (semdb ONNX fp32)"}
+    sets = {"debdesc": debdesc, "stdlib": lambda: stdlib(engine)}
+    for name in args.sets.split(","):
+        results[name] = evaluate_set(engine, sets[name](), args.queries, args.validation)
+        rows = [
+            (method, v["ndcg@10"], v["recall@100"], v["p50_ms_k100"])
+            for method, v in results[name]["methods"].items()
+        ]
+        print_table(
+            f"{name}: {results[name]['test_queries']} test queries, tuned: "
+            f"{results[name]['tuning']['chosen']}",
+            ["method", "nDCG@10", "Recall@100", "p50 ms (k=100)"],
+            rows,
+        )
+    if not args.skip_latency:
+        results["latency"] = latency(engine, args.latency_queries)
+        print("latency:", results["latency"])
+        results["upkeep"] = upkeep(engine, args.upkeep_rows)
+    path = write_result("hybrid", results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

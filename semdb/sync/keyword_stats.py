@@ -1,0 +1,247 @@
+"""BM25 corpus statistics of a vector column's text, kept exact in the writer's transaction.
+
+For a column registered in ``semdb.vector_columns`` (``docs.embedding`` made from ``title``
+and ``body``, text search configuration ``english`` unless the column says otherwise), one
+trigger function and four statement-level triggers keep ``semdb.bm25_stats`` (documents,
+total length) and ``semdb.bm25_terms`` (documents per term) equal to what a full count over
+the table gives:
+
+- after INSERT, the inserted rows' terms are added (transition table ``semdb_new``);
+- after DELETE, the deleted rows' terms are subtracted (``semdb_old``);
+- after UPDATE, only rows whose text really changed count (old minus new, matched by key
+  and text: a worker writing vectors changes no text and costs two comparisons per row);
+- after TRUNCATE, the statistics are reset.
+
+A document's terms are ``to_tsvector(config, coalesce(title, '') || ' ' || coalesce(body,
+''))``, the GIN index's expression; its length is the number of distinct terms
+(``length(tsvector)``). Staleness: none. The statistics change in the transaction that
+changes the text, so a search sees exactly the rows its snapshot sees. The price: a
+statement that changes a column's text first locks that column's row of ``semdb.bm25_stats``
+until its transaction ends, so writers of one column's text run one after the other (always
+in that order, so they never deadlock on term rows). Terms whose count falls to 0 stay as
+rows with 0 (harmless; :func:`rebuild_statements` removes them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from psycopg import sql
+from sqlalchemy import Connection
+
+from semdb.errors import SyncError
+from semdb.sync.target import SyncTarget
+
+DEFAULT_CONFIG = "english"
+
+
+def config_of(target: SyncTarget) -> str:
+    return target.fulltext or DEFAULT_CONFIG
+
+
+def function_name(target: SyncTarget) -> str:
+    base = f"bm25_{target.table_schema}_{target.table_name}_{target.column_name}"
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"bm25_{target.table_name[:24]}_{target.column_name[:16]}_{digest}"
+
+
+def trigger_names(target: SyncTarget) -> list[str]:
+    stem = f"semdb_bm25_{target.column_name[:32]}"
+    return [f"{stem}_{event}" for event in ("insert", "update", "delete", "truncate")]
+
+
+def _document(target: SyncTarget, alias: str) -> sql.Composable:
+    """``coalesce(a."title", '') || ' ' || coalesce(a."body", '')`` (the GIN index's text)."""
+    return sql.SQL(" || ' ' || ").join(
+        sql.SQL("coalesce({}, '')").format(sql.Identifier(alias, source))
+        for source in target.sources
+    )
+
+
+def _tsvector(target: SyncTarget, alias: str) -> sql.Composable:
+    return sql.SQL("to_tsvector({}::regconfig, {})").format(
+        sql.Literal(config_of(target)), _document(target, alias)
+    )
+
+
+def _column_id(target: SyncTarget) -> sql.Composable:
+    return sql.SQL(
+        "(SELECT id FROM semdb.vector_columns "
+        "WHERE table_schema = {} AND table_name = {} AND column_name = {})"
+    ).format(
+        sql.Literal(target.table_schema),
+        sql.Literal(target.table_name),
+        sql.Literal(target.column_name),
+    )
+
+
+def _apply(column_id: sql.Composable) -> sql.Composable:
+    """Add ``docs(sign, tv)`` to the statistics of ``column_id``."""
+    return sql.SQL(
+        """, totals AS (
+        UPDATE semdb.bm25_stats
+        SET documents = documents + (SELECT coalesce(sum(sign), 0) FROM docs),
+            total_length = total_length + (SELECT coalesce(sum(sign * length(tv)), 0) FROM docs)
+        WHERE column_id = {cid} RETURNING 1
+    )
+    INSERT INTO semdb.bm25_terms AS t (column_id, term, documents)
+    SELECT {cid}, term, sum(sign) FROM docs, unnest(tsvector_to_array(docs.tv)) AS term
+    GROUP BY term HAVING sum(sign) <> 0 ORDER BY term
+    ON CONFLICT (column_id, term) DO UPDATE SET documents = t.documents + excluded.documents"""
+    ).format(cid=column_id)
+
+
+def install_statements(target: SyncTarget) -> list[sql.Composable]:
+    """The trigger function and triggers, then the statistics computed from the table as
+    it is (the triggers' lock on the table keeps writers out until the transaction ends)."""
+    cid = sql.Identifier("cid")
+    same = sql.SQL(" AND ").join(
+        [
+            *(sql.SQL("o.{0} = n.{0}").format(sql.Identifier(key)) for key in target.key_columns),
+            sql.SQL("({}) = ({})").format(_document(target, "o"), _document(target, "n")),
+        ]
+    )
+    new_changed = sql.SQL(
+        "SELECT 1 AS sign, {tv} AS tv FROM semdb_new AS n "
+        "WHERE NOT EXISTS (SELECT 1 FROM semdb_old AS o WHERE {same})"
+    ).format(tv=_tsvector(target, "n"), same=same)
+    old_changed = sql.SQL(
+        "SELECT -1 AS sign, {tv} AS tv FROM semdb_old AS o "
+        "WHERE NOT EXISTS (SELECT 1 FROM semdb_new AS n WHERE {same})"
+    ).format(tv=_tsvector(target, "o"), same=same)
+    body = sql.SQL(
+        """
+DECLARE
+    cid integer;
+BEGIN
+    SELECT s.column_id INTO cid FROM semdb.bm25_stats AS s WHERE s.column_id = {lookup};
+    IF cid IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN  -- (nested: an INSERT's trigger has no semdb_old to plan)
+        IF NOT EXISTS ({new_changed}) AND NOT EXISTS ({old_changed}) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    PERFORM 1 FROM semdb.bm25_stats WHERE column_id = cid FOR UPDATE;
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE semdb.bm25_stats SET documents = 0, total_length = 0 WHERE column_id = cid;
+        DELETE FROM semdb.bm25_terms WHERE column_id = cid;
+    ELSIF TG_OP = 'INSERT' THEN
+        WITH docs AS MATERIALIZED (SELECT 1 AS sign, {tv_new} AS tv FROM semdb_new AS n)
+        {apply};
+    ELSIF TG_OP = 'DELETE' THEN
+        WITH docs AS MATERIALIZED (SELECT -1 AS sign, {tv_old} AS tv FROM semdb_old AS o)
+        {apply};
+    ELSE
+        WITH docs AS MATERIALIZED ({new_changed} UNION ALL {old_changed})
+        {apply};
+    END IF;
+    RETURN NULL;
+END
+"""
+    ).format(
+        lookup=_column_id(target),
+        new_changed=new_changed,
+        old_changed=old_changed,
+        tv_new=_tsvector(target, "n"),
+        tv_old=_tsvector(target, "o"),
+        apply=_apply(cid),
+    )
+    function = sql.Identifier("semdb", function_name(target))
+    insert, update, delete, truncate = (sql.Identifier(n) for n in trigger_names(target))
+    table = target.table_sql
+    return [
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+        ).format(name=function, body=sql.Literal(body.as_string(None))),
+        *uninstall_statements(target, everything=False),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER INSERT ON {} REFERENCING NEW TABLE AS semdb_new "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(insert, table, function),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER UPDATE ON {} "
+            "REFERENCING OLD TABLE AS semdb_old NEW TABLE AS semdb_new "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(update, table, function),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER DELETE ON {} REFERENCING OLD TABLE AS semdb_old "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(delete, table, function),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(truncate, table, function),
+        *rebuild_statements(target),
+    ]
+
+
+def rebuild_statements(target: SyncTarget) -> list[sql.Composable]:
+    """The statistics counted again from the whole table (the stats row locked meanwhile)."""
+    cid = _column_id(target)
+    return [
+        sql.SQL(
+            "INSERT INTO semdb.bm25_stats (column_id, config) SELECT {cid}, {config} "
+            "ON CONFLICT (column_id) DO UPDATE SET config = excluded.config"
+        ).format(cid=cid, config=sql.Literal(config_of(target))),
+        sql.SQL("SELECT 1 FROM semdb.bm25_stats WHERE column_id = {} FOR UPDATE").format(cid),
+        sql.SQL("DELETE FROM semdb.bm25_terms WHERE column_id = {}").format(cid),
+        sql.SQL(
+            """WITH docs AS MATERIALIZED (SELECT {tv} AS tv FROM {table} AS t), totals AS (
+    UPDATE semdb.bm25_stats SET documents = (SELECT count(*) FROM docs),
+        total_length = (SELECT coalesce(sum(length(tv)), 0) FROM docs)
+    WHERE column_id = {cid} RETURNING 1
+)
+INSERT INTO semdb.bm25_terms (column_id, term, documents)
+SELECT {cid}, term, count(*) FROM docs, unnest(tsvector_to_array(docs.tv)) AS term
+GROUP BY term"""
+        ).format(tv=_tsvector(target, "t"), table=target.table_sql, cid=cid),
+    ]
+
+
+def uninstall_statements(target: SyncTarget, *, everything: bool = True) -> list[sql.Composable]:
+    """DROP the triggers (and with ``everything``, the function and the statistics)."""
+    statements: list[sql.Composable] = [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target.table_sql)
+        for name in trigger_names(target)
+    ]
+    if everything:
+        cid = _column_id(target)
+        statements += [
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                sql.Identifier("semdb", function_name(target))
+            ),
+            sql.SQL("DELETE FROM semdb.bm25_terms WHERE column_id = {}").format(cid),
+            sql.SQL("DELETE FROM semdb.bm25_stats WHERE column_id = {}").format(cid),
+            sql.SQL("DELETE FROM semdb.hybrid_fusion WHERE column_id = {}").format(cid),
+        ]
+    return statements
+
+
+def _target(connection: Connection, column: Any) -> SyncTarget:
+    from semdb.sync.registry import find
+
+    declared = column if isinstance(column, SyncTarget) else SyncTarget.from_column(column)
+    found = find(connection, declared.table_schema, declared.table_name, declared.column_name)
+    if found is None:
+        raise SyncError(
+            f"{declared.name} is not registered in semdb.vector_columns",
+            fix="register it first: op.create_embedding_sync(...) in a migration",
+        )
+    return found
+
+
+def install_keyword_stats(connection: Connection, column: Any) -> None:
+    """Make a registered column keyword-searchable: its triggers installed and its
+    statistics counted (``column``: ``Doc.embedding``, ``docs.c.embedding`` or a SyncTarget).
+    Migrations do the same with ``op.create_embedding_sync(..., keyword=True)``."""
+    for statement in install_statements(_target(connection, column)):
+        connection.exec_driver_sql(statement.as_string(None))
+
+
+def uninstall_keyword_stats(connection: Connection, column: Any) -> None:
+    """Remove a column's BM25 triggers, statistics and stored fusion."""
+    for statement in uninstall_statements(_target(connection, column)):
+        connection.exec_driver_sql(statement.as_string(None))
