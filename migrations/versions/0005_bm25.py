@@ -101,7 +101,7 @@ def _previous_hybrid_search() -> str:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return str(module.HYBRID_SEARCH)
+    return str(module.HYBRID_SEARCH).replace("@SEARCH_PATH@", module._search_path())
 
 
 # The query's terms that some row holds, their idf, the tsquery that finds the rows holding
@@ -298,9 +298,23 @@ AS $fn$
                         ' + %L::float8 * coalesce(f.norm, 0.0::float8)',
                         semantic_weight, keyword_weight);
     END IF;
+    IF spec.storage IS NULL OR spec.storage NOT IN ('vector', 'halfvec')
+       OR spec.index_storage IS NULL OR spec.index_storage NOT IN ('vector', 'halfvec') THEN
+        RAISE EXCEPTION 'semdb.hybrid_search: %.% has storage %, index storage %: unknown',
+            relation, vector_column, quote_literal(spec.storage), quote_literal(spec.index_storage)
+            USING HINT = 'semdb.vector_columns was changed by hand: register the column again';
+    END IF;
+    IF spec.dimension IS NULL OR spec.dimension < 1 THEN
+        RAISE EXCEPTION 'semdb.hybrid_search: %.% has no valid dimension', relation, vector_column;
+    END IF;
     distance_operator := CASE spec.distance
         WHEN 'cosine' THEN '<=>' WHEN 'l2' THEN '<->'
         WHEN 'inner_product' THEN '<#>' WHEN 'l1' THEN '<+>' END;
+    IF distance_operator IS NULL THEN
+        RAISE EXCEPTION 'semdb.hybrid_search: %.% has an unknown distance %',
+            relation, vector_column, quote_literal(spec.distance)
+            USING HINT = 'semdb.vector_columns was changed by hand: register the column again';
+    END IF;
     IF spec.index_storage = spec.storage THEN
         indexed := format('%I', spec.column_name);
     ELSE
