@@ -14,6 +14,7 @@ from semdb.errors import SemdbError
 from semdb.monitor import query_log
 from semdb.orm import (
     HNSW,
+    Chunks,
     Distance,
     IVFFlat,
     VectorType,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HNSW",
     "Bundle",
+    "Chunks",
     "Distance",
     "EmbeddedServer",
     "Embedder",

@@ -39,6 +39,7 @@ class _Declared:
     model_name: str
     dimension: int
     label: str
+    chunked: Any = None  # the SyncTarget of a chunked column (semdb.sync.chunking)
 
 
 _per_mapper: dict[Mapper[Any], tuple[_Declared, ...]] = {}
@@ -59,6 +60,7 @@ class _FlushListener:
         self.embedders: dict[str, TextEmbedder] = {}
 
     def __call__(self, session: Session, flush_context: Any, instances: Any) -> None:
+        session.info.pop(PENDING_CHUNKS, None)
         work: dict[str, list[tuple[Any, _Declared, str, bytes]]] = defaultdict(list)
         for obj in [*session.new, *session.dirty]:
             state = sa.inspect(obj)
@@ -74,7 +76,12 @@ class _FlushListener:
                     "embedder for it is attached to this session",
                     fix=f"call semdb.embed_on_flush(Session, Embedder.load({model_name!r}))",
                 )
-            self._embed(embedder, items)
+            chunked = [item for item in items if item[1].chunked is not None]
+            if chunked:
+                from semdb.sync.chunking import inline_embed
+
+                inline_embed(session, embedder, chunked)
+            self._embed(embedder, [item for item in items if item[1].chunked is None])
 
     def _needs_embedding(
         self, state: Any, obj: Any, declared: _Declared, session: Session
@@ -134,11 +141,21 @@ def _listener_for(target: Any) -> _FlushListener:
         return existing[1]
     listener = _FlushListener()
     event.listen(target, "before_flush", listener)
+    event.listen(target, "after_flush", _write_pending_chunks)
     _listeners[id(target)] = (target, listener)
     return listener
 
 
 _listeners: dict[int, tuple[Any, _FlushListener]] = {}
+PENDING_CHUNKS = "semdb.pending_chunks"  # = semdb.sync.chunking.PENDING
+
+
+def _write_pending_chunks(session: Session, flush_context: Any) -> None:
+    """After the rows are written: the chunks of the chunked columns embedded at this flush."""
+    if session.info.get(PENDING_CHUNKS):
+        from semdb.sync.chunking import inline_write
+
+        inline_write(session, session.info.pop(PENDING_CHUNKS))
 
 
 def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
@@ -162,6 +179,11 @@ def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
                 f"({exc.args[0]})",
                 fix="map every source column and the companions semdb adds",
             ) from exc
+        chunked = None
+        if spec.chunking is not None:
+            from semdb.sync.target import SyncTarget
+
+            chunked = SyncTarget.from_column(column)
         found.append(
             _Declared(
                 vector=key_of[column],
@@ -171,6 +193,7 @@ def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
                 model_name=spec.model,
                 dimension=spec.dimension,
                 label=f"{table.name}.{column.name}",
+                chunked=chunked,
             )
         )
     _per_mapper[mapper] = tuple(found)
