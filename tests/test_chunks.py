@@ -432,3 +432,16 @@ def test_autogenerate_creates_the_chunk_table_and_registers_the_chunking(
         command.check(config)
     finally:
         engine.dispose()
+
+
+def test_more_like_this_ranks_other_parents_by_their_best_chunk(articles: sa.Engine) -> None:
+    with Session(articles) as session:
+        source = session.get(Article, 4)
+        hits = semdb.more_like_this(session, Article.embedding, source, k=5)
+        ids = [hit.row.id for hit in hits]
+        assert len(ids) == 5 == len(set(ids)) and 4 not in ids
+        assert all(hit.chunk.end > hit.chunk.start for hit in hits)
+        filtered = semdb.more_like_this(
+            session, Article.embedding, source, k=3, where=Article.lang == "fr"
+        )
+        assert len(filtered) == 3 and all(hit.row.lang == "fr" for hit in filtered)
