@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from semdb.bundles import Bundle
 from semdb.db import EmbeddedServer, create_engine, resolve_url
+from semdb.db.replica import commit_lsn, create_read_engine, wait_for_replay
 from semdb.errors import SemdbError
 from semdb.monitor import query_log
 from semdb.orm import (
@@ -49,8 +50,10 @@ __all__ = [
     "Worker",
     "__version__",
     "backfill",
+    "commit_lsn",
     "copy_rows",
     "create_engine",
+    "create_read_engine",
     "embed_on_flush",
     "embedding_column",
     "explain_search",
@@ -59,6 +62,7 @@ __all__ = [
     "query_log",
     "resolve_url",
     "search",
+    "wait_for_replay",
 ]
 
 

@@ -3,6 +3,7 @@
 | variable | meaning | default |
 |---|---|---|
 | ``SEMDB_DATABASE_URL`` | any PostgreSQL 14+ with pgvector 0.7+ | unset: the embedded server |
+| ``SEMDB_READ_URL`` | a hot standby for searches (``semdb.create_read_engine``) | unset |
 | ``SEMDB_HOME`` | where the embedded server keeps its data | ``./.semdb`` |
 """
 
@@ -13,11 +14,18 @@ from pathlib import Path
 
 DATABASE_URL_VARIABLE = "SEMDB_DATABASE_URL"
 HOME_VARIABLE = "SEMDB_HOME"
+READ_URL_VARIABLE = "SEMDB_READ_URL"
 
 
 def database_url_setting() -> str | None:
     """The database URL the user configured, or None to use the embedded server."""
     value = os.environ.get(DATABASE_URL_VARIABLE, "").strip()
+    return value or None
+
+
+def read_url_setting() -> str | None:
+    """The URL of a read replica for searches, or None."""
+    value = os.environ.get(READ_URL_VARIABLE, "").strip()
     return value or None
 
 

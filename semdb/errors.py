@@ -42,6 +42,10 @@ class EmbeddedServerError(SemdbError):
     """The embedded PostgreSQL server could not be started, found or stopped."""
 
 
+class ReplicaLagError(SemdbError):
+    """A read replica had not replayed a commit within the time allowed (read-your-writes)."""
+
+
 class SchemaNotReadyError(SemdbError):
     """The database has not been migrated to the revision this semdb needs."""
 

@@ -273,7 +273,9 @@ def test_a_new_version_of_the_same_model_never_mixes_with_the_old(
     assert switched.status == "switched"
     assert slow.texts == ["new"]  # written into the old column, before the switch
     assert_all_made_by(docs, new)
-    assert Worker(docs, old).run(until_empty=True).embedded == 0
+    # A worker of the old version started now is refused: the column holds tiny@2 only.
+    with pytest.raises(SyncError, match="holds vectors of tiny@2"):
+        Worker(docs, old).run(until_empty=True)
 
     with pytest.raises(SearchError, match="tiny@2"):
         nearest(docs, Doc.embedding, "document number 7", old)
@@ -481,3 +483,72 @@ def test_backfill_fills_the_shadow_too(docs: sa.Engine, models: dict[str, Any]) 
     Worker(docs, models["tiny@2"]).run(until_empty=True)  # the queue: all fresh, skipped
     finish_activation(docs, activation)
     assert_all_made_by(docs, models["tiny@2"])
+
+
+def test_an_activation_whose_filling_session_is_killed_still_switches(
+    docs: sa.Engine, models: dict[str, Any]
+) -> None:
+    """``activate(embedder=...)`` (``semdb model activate --embed``) fills the shadow with a
+    worker: the server ends that worker's session mid-fill, it reconnects, nothing is lost,
+    and the switch happens."""
+    killed = threading.Event()
+
+    class KillOnce(Recording):
+        def embed(self, texts: Any, *, kind: str = "document") -> np.ndarray:
+            if not killed.is_set():
+                killed.set()
+                with docs.connect() as admin:
+                    admin.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'semdb worker%'"
+                        )
+                    )
+                    admin.commit()
+            return super().embed(texts, kind=kind)
+
+    wide = models["wide@1"]
+    done = activate(docs, COLUMN, "wide@1", embedder=KillOnce(wide), batch_size=8)
+    assert killed.is_set() and done.status == "switched"
+    assert_all_made_by(docs, wide)
+
+
+def test_an_activation_whose_shadow_write_fails_for_one_row_says_so(
+    docs: sa.Engine, models: dict[str, Any]
+) -> None:
+    """A trigger of the application's refuses one row's shadow vector: the other rows are
+    filled, the failing one is recorded and retried, then the activation stops with an error
+    naming semdb.errors; the column keeps its old model, and once the cause is gone
+    activating again switches."""
+    with docs.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE FUNCTION act_refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.id = 13 AND NEW.body IS NOT DISTINCT FROM OLD.body THEN "
+                "RAISE EXCEPTION 'row 13 refused'; END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            sa.text(
+                f"CREATE TRIGGER act_refuse_13 BEFORE UPDATE ON {TABLE} "
+                "FOR EACH ROW EXECUTE FUNCTION act_refuse_13()"
+            )
+        )
+    wide = models["wide@1"]
+    try:
+        started = time.monotonic()
+        with pytest.raises(SyncError, match="1 row.*cannot be embedded.*semdb.errors"):
+            activate(docs, COLUMN, "wide@1", embedder=wide, poll_seconds=0.1, backoff_seconds=0.05)
+        assert time.monotonic() - started < 60
+        assert_all_made_by(docs, models["tiny@1"])  # not switched
+        with docs.connect() as connection:
+            errors = connection.execute(
+                sa.text("SELECT DISTINCT key->>'id', error FROM semdb.errors")
+            ).all()
+        assert len(errors) == 1 and errors[0][0] == "13" and "row 13 refused" in errors[0][1]
+    finally:
+        with docs.begin() as connection:
+            connection.execute(sa.text(f"DROP TRIGGER act_refuse_13 ON {TABLE}"))
+            connection.execute(sa.text("DROP FUNCTION act_refuse_13()"))
+    assert activate(docs, COLUMN, "wide@1", embedder=wide).status == "switched"
+    assert_all_made_by(docs, wide)

@@ -146,6 +146,9 @@ def tables(engine: sa.Engine) -> Iterator[sa.Engine]:
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM semdb.queue"))
         connection.execute(sa.text("DELETE FROM semdb.errors"))
+        Operations(MigrationContext.configure(connection)).drop_embedding_sync(
+            Queued.__tablename__, "embedding"
+        )
     Base.metadata.drop_all(engine)
 
 

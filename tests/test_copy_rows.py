@@ -13,7 +13,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import semdb.alembic  # noqa: F401  (op.create_embedding_sync)
 from semdb import copy_rows, embedding_column
-from semdb.errors import DeclarationError, DimensionMismatchError
+from semdb.errors import (
+    DeclarationError,
+    DimensionMismatchError,
+    NonFiniteVectorError,
+    VectorTypeError,
+)
 from semdb.orm.document import content_hash, document_text
 
 from .vector_data import clustered_vectors
@@ -131,9 +136,34 @@ def test_a_rolled_back_transaction_keeps_nothing(papers: sa.Engine) -> None:
                 "title": ["a", "b"],
                 "embedding": np.stack([np.ones(16), np.full(16, np.nan)]),
             },
-            DimensionMismatchError,
-            "row 1",
+            NonFiniteVectorError,
+            "copy_papers.embedding: row 1 has NaN",
         ),
+        (
+            {
+                "id": [1, 2, 3],
+                "title": ["a", "b", "c"],
+                "embedding": [None, np.ones(16), np.r_[np.ones(15), np.inf]],
+            },
+            NonFiniteVectorError,
+            "copy_papers.embedding: row 2 has NaN or infinite",
+        ),
+        (
+            {"id": [1, 2], "title": ["a", "b"], "embedding": [None, np.ones(15)]},
+            DimensionMismatchError,
+            "copy_papers.embedding, row 1 holds 16-dimensional",
+        ),
+        (
+            {"id": [1, 2], "title": ["a", "b"], "embedding": [None, ["1"] * 16]},
+            VectorTypeError,
+            "row 1 holds <U1 values, not real numbers",
+        ),
+        (
+            {"id": [1], "title": ["a"], "embedding": [np.ones(16, dtype=complex)]},
+            VectorTypeError,
+            "complex",
+        ),
+        ({"id": [1], "title": ["a"], "embedding": ["not a vector"]}, VectorTypeError, "str"),
         ({"id": [1], "colour": ["red"]}, DeclarationError, "no column 'colour'"),
         ({"id": [1, 2], "title": ["a"]}, DeclarationError, "different lengths"),
     ],
@@ -145,3 +175,33 @@ def test_bad_input_is_refused_and_nothing_is_stored(
         copy_rows(connection, Paper, data)
     with papers.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM copy_papers")).scalar() == 0
+
+
+def test_a_column_mixing_none_and_vectors_loads_none_as_null(papers: sa.Engine) -> None:
+    """Rows given None load without a vector and without companions: queued sync embeds
+    them; the rows given a vector keep it and are not queued."""
+    vectors = clustered_vectors(3, 16, seed=5)
+    with papers.begin() as connection:
+        count = copy_rows(
+            connection,
+            Paper,
+            {
+                "id": [1, 2, 3, 4, 5],
+                "title": ["a", "b", "c", "d", "e"],
+                "abstract": ["x", None, "y", None, "z"],
+                "embedding": [None, vectors[0], [float(x) for x in vectors[1]], None, vectors[2]],
+            },
+            model="tiny@1",
+        )
+    assert count == 5
+    with papers.connect() as connection:
+        rows = connection.execute(
+            sa.select(
+                Paper.id, Paper.embedding, Paper.embedding_model, Paper.embedding_hash
+            ).order_by(Paper.id)
+        ).all()
+    assert [r.embedding is None for r in rows] == [True, False, False, True, False]
+    assert [r.embedding_model for r in rows] == [None, "tiny@1", "tiny@1", None, "tiny@1"]
+    assert [r.embedding_hash is None for r in rows] == [True, False, False, True, False]
+    assert np.allclose(rows[2].embedding, vectors[1]) and np.allclose(rows[4].embedding, vectors[2])
+    assert queued(papers) == 2  # the two rows without a vector

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 import semdb
 from semdb.db import EmbeddedServer, libpq_uri
+from semdb.db.embedded import SYSTEM_USER
 from semdb.errors import ExtensionMissingError
 
 from .conftest import run_semdb
@@ -140,6 +141,34 @@ def test_a_killed_server_is_restarted_on_demand(home: Path) -> None:
         assert connection.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_stale_pid_file_naming_a_live_process_does_not_block_the_start(home: Path) -> None:
+    """After a crash (or a container restart) postmaster.pid may name a pid that another,
+    unrelated process has now: the server still starts, and that process is left alone."""
+    server = EmbeddedServer(home)
+    server.start()
+    pid = server.postmaster_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while server.postmaster_pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # A process of the server's own user (as root, semdb runs the server as SYSTEM_USER):
+    # PostgreSQL takes a live process of its user as another postmaster.
+    as_server = {"user": SYSTEM_USER} if os.geteuid() == 0 else {}
+    other = subprocess.Popen(["sleep", "60"], **as_server)  # type: ignore[call-overload]
+    try:
+        lock = home / "pgdata" / "postmaster.pid"
+        lines = lock.read_text().splitlines()
+        lock.write_text("\n".join([str(other.pid), *lines[1:]]) + "\n")
+        url = server.start()
+        with psycopg.connect(libpq_uri(url)) as connection:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_long_home_path_puts_the_socket_in_a_short_folder(tmp_path: Path) -> None:
     home = tmp_path / ("deep-" * 20) / "home"
     server = EmbeddedServer(home)
@@ -151,6 +180,33 @@ def test_a_long_home_path_puts_the_socket_in_a_short_folder(tmp_path: Path) -> N
             assert connection.execute("SELECT 1").fetchone() == (1,)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "marker", ["$(touch $SEMDB_CANARY)", "`touch $SEMDB_CANARY`", '"q" \\ b;c\'d, e']
+)
+def test_no_shell_sees_the_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    """A SEMDB_HOME whose name holds command substitution, quotes, a backslash or a comma
+    runs no command: the server starts on that very folder."""
+    drop = tmp_path / "drop"  # writable by the server's system user when running as root
+    drop.mkdir()
+    drop.chmod(0o777)
+    canary = drop / "canary"
+    monkeypatch.setenv("SEMDB_CANARY", str(canary))
+    home = tmp_path / f"a {marker} b" / "home"
+    server = EmbeddedServer(home)
+    try:
+        url = server.start()
+        with psycopg.connect(libpq_uri(url)) as connection:
+            data = connection.execute("SHOW data_directory").fetchone()
+        assert data == (str(home / "pgdata"),)
+        assert server.status().running
+    finally:
+        server.stop()
+    assert not server.status().running
+    assert not canary.exists(), "a shell ran the command in the folder's name"
 
 
 SYSTEM_POSTGRES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.config import Config
 from sqlalchemy.engine import URL
@@ -110,5 +112,59 @@ def test_activations_revision_downgrades_and_upgrades_again(empty_database_url: 
         assert upgrade(engine) == head_revision()
         columns = {c["name"] for c in sa.inspect(engine).get_columns("vector_columns", "semdb")}
         assert {"model_version", "shadow_of"} <= columns
+    finally:
+        engine.dispose()
+
+
+def test_writes_to_synced_tables_keep_working_after_a_downgrade(
+    empty_database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Downgrading semdb's schema drops the registry and the queue: the sync triggers on the
+    application's tables go with them (the application's writes keep working), with a
+    message saying what to do after upgrading again; registering again works."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    import semdb.alembic  # op.create_embedding_sync
+
+    def register(connection: sa.Connection) -> None:
+        Operations(MigrationContext.configure(connection)).create_embedding_sync(
+            "synced_docs", "embedding", sources=["body"], model="tiny", dimension=3
+        )
+
+    def queued(connection: sa.Connection) -> int:
+        return int(connection.execute(sa.text("SELECT count(*) FROM semdb.queue")).scalar() or 0)
+
+    engine = semdb.create_engine(empty_database_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE TABLE synced_docs (id int PRIMARY KEY, body text, "
+                    "embedding vector(3), embedding_model text, embedding_hash bytea)"
+                )
+            )
+            register(connection)
+            connection.execute(sa.text("INSERT INTO synced_docs (id, body) VALUES (1, 'one')"))
+            assert queued(connection) == 1
+        with caplog.at_level(logging.WARNING):
+            assert downgrade(engine, "base") is None
+        with engine.begin() as connection:
+            connection.execute(sa.text("INSERT INTO synced_docs (id, body) VALUES (2, 'two')"))
+            connection.execute(sa.text("UPDATE synced_docs SET body = 'changed' WHERE id = 1"))
+            triggers = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_trigger "
+                    "WHERE tgrelid = 'synced_docs'::regclass AND NOT tgisinternal"
+                )
+            ).scalar()
+            assert triggers == 0
+        assert "synced_docs" in caplog.text and "semdb backfill" in caplog.text
+        upgrade(engine)
+        with engine.begin() as connection:
+            register(connection)
+            connection.execute(sa.text("INSERT INTO synced_docs (id, body) VALUES (3, 'three')"))
+            assert queued(connection) == 1
     finally:
         engine.dispose()

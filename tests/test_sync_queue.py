@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -324,3 +325,162 @@ def test_a_worker_whose_session_is_killed_reconnects_and_loses_nothing(
     stats = worker.run(until_empty=True)
     assert killed.is_set() and stats.embedded == 30 and queue_size(posts) == 0
     assert_all_fresh(posts, tiny_embedder)
+
+
+@contextmanager
+def refusing_row_13(engine: sa.Engine, refusal: str) -> Iterator[None]:
+    """Make writing a vector into row 13 fail: a trigger of the user's that raises (with
+    lock_not_available for "lock", as a lock timeout does: an OperationalError for psycopg,
+    like a lost connection, that must not be taken for one), or a check constraint."""
+    with engine.begin() as connection:
+        table = connection.dialect.identifier_preparer.quote(Post.__tablename__)
+        if refusal == "check":
+            connection.execute(
+                sa.text(
+                    f"ALTER TABLE {table} ADD CONSTRAINT no_vector_for_13 "
+                    "CHECK (id <> 13 OR embedding IS NULL) NOT VALID"
+                )
+            )
+        else:
+            errcode = "lock_not_available" if refusal == "lock" else "raise_exception"
+            connection.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$"
+                    " BEGIN IF NEW.id = 13 AND NEW.embedding IS NOT NULL THEN"
+                    f" RAISE EXCEPTION 'row 13 refused' USING ERRCODE = '{errcode}'; END IF;"
+                    " RETURN NEW; END $$"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    f"CREATE TRIGGER refuse_13 BEFORE UPDATE ON {table} "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_13()"
+                )
+            )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            if refusal == "check":
+                connection.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT no_vector_for_13"))
+            else:
+                connection.execute(sa.text(f"DROP TRIGGER refuse_13 ON {table}"))
+                connection.execute(sa.text("DROP FUNCTION refuse_13()"))
+
+
+def recorded_errors(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.text(
+                    "SELECT key->>'id', attempt, gave_up, error, worker FROM semdb.errors "
+                    "ORDER BY id"
+                )
+            ).all()
+        )
+
+
+@pytest.mark.parametrize("refusal", ["trigger", "lock", "check"])
+def test_a_row_whose_vector_cannot_be_written_does_not_stop_the_queue(
+    posts: sa.Engine, tiny_embedder: Any, refusal: str
+) -> None:
+    """Writing one row's vector fails: that row alone is recorded in semdb.errors, retried
+    with backoff and given up; every other row is embedded and the worker keeps running."""
+    import semdb
+
+    insert(posts, range(40))
+    with refusing_row_13(posts, refusal):
+        worker = semdb.Worker(
+            posts, tiny_embedder, batch_size=16, backoff_seconds=0.0, max_attempts=3
+        )
+        stats = worker.run(until_empty=True)
+        rows = stored(posts)
+        assert rows[13][0] is None
+        assert all(rows[i][0] is not None for i in rows if i != 13)
+        assert stats.embedded == 39 and stats.given_up == 1
+        assert queue_size(posts) == 0
+        errors = recorded_errors(posts)
+        assert [(e[0], e[1], e[2]) for e in errors] == [
+            ("13", 1, False),
+            ("13", 2, False),
+            ("13", 3, True),
+        ]
+        expected = "no_vector_for_13" if refusal == "check" else "row 13 refused"
+        assert expected in errors[0][3] and "writing the vector failed" in errors[0][3]
+        # The worker still runs: later rows are embedded.
+        insert(posts, range(100, 103))
+        assert semdb.Worker(posts, tiny_embedder).run(until_empty=True).embedded == 3
+
+
+def test_backfill_writes_every_row_but_the_one_whose_write_fails(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    import semdb
+
+    insert(posts, range(30))
+    with refusing_row_13(posts, "trigger"):
+        stats = semdb.backfill(posts, Post.embedding, tiny_embedder, batch_size=8)
+        assert stats.embedded == 29 and stats.failed == 1 and stats.skipped == 0
+        rows = stored(posts)
+        assert rows[13][0] is None and all(rows[i][0] is not None for i in rows if i != 13)
+        errors = recorded_errors(posts)
+        assert [(e[0], e[1], e[2]) for e in errors] == [("13", 1, True)]
+        assert "row 13 refused" in errors[0][3] and errors[0][4].startswith("backfill ")
+    # Once the cause is gone, the next backfill writes it.
+    assert semdb.backfill(posts, Post.embedding, tiny_embedder).embedded == 1
+
+
+def test_a_backfill_whose_session_is_killed_says_so_and_resumes(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The server ends backfill's session mid-run: a clear error (no half-written batch),
+    and the next run embeds the rest."""
+    import semdb
+
+    insert(posts, range(40))
+    calls = 0
+
+    class KillOnSecondBatch(Recording):
+        def embed(self, texts: Any, *, kind: str = "document") -> np.ndarray:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                with posts.connect() as admin:
+                    admin.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'semdb backfill%'"
+                        )
+                    )
+                    admin.commit()
+            return super().embed(texts, kind=kind)
+
+    with pytest.raises(SyncError, match="run it again") as lost:
+        semdb.backfill(posts, Post.embedding, KillOnSecondBatch(tiny_embedder), batch_size=10)
+    assert "connection" in lost.value.one_line()
+    assert sum(vector is not None for vector, _, _ in stored(posts).values()) == 10
+    assert semdb.backfill(posts, Post.embedding, tiny_embedder).embedded == 30
+    assert_all_fresh(posts, tiny_embedder)
+
+
+def test_a_row_the_application_keeps_locked_does_not_hold_the_worker(
+    posts: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The application holds a lock on one row for longer than the worker's lock_timeout:
+    that row's write fails alone (recorded, retried later), the others are written, and the
+    worker does not wait for the application's transaction."""
+    import semdb
+
+    insert(posts, range(20))
+    with posts.connect() as application:
+        application.execute(sa.select(TABLE.c.id).where(TABLE.c.id == 13).with_for_update())
+        started = time.monotonic()
+        worker = semdb.Worker(posts, tiny_embedder, lock_timeout_seconds=0.3, backoff_seconds=60)
+        stats = worker.run(until_empty=True)
+        assert time.monotonic() - started < 20
+        application.rollback()
+    assert stats.embedded == 19 and stats.failed == 1 and stats.given_up == 0
+    errors = recorded_errors(posts)
+    assert [(e[0], e[1], e[2]) for e in errors] == [("13", 1, False)]
+    assert "LockNotAvailable" in errors[0][3]
+    assert queue_size(posts) == 1  # retried after its backoff

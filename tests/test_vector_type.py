@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import pq
 
-from semdb.errors import DimensionMismatchError
+from semdb.errors import DimensionMismatchError, NonFiniteVectorError, VectorTypeError
 from semdb.orm import VectorType
 from semdb.orm.document import content_hash, content_hash_sql, document_sql, document_text
 from semdb.orm.types import encode_matrix, encode_vector
@@ -79,6 +79,9 @@ def test_round_trip_is_exact_for_float32_and_close_for_halfvec(engine: sa.Engine
         (np.array([1.0, np.nan, 0.0]), "NaN"),
         (np.array([1.0, np.inf, 0.0]), "NaN or infinite"),
         ("not a vector", "sequence of numbers"),
+        (["1", "2", "3"], "sequence of numbers"),
+        ([True, False, True], "sequence of numbers"),
+        (np.ones(3, dtype=complex), "sequence of numbers"),
     ],
 )
 def test_wrong_vectors_are_refused_before_they_are_sent(
@@ -88,7 +91,11 @@ def test_wrong_vectors_are_refused_before_they_are_sent(
     with engine.connect() as connection:
         with pytest.raises(sa.exc.StatementError) as caught:
             connection.execute(sa.select(sa.bindparam("v", value, type_=type_)))
-    assert isinstance(caught.value.orig, DimensionMismatchError)
+    expected = {"NaN": NonFiniteVectorError, "sequence of numbers": VectorTypeError}
+    assert isinstance(
+        caught.value.orig,
+        next((e for k, e in expected.items() if culprit.startswith(k)), DimensionMismatchError),
+    )
     assert culprit in str(caught.value.orig)
     assert "docs.embedding" in str(caught.value.orig) or "sequence" in culprit
 
@@ -103,7 +110,7 @@ def test_matrix_encoding_matches_row_encoding_and_names_bad_rows() -> None:
     vectors = rng.normal(size=(5, 8)).astype(np.float32)
     assert encode_matrix(vectors, dimension=8) == [encode_vector(v, dimension=8) for v in vectors]
     vectors[3, 1] = np.nan
-    with pytest.raises(DimensionMismatchError, match="row 3"):
+    with pytest.raises(NonFiniteVectorError, match="row 3"):
         encode_matrix(vectors, dimension=8)
     with pytest.raises(DimensionMismatchError, match="8-dimensional"):
         encode_matrix(np.zeros((2, 5)), dimension=8)

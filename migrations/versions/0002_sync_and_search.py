@@ -16,6 +16,7 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -116,6 +117,20 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The sync triggers on your tables read semdb.vector_columns and write semdb.queue, both
+    # dropped below: without their trigger functions (dropped with CASCADE, which takes the
+    # triggers along), your INSERTs and UPDATEs keep working. Rows written from now on are
+    # not queued: after upgrading again, register the columns again and run semdb backfill.
+    synced = op.get_bind().exec_driver_sql(SYNCED_TABLES).all()
+    op.execute(DROP_SYNC_TRIGGERS)
+    if synced:
+        logging.getLogger("alembic.runtime.migration").warning(
+            "semdb: removed the sync triggers of %s, whose registry this downgrade drops; "
+            "rows written from now on are not queued for embedding. After upgrading semdb's "
+            "schema again, run op.create_embedding_sync for these columns again (alembic "
+            "check finds them missing), then semdb backfill.",
+            ", ".join(f"{table} ({trigger})" for table, trigger in synced),
+        )
     op.execute(
         "DROP FUNCTION IF EXISTS semdb.hybrid_search("
         "anyelement, text, vector, text, integer, integer, integer)"
@@ -129,6 +144,29 @@ def downgrade() -> None:
     op.drop_table("errors", schema="semdb")
     # ### end Alembic commands ###
 
+
+# The triggers on user tables whose functions live in the semdb schema.
+SYNCED_TABLES = """
+SELECT t.tgrelid::regclass::text, t.tgname::text
+FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE p.pronamespace = 'semdb'::regnamespace AND NOT t.tgisinternal
+ORDER BY 1, 2
+"""
+
+DROP_SYNC_TRIGGERS = """
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'semdb'::regnamespace AND p.prorettype = 'trigger'::regtype
+    LOOP
+        EXECUTE format('DROP FUNCTION %s CASCADE', f);
+    END LOOP;
+END
+$$
+"""
 
 RRF_SCORE = """
 CREATE OR REPLACE FUNCTION semdb.rrf_score(

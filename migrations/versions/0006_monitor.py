@@ -8,7 +8,7 @@
 - ``semdb.drift_snapshots``: reference samples for drift (``semdb monitor --snapshot``).
 
 Revision ID: 0006_monitor
-Revises: 0003_activations
+Revises: 0004_hardening
 Create Date: 2026-11-24
 
 """
@@ -22,7 +22,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006_monitor"
-down_revision: str | Sequence[str] | None = "0003_activations"
+down_revision: str | Sequence[str] | None = "0004_hardening"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

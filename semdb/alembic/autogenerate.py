@@ -65,7 +65,41 @@ def compare_vectors(
     _swap_index_ops(autogen_context, upgrade_ops, tables)
     _index_drift(autogen_context, upgrade_ops, tables)
     _sync_drift(autogen_context, upgrade_ops, tables)
+    _leave_partitions(connection, upgrade_ops, tables)
     return PriorityDispatchResult.CONTINUE
+
+
+# -- partitions ------------------------------------------------------------------------------
+
+
+def _leave_partitions(
+    connection: sa.Connection, upgrade_ops: ops.UpgradeOps, tables: list[sa.Table]
+) -> None:
+    """The partitions of a declared partitioned table are part of it (made by migrations
+    with ``PARTITION OF``, never declared): no drop_table for them, and no drift in the
+    indexes PostgreSQL gives them from the partitioned table's."""
+    default_schema = connection.dialect.default_schema_name or "public"
+    declared = {(table.schema or default_schema, table.name) for table in tables}
+    if not declared:
+        return
+    rows = connection.execute(
+        sa.text(
+            "SELECT n.nspname, c.relname, rn.nspname, r.relname FROM pg_class AS c "
+            "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "JOIN pg_class AS r ON r.oid = pg_partition_root(c.oid) "
+            "JOIN pg_namespace AS rn ON rn.oid = r.relnamespace "
+            "WHERE c.relispartition"
+        )
+    ).all()
+    partitions = {(row[0], row[1]) for row in rows if (row[2], row[3]) in declared}
+    if not partitions:
+        return
+
+    def on_partition(op: Any) -> bool:
+        name = getattr(op, "table_name", None)
+        return name is not None and ((op.schema or default_schema), name) in partitions
+
+    upgrade_ops.ops = [op for op in upgrade_ops.ops if not on_partition(op)]
 
 
 # -- 0. activations in progress --------------------------------------------------------------

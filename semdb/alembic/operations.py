@@ -32,6 +32,14 @@ from alembic.operations import MigrateOperation, Operations
 from psycopg import sql
 from sqlalchemy.schema import CreateIndex, DropIndex
 
+from semdb.db.partitions import (
+    Partition,
+    check_sync_key,
+    index_validity,
+    is_partitioned_index,
+    partition_index_name,
+    partition_tree,
+)
 from semdb.errors import DeclarationError
 from semdb.orm.distance import Distance
 from semdb.orm.indexes import HNSW, METHODS, IVFFlat, VectorIndex, build_index
@@ -206,21 +214,71 @@ class DropVectorIndexOp(MigrateOperation):
 @Operations.implementation_for(CreateVectorIndexOp)
 def _create_vector_index(operations: Operations, operation: CreateVectorIndexOp) -> None:
     statement = CreateIndex(operation.to_index(), if_not_exists=operation.if_not_exists)
-    _run_ddl(operations, statement, concurrently=operation.concurrently)
+    if not operation.concurrently:
+        operations.execute(statement)
+        return
+    # CREATE INDEX CONCURRENTLY cannot run in a transaction block
+    with operations.get_context().autocommit_block():
+        tree = None
+        if not operations.get_context().as_sql:
+            bind = operations.get_bind()
+            schema = operation.schema or bind.dialect.default_schema_name or "public"
+            tree = partition_tree(bind, schema, operation.table_name)
+        if tree is None:
+            operations.execute(statement)
+        else:
+            _create_partitioned_index(operations, operation, tree)
+
+
+def _create_partitioned_index(
+    operations: Operations, operation: CreateVectorIndexOp, tree: list[Partition]
+) -> None:
+    """CONCURRENTLY on a partitioned table: each leaf's index concurrently, then the
+    partitioned tables' indexes bottom up, which attach them (see semdb.db.partitions)."""
+    options = operation.options()
+    options.pop("concurrently", None)
+    options.pop("schema", None)
+    bind = operations.get_bind()
+    for part in tree:  # deepest first, the root last
+        root = part.level == 0
+        name = (
+            operation.index_name if root else partition_index_name(operation.index_name, part.name)
+        )
+        if part.leaf and index_validity(bind, part.schema, [name]).get(name) is False:
+            # an interrupted build left it invalid: build it again
+            dropped = DropVectorIndexOp(name, part.name, schema=part.schema, concurrently=True)
+            operations.execute(DropIndex(dropped.to_index(), if_exists=True))
+        sub = CreateVectorIndexOp(
+            name,
+            part.name,
+            operation.column_name,
+            schema=part.schema,
+            concurrently=part.leaf,
+            **options,
+        )
+        if_not_exists = operation.if_not_exists or not root
+        operations.execute(CreateIndex(sub.to_index(), if_not_exists=if_not_exists))
 
 
 @Operations.implementation_for(DropVectorIndexOp)
 def _drop_vector_index(operations: Operations, operation: DropVectorIndexOp) -> None:
-    statement = DropIndex(operation.to_index(), if_exists=True)
-    _run_ddl(operations, statement, concurrently=operation.concurrently)
-
-
-def _run_ddl(operations: Operations, statement: sa.Executable, *, concurrently: bool) -> None:
-    if concurrently:  # CREATE/DROP INDEX CONCURRENTLY cannot run in a transaction block
-        with operations.get_context().autocommit_block():
-            operations.execute(statement)
-    else:
-        operations.execute(statement)
+    if not operation.concurrently:
+        operations.execute(DropIndex(operation.to_index(), if_exists=True))
+        return
+    with operations.get_context().autocommit_block():
+        index = operation.to_index()
+        if not operations.get_context().as_sql:
+            bind = operations.get_bind()
+            schema = operation.schema or bind.dialect.default_schema_name or "public"
+            if is_partitioned_index(bind, schema, operation.index_name):
+                # PostgreSQL cannot drop it concurrently; a plain DROP takes its partitions'
+                index = DropVectorIndexOp(
+                    operation.index_name,
+                    operation.table_name,
+                    column_name=operation.column_name,
+                    schema=operation.schema,
+                ).to_index()
+        operations.execute(DropIndex(index, if_exists=True))
 
 
 @Operations.register_operation("create_embedding_sync")
@@ -342,6 +400,10 @@ class DropEmbeddingSyncOp(MigrateOperation):
 @Operations.implementation_for(CreateEmbeddingSyncOp)
 def _create_embedding_sync(operations: Operations, operation: CreateEmbeddingSyncOp) -> None:
     target = operation.target
+    if not operations.get_context().as_sql:
+        check_sync_key(
+            operations.get_bind(), target.table_schema, target.table_name, target.key_columns
+        )
     operations.execute(register_statement(target))
     statements = install_statements(target) if target.sync == "queued" else []
     if target.sync != "queued":

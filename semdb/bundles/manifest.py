@@ -30,13 +30,13 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "semdb-bundle/1"
 
 # Names and versions become folder names in the model store: keep them to safe characters.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # fullmatch: "$" takes "\n"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_name(value: str, what: str = "model name") -> str:
     """``value`` if it is a safe name or version (letters, digits, ``. _ + -``), else an error."""
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value in {".", ".."}:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or value in {".", ".."}:
         raise BundleError(
             f"{what} {value!r} is not allowed",
             fix="use letters, digits and . _ + - only (at most 128 characters), "

@@ -64,7 +64,11 @@ def find_bundle(
     """A bundle by folder path, by ``name@version``, or by name (its newest version)."""
     text = os.fspath(name_or_path)
     candidate = Path(text).expanduser()
-    if candidate.is_dir():
+    try:
+        is_folder = candidate.is_dir()
+    except OSError:  # a name too long for a path, say: not a folder, so a name (checked)
+        is_folder = False
+    if is_folder:
         return Bundle.load(candidate, verify=verify)
     if isinstance(name_or_path, os.PathLike) or os.sep in text or text.startswith("."):
         raise BundleError(f"no model bundle at {candidate.absolute()}: no such folder")

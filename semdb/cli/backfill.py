@@ -68,7 +68,9 @@ def backfill(model: str | None, provider: str, columns: tuple[str, ...], batch_s
     finally:
         engine.dispose()
     table = Table(title="semdb backfill")
-    for name in ("column", "stale", "embedded", "skipped", "seconds", "rows/s"):
+    failed = any(stats.failed for stats in results)  # a column of its own only then
+    names = ("column", "stale", "embedded", "skipped", *(("failed",) if failed else ()))
+    for name in (*names, "seconds", "rows/s"):
         table.add_column(name, justify="right" if name != "column" else "left")
     for stats in results:
         rate = stats.embedded / stats.seconds if stats.seconds else 0.0
@@ -77,6 +79,7 @@ def backfill(model: str | None, provider: str, columns: tuple[str, ...], batch_s
             str(stats.stale_at_start),
             str(stats.embedded),
             str(stats.skipped),
+            *((str(stats.failed),) if failed else ()),
             f"{stats.seconds:.1f}",
             f"{rate:.1f}",
         )

@@ -22,6 +22,13 @@ from semdb.db import create_engine
     "--max-attempts", default=5, show_default=True, help="Attempts before giving up on a row."
 )
 @click.option(
+    "--lock-timeout",
+    default=10.0,
+    show_default=True,
+    help="Seconds a vector write waits for a row the application keeps locked; then that row "
+    "is retried later.",
+)
+@click.option(
     "--until-empty", is_flag=True, help="Stop when the queue is empty (else run until SIGTERM)."
 )
 @click.option(
@@ -38,6 +45,7 @@ def worker(
     batch_size: int,
     poll: float,
     max_attempts: int,
+    lock_timeout: float,
     until_empty: bool,
     metrics_port: int | None,
 ) -> None:
@@ -59,6 +67,7 @@ def worker(
             batch_size=batch_size,
             poll_seconds=poll,
             max_attempts=max_attempts,
+            lock_timeout_seconds=lock_timeout,
         )
         install_signal_handlers(runner)
         if metrics_port is not None:

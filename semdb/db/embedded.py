@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import signal
 import stat
 import subprocess
@@ -126,8 +125,10 @@ class EmbeddedServer:
 
     @property
     def socket_dir(self) -> Path:
-        """Where the server's socket lives: in the data folder, or in /tmp when that is too long."""
-        if len(str(self.pgdata / f".s.PGSQL.{_PORT}")) <= _MAX_SOCKET_PATH:
+        """Where the server's socket lives: in the data folder, or in /tmp when that is too
+        long or holds a character that PostgreSQL's list of socket folders cannot carry."""
+        path = str(self.pgdata / f".s.PGSQL.{_PORT}")
+        if len(path) <= _MAX_SOCKET_PATH and not set(path) & set(',"\\'):
             return self.pgdata
         digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
         return Path("/tmp") / f"semdb-{digest}"
@@ -273,6 +274,7 @@ class EmbeddedServer:
         self._prepare_permissions()
         if not self.initialised:
             self._initdb()
+        self._remove_stale_pid_file()
         self._start_server()
         self._ensure_database()
 
@@ -341,32 +343,79 @@ class EmbeddedServer:
             self._run("initdb", [*common, "--no-locale"])
 
     def _start_server(self) -> None:
-        options = ["-h", "''", "-k", shlex.quote(str(self.socket_dir))]
+        """Run ``postgres`` itself, its arguments as a list: ``pg_ctl start`` would hand the
+        data and log paths to ``/bin/sh``, where ``$(...)`` or backticks in a folder's name
+        run commands."""
+        command = [str((self.binaries or server_binaries()) / "postgres"), "-D", str(self.pgdata)]
+        command += [
+            "-c",
+            "listen_addresses=",
+            "-c",
+            f"unix_socket_directories={self._socket_setting()}",
+        ]
         for name, value in SERVER_SETTINGS.items():
-            options += ["-c", f"{name}={value}"]
-        self._run(
-            "pg_ctl",
-            [
-                "-w",
-                "-t",
-                "60",
-                "-D",
-                str(self.pgdata),
-                "-l",
-                str(self._log_path),
-                "-o",
-                " ".join(options),
-                "start",
-            ],
-        )
-        deadline = time.monotonic() + 30
+            command += ["-c", f"{name}={value}"]
+        kwargs: dict[str, object] = {}
+        if os.geteuid() == 0:
+            kwargs["user"] = SYSTEM_USER
+        with open(self._log_path, "ab") as log:
+            if os.geteuid() == 0:
+                entry = _pgserver_utils().ensure_user_exists(SYSTEM_USER)
+                os.chown(self._log_path, entry.pw_uid, entry.pw_gid)
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                start_new_session=True,  # the terminal's Ctrl-C is not the server's
+                **kwargs,  # type: ignore[call-overload]
+            )
+        _reap_when_done(process)
+        deadline = time.monotonic() + 90
         while self.postmaster_pid() is None:
-            if time.monotonic() > deadline:
+            if process.poll() is not None or time.monotonic() > deadline:
                 raise EmbeddedServerError(
-                    f"the embedded server in {self.pgdata} did not become ready",
-                    fix=f"read {self._log_path}",
+                    f"the embedded server in {self.pgdata} did not become ready"
+                    + (f" (postgres exited with {process.returncode})" if process.poll() else "")
+                    + f": {self._log_tail()}",
+                    fix=f"read {self._log_path}; remove {self.home} to start afresh if it holds "
+                    "no data you need, or set SEMDB_DATABASE_URL to another server",
                 )
             time.sleep(0.05)
+
+    def _remove_stale_pid_file(self) -> None:
+        """A ``postmaster.pid`` left by a server that died (SIGKILL, a crash, a container
+        restart) names a pid that another process may have now; PostgreSQL takes a live
+        process of its own user for another postmaster and refuses to start. No server runs
+        on this data (the caller holds the lock and found none ready): unless that pid is a
+        postgres process, the file is stale."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            process = psutil.Process(pid)
+            if process.name() == "postgres" or "postgres" in " ".join(process.cmdline()):
+                return  # a postgres: let it say whether it is this data's
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        except psutil.AccessDenied:
+            return
+        lock.unlink(missing_ok=True)
+
+    def _socket_setting(self) -> str:
+        """``unix_socket_directories`` is a comma-separated list: the folder goes in double
+        quotes (``socket_dir`` never holds a double quote)."""
+        return '"' + str(self.socket_dir) + '"'
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self._log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1] if lines else "empty log"
 
     def _ensure_database(self) -> None:
         import psycopg
@@ -391,6 +440,20 @@ class EmbeddedServer:
                 os.kill(pid, signal.SIGQUIT)  # immediate shutdown; crash recovery on next start
             except ProcessLookupError:
                 pass
+
+
+# Servers this process started: each is waited for by a thread of its own when it exits
+# (else a stopped server stays a zombie child while this process lives).
+_started: set[subprocess.Popen[bytes]] = set()
+
+
+def _reap_when_done(process: subprocess.Popen[bytes]) -> None:
+    def wait() -> None:
+        process.wait()
+        _started.discard(process)
+
+    _started.add(process)
+    threading.Thread(target=wait, name="semdb-server-reaper", daemon=True).start()
 
 
 # The homes this process holds (registered as a holder), and a lock for threads.

@@ -24,7 +24,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from semdb.errors import DeclarationError
+from semdb.errors import DeclarationError, DimensionMismatchError, VectorTypeError
 from semdb.orm.declaration import spec_of
 from semdb.orm.document import content_hash, document_text
 from semdb.orm.types import VectorType, encode_matrix
@@ -114,26 +114,82 @@ def _add_companions(
         spec = spec_of(column)
         if spec is None or column.name not in columns:
             continue
-        values = columns[column.name]
-        if isinstance(values, np.ndarray) or (len(values) and values[0] is not None):
-            columns[column.name] = encode_matrix(
-                np.asarray(values, dtype=np.float32)
-                if not isinstance(values, np.ndarray)
-                else values,
-                dimension=spec.dimension,
-                storage=spec.storage,
-                where=f"{table.fullname}.{column.name}",
-            )
+        encoded = _encode_column(columns[column.name], spec, f"{table.fullname}.{column.name}")
+        columns[column.name] = encoded
         if model is None:
             continue
+        # Companions only where a vector is given: a row loaded without one (None) is left
+        # for the sync to embed.
         model_name = spec.model_column_name(column.name)
         hash_name = spec.hash_column_name(column.name)
-        columns.setdefault(model_name, [model] * count)
+        columns.setdefault(model_name, [None if v is None else model for v in encoded])
         if all(source in columns for source in spec.sources) and hash_name not in columns:
             sources = [columns[source] for source in spec.sources]
             columns[hash_name] = [
-                content_hash(document_text(list(values))) for values in zip(*sources, strict=True)
+                None if vector is None else content_hash(document_text(list(values)))
+                for vector, values in zip(encoded, zip(*sources, strict=True), strict=True)
             ]
+
+
+def _encode_column(values: Any, spec: Any, where: str) -> list[bytes | None]:
+    """A vector column's values in pgvector's binary format; None (a row without a vector)
+    stays None. Every present vector is checked: its dimension, and NaN or infinity
+    (:class:`NonFiniteVectorError` naming the column and the row)."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        _check_kind(values, where)
+        return list(
+            encode_matrix(values, dimension=spec.dimension, storage=spec.storage, where=where)
+        )
+    values = list(values)
+    present = [i for i, value in enumerate(values) if value is not None]
+    encoded: list[bytes | None] = [None] * len(values)
+    if not present:
+        return encoded
+    vectors = [_row_vector(values[i], spec.dimension, f"{where}, row {i}") for i in present]
+    rows = encode_matrix(
+        np.stack(vectors).astype(np.float32, copy=False),
+        dimension=spec.dimension,
+        storage=spec.storage,
+        where=where,
+        rows=present,
+    )
+    for i, row in zip(present, rows, strict=True):
+        encoded[i] = row
+    return encoded
+
+
+def _row_vector(value: Any, dimension: int, where: str) -> np.ndarray:
+    """One row's vector as a 1-d array of ``dimension`` numbers (NaN checked by the caller)."""
+    if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray):
+        value = value.to_numpy()
+    if isinstance(value, (str, bytes)):
+        raise VectorTypeError(
+            f"{where} is a {type(value).__name__}, not a vector",
+            fix="pass a sequence of numbers (a 1-d float32 array), or None for no vector",
+        )
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise VectorTypeError(
+            f"{where} is not a vector of numbers ({type(value).__name__})",
+            fix="pass a sequence of numbers (a 1-d float32 array), or None for no vector",
+        ) from exc
+    _check_kind(array, where)
+    if array.ndim != 1 or array.shape[0] != dimension:
+        raise DimensionMismatchError(
+            f"{where} holds {dimension}-dimensional vectors; got one of shape {array.shape}",
+            fix=f"embed with the model the column was declared with ({dimension} dimensions)",
+        )
+    return array
+
+
+def _check_kind(array: np.ndarray, where: str) -> None:
+    """Real numbers only: strings, booleans, complex numbers and objects are refused."""
+    if array.dtype.kind not in "fiu":
+        raise VectorTypeError(
+            f"{where} holds {array.dtype} values, not real numbers",
+            fix="pass float32 vectors (what the embedder returns), or None for no vector",
+        )
 
 
 def _copy(connection: Connection, table: sa.Table, columns: dict[str, Any], count: int) -> int:

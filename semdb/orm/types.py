@@ -13,7 +13,7 @@ arrays. A value of the wrong dimension, or with NaN or infinity, is refused befo
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from typing import cast as cast_type
 
@@ -25,7 +25,7 @@ from sqlalchemy import Dialect, Float, cast
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
-from semdb.errors import DimensionMismatchError
+from semdb.errors import DimensionMismatchError, NonFiniteVectorError, VectorTypeError
 from semdb.orm.distance import STORAGES, Distance
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
@@ -69,16 +69,25 @@ psycopg.adapters.register_dumper(WireVector, _WireVectorDumper)
 def as_float32(value: Any, *, dimension: int | None, where: str = "the vector") -> FloatArray:
     """``value`` (array, list, pgvector value) as a 1-d float32 array, checked.
 
-    Raises :class:`DimensionMismatchError` naming ``where`` when the shape is wrong or a value
-    is NaN or infinite.
+    Raises :class:`VectorTypeError` for what is not real numbers (strings, booleans, complex
+    numbers, objects), :class:`DimensionMismatchError` naming ``where`` when the shape is
+    wrong, :class:`NonFiniteVectorError` when a value is NaN or infinite.
     """
     if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray):
         value = value.to_numpy()
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise DimensionMismatchError(
+    if isinstance(value, (str, bytes)):
+        raise VectorTypeError(
             f"{where} must be a sequence of numbers, got {type(value).__name__}",
+            fix="pass a 1-d numpy float32 array (what the embedder returns)",
+        )
+    try:
+        raw = np.asarray(value)
+        if raw.dtype.kind not in "fiu":
+            raise TypeError(f"{raw.dtype} values")
+        array = raw.astype(np.float32, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise VectorTypeError(
+            f"{where} must be a sequence of numbers, got {type(value).__name__} ({exc})",
             fix="pass a 1-d numpy float32 array (what the embedder returns)",
         ) from exc
     if array.ndim != 1:
@@ -94,7 +103,7 @@ def as_float32(value: Any, *, dimension: int | None, where: str = "the vector") 
     if array.shape[0] == 0:
         raise DimensionMismatchError(f"{where} got an empty vector", fix="embed some text first")
     if not np.isfinite(array).all():
-        raise DimensionMismatchError(
+        raise NonFiniteVectorError(
             f"{where} got a vector with NaN or infinite values",
             fix="check the embedder's output (a zero-length text or a broken model)",
         )
@@ -115,9 +124,18 @@ def encode_vector(
 
 
 def encode_matrix(
-    vectors: Any, *, dimension: int | None, storage: str = "vector", where: str = "the vectors"
+    vectors: Any,
+    *,
+    dimension: int | None,
+    storage: str = "vector",
+    where: str = "the vectors",
+    rows: Sequence[int] | None = None,
 ) -> list[bytes]:
-    """Encode each row of a (n, dimension) array at once (for bulk writes and COPY)."""
+    """Encode each row of a (n, dimension) array at once (for bulk writes and COPY).
+
+    ``rows``: the number of each vector in the caller's input, for errors (default: its
+    position in ``vectors``).
+    """
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2:
         raise DimensionMismatchError(
@@ -131,8 +149,8 @@ def encode_matrix(
         )
     if array.size and not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-        raise DimensionMismatchError(
-            f"{where}: row {bad} has NaN or infinite values",
+        raise NonFiniteVectorError(
+            f"{where}: row {rows[bad] if rows is not None else bad} has NaN or infinite values",
             fix="check the embedder's output for that row",
         )
     if storage == "halfvec" and array.size and float(np.abs(array).max()) > _HALF_MAX:

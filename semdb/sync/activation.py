@@ -61,6 +61,12 @@ import sqlalchemy as sa
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from semdb.db.partitions import (
+    Partition,
+    index_validity,
+    partition_index_name,
+    partition_tree,
+)
 from semdb.db.url import libpq_uri
 from semdb.errors import DimensionMismatchError, SemdbError, SyncError
 from semdb.orm.distance import Distance
@@ -134,9 +140,13 @@ def resolve_model(engine: sa.Engine, ref: str) -> tuple[str, str, int]:
 
     A bare name means its active version, else its only one.
     """
+    from semdb.bundles.manifest import check_name
     from semdb.bundles.registry import list_registered
 
     name, _, version = ref.partition("@")
+    check_name(name)
+    if version or ref.endswith("@"):
+        check_name(version, "model version")
     rows = [r for r in list_registered(engine) if r.name == name]
     chosen = [r for r in rows if r.version == version] if version else rows
     if not version and len(rows) > 1:
@@ -551,25 +561,73 @@ def build_shadow_indexes(
             index.name: valid
             for index, valid in _vector_indexes(connection, shadow, shadow.column_name)
         }
+        tree = partition_tree(connection, live.table_schema, live.table_name)
         for index in wanted:
             name = _shadow_index_name(index)
             if present.get(name):
                 continue
             if name in present:  # invalid: a build was interrupted
+                concurrently = sql.SQL("" if tree is not None else "CONCURRENTLY ")
                 connection.execute(
-                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                        sql.Identifier(live.table_schema, name)
+                    sql.SQL("DROP INDEX {}IF EXISTS {}").format(
+                        concurrently, sql.Identifier(live.table_schema, name)
                     )
                 )
             if on_step is not None:
                 on_step(f"building {index.method} index {name}")
-            connection.execute(_create_index_statement(live, shadow, index, name))
+            if tree is None:
+                connection.execute(_create_index_statement(live, shadow, index, name))
+            else:
+                _build_partitioned(connection, live, shadow, index, name, tree)
             built.append(name)
     return built
 
 
+def _build_partitioned(
+    connection: psycopg.Connection[Any],
+    live: SyncTarget,
+    shadow: SyncTarget,
+    index: _VectorIndex,
+    name: str,
+    tree: list[Partition],
+) -> None:
+    """A partitioned table's index: each leaf's CONCURRENTLY, then the partitioned tables'
+    bottom up, which attach them (see :mod:`semdb.db.partitions`)."""
+    for part in tree:  # deepest first, the root last
+        table = sql.Identifier(part.schema, part.name)
+        if part.level == 0:
+            connection.execute(
+                _create_index_statement(live, shadow, index, name, concurrently=False)
+            )
+            continue
+        part_name = partition_index_name(name, part.name)
+        if not part.leaf:
+            connection.execute(
+                _create_index_statement(
+                    live, shadow, index, part_name, table=table, concurrently=False
+                )
+            )
+            continue
+        valid = index_validity(connection, part.schema, [part_name]).get(part_name)
+        if valid:
+            continue
+        if valid is False:  # an interrupted build
+            connection.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(part.schema, part_name)
+                )
+            )
+        connection.execute(_create_index_statement(live, shadow, index, part_name, table=table))
+
+
 def _create_index_statement(
-    live: SyncTarget, shadow: SyncTarget, index: _VectorIndex, name: str
+    live: SyncTarget,
+    shadow: SyncTarget,
+    index: _VectorIndex,
+    name: str,
+    *,
+    table: sql.Composable | None = None,
+    concurrently: bool = True,
 ) -> sql.Composed:
     if index.method not in METHODS:  # pragma: no cover - filtered by the catalog query
         raise ActivationError(f"unknown vector index method {index.method!r}")
@@ -591,11 +649,12 @@ def _create_index_statement(
             )
         )
     return sql.SQL(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method} "
+        "CREATE INDEX {concurrently}IF NOT EXISTS {name} ON {table} USING {method} "
         "({expression} {opclass}){options}"
     ).format(
+        concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""),
         name=sql.Identifier(name),
-        table=live.table_sql,
+        table=live.table_sql if table is None else table,
         method=sql.SQL(index.method),
         expression=expression,
         opclass=sql.SQL(opclass),
@@ -716,6 +775,22 @@ def _switch(
                     sql.Identifier(renames[index.name]),
                 )
             )
+            # a partitioned index: its partitions' indexes follow the name
+            children = connection.execute(
+                "SELECT n.nspname, c.relname, t.relname FROM pg_partition_tree(%s::regclass) p "
+                "JOIN pg_class c ON c.oid = p.relid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_index x ON x.indexrelid = c.oid JOIN pg_class t ON t.oid = x.indrelid "
+                "WHERE p.level > 0",
+                (sql.Identifier(live.table_schema, renames[index.name]).as_string(connection),),
+            ).fetchall()
+            for schema, child, table_name in children:
+                connection.execute(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(schema, child),
+                        sql.Identifier(partition_index_name(renames[index.name], table_name)),
+                    )
+                )
     connection.execute(
         "INSERT INTO semdb.queue (column_id, key, enqueued_at) "
         "SELECT %(live)s, key, enqueued_at FROM semdb.queue WHERE column_id = %(shadow)s "
@@ -810,10 +885,14 @@ def activate(
     batch_size: int = 128,
     on_progress: Callable[[Activation, Progress], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    max_attempts: int = 5,
+    backoff_seconds: float = 2.0,
 ) -> Activation:
     """Start (or resume) switching ``column`` to ``model`` and, with ``wait``, see it through:
     wait for the workers to fill the shadow (or fill it here with ``embedder``, the new
-    model's), build its indexes, switch. Without ``wait``, return once it is started."""
+    model's), build its indexes, switch. Without ``wait``, return once it is started.
+    ``max_attempts`` and ``backoff_seconds``: the filling worker's retries of a failing row
+    (with ``embedder``); a row that still fails stops the activation with an error."""
     from semdb.protocols import model_tag
     from semdb.sync.worker import Worker
 
@@ -836,7 +915,12 @@ def activate(
                     on_progress(activation, activation_progress(engine, activation))
 
             worker = Worker(
-                engine, embedder, columns=[activation.shadow.name], batch_size=batch_size
+                engine,
+                embedder,
+                columns=[activation.shadow.name],
+                batch_size=batch_size,
+                max_attempts=max_attempts,
+                backoff_seconds=backoff_seconds,
             )
             worker.run(until_empty=True, on_batch=report)
         progress = activation_progress(engine, activation)
@@ -863,5 +947,5 @@ def activate(
                 fix=f"run workers of the new model (semdb worker --model {activation.to_model}), "
                 "then semdb model activate again (it resumes)",
             )
-        if embedder is None:
-            time.sleep(poll_seconds)
+        # Workers fill the shadow (or, with embedder, rows back off before their next try).
+        time.sleep(poll_seconds)

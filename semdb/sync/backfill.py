@@ -5,7 +5,10 @@ vector was made by another model version (``name@version``), or its vector is mi
 it has text. Rows are read in primary
 key order (keyset pagination, no OFFSET), embedded in batches and written with the same
 hash-checked UPDATE as the worker, one short transaction per batch: the application keeps
-writing meanwhile, and an interrupted backfill resumes where it stopped when run again.
+writing meanwhile, and an interrupted backfill resumes where it stopped when run again. A row
+whose vector cannot be written (a check constraint, a trigger of the application's, a lock
+timeout) is left as it is, counted in ``failed`` and recorded in ``semdb.errors``; the other
+rows are written.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from semdb.errors import DimensionMismatchError, SyncError
 from semdb.orm.types import encode_matrix
 from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.registration import TargetChanged, hold_registration
-from semdb.sync.registry import registered_target
+from semdb.sync.registry import bind_model_version, registered_target, version_refusal
 from semdb.sync.target import SyncTarget, ident
-from semdb.sync.write import VectorWrite, write_vectors
+from semdb.sync.write import VectorWrite, record_write_errors, worker_name, write_isolated
 
 
 @dataclass
@@ -35,6 +38,7 @@ class BackfillStats:
     stale_at_start: int = 0
     embedded: int = 0
     skipped: int = 0  # changed meanwhile (the worker or a later run takes them)
+    failed: int = 0  # writing the vector failed (recorded in semdb.errors; a later run retries)
     seconds: float = 0.0
     embed_seconds: float = 0.0
 
@@ -111,6 +115,15 @@ def backfill(
             target = registered_target(connection, declared) or declared
     if batch_size < 1:
         raise SyncError(f"batch_size must be positive, got {batch_size}", fix="use 64-512")
+    if target.id is not None and target.shadow_of is None:
+        with engine.begin() as connection:  # one column, one model version
+            target = bind_model_version(
+                connection, target, embedder.model_name, embedder.model_version
+            )
+    if target.model == embedder.model_name and not target.accepts(
+        embedder.model_name, embedder.model_version
+    ):
+        raise version_refusal(target, embedder.model_name, embedder.model_version, "backfill")
     if not target.accepts(embedder.model_name, embedder.model_version):
         raise SyncError(
             f"{target.name} is embedded with model {target.model_tag!r}, not "
@@ -126,7 +139,40 @@ def backfill(
     model = model_tag(embedder)
     stats = BackfillStats(column=target.name)
     started = time.perf_counter()
-    with psycopg.connect(libpq_uri(engine.url)) as connection:
+    try:
+        _run(engine, target, embedder, model, batch_size, stats, on_progress, on_total)
+    except psycopg.OperationalError as exc:
+        if not _connection_lost(exc):
+            raise
+        raise SyncError(
+            f"backfill of {target.name} lost its database connection after {stats.embedded} "
+            f"rows ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); the "
+            "batch in hand was rolled back",
+            fix="run it again: it resumes with the rows still missing or stale",
+        ) from exc
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """A lost session (terminated, server gone), not a lock timeout or a cancel."""
+    return not isinstance(exc, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
+
+
+def _run(
+    engine: sa.Engine,
+    target: SyncTarget,
+    embedder: TextEmbedder,
+    model: str,
+    batch_size: int,
+    stats: BackfillStats,
+    on_progress: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
+) -> None:
+    uri = libpq_uri(engine.url)
+    with psycopg.connect(
+        uri, application_name=f"semdb backfill {worker_name()}"[:63]
+    ) as connection:
         stats.stale_at_start = count_stale(connection, target, model)
         connection.commit()
         if on_total is not None:
@@ -179,10 +225,19 @@ def backfill(
                     VectorWrite(tuple(keys), next(vectors) if document else None, digest)
                     for keys, document, digest in texts
                 ]
-                written = write_vectors(connection, target, writes, model)
+                written, refused = write_isolated(connection, target, writes, model)
+                if refused and target.id is not None:
+                    record_write_errors(
+                        connection,
+                        target,
+                        [
+                            (writes[i].key_values, f"writing the vector failed: {error}")
+                            for i, error in refused.items()
+                        ],
+                        worker=f"backfill {worker_name()}",
+                    )
             stats.embedded += sum(written)
-            stats.skipped += len(written) - sum(written)
+            stats.failed += len(refused)
+            stats.skipped += len(written) - sum(written) - len(refused)
             if on_progress is not None:
                 on_progress(len(rows))
-    stats.seconds = time.perf_counter() - started
-    return stats

@@ -13,8 +13,9 @@ itself in this flush are left as they are.
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,7 +40,10 @@ class _Declared:
     model_name: str
     dimension: int
     label: str
-    chunked: Any = None  # the SyncTarget of a chunked column (semdb.sync.chunking)
+    table: sa.Table
+    column_name: str
+    # The SyncTarget of a chunked column (semdb.sync.chunking); not hashed (it holds a dict).
+    chunked: Any = field(default=None, hash=False, compare=False)
 
 
 _per_mapper: dict[Mapper[Any], tuple[_Declared, ...]] = {}
@@ -76,6 +80,8 @@ class _FlushListener:
                     "embedder for it is attached to this session",
                     fix=f"call semdb.embed_on_flush(Session, Embedder.load({model_name!r}))",
                 )
+            for declared in {item[1] for item in items}:
+                _check_version(session, declared, embedder)
             chunked = [item for item in items if item[1].chunked is not None]
             if chunked:
                 from semdb.sync.chunking import inline_embed
@@ -133,6 +139,54 @@ class _FlushListener:
             setattr(obj, declared.vector, vector)
             setattr(obj, declared.model, tag)
             setattr(obj, declared.hash, digest)
+
+
+# The model version each registered inline column is bound to, per engine, once read
+# committed ("" for a column the registry does not know: declared in Python only).
+_bound: weakref.WeakKeyDictionary[sa.Engine, dict[tuple[str, str, str], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _check_version(session: Session, declared: _Declared, embedder: TextEmbedder) -> None:
+    """One column, one model version: a registered column bound to no version is bound to
+    the embedder's at its first flush (in the flush's transaction); an embedder of another
+    version is refused. Read once per engine and column after that."""
+    from semdb.sync.registry import (
+        _has_registry,
+        bind_model_version,
+        find,
+        version_refusal,
+    )
+
+    connection = session.connection()
+    schema = declared.table.schema or connection.dialect.default_schema_name or "public"
+    key = (schema, declared.table.name, declared.column_name)
+    known = _bound.setdefault(connection.engine, {})
+    version = known.get(key)
+    if version is None:
+        target = find(connection, *key) if _has_registry(connection) else None
+        if target is None or target.model != embedder.model_name:
+            known[key] = ""  # the declaration's own checks apply
+            return
+        if target.model_version is not None:
+            known[key] = target.model_version  # committed: bound for good (inline columns
+            # are never switched by activations)
+        else:
+            target = bind_model_version(
+                connection, target, embedder.model_name, embedder.model_version
+            )
+        if target.model_version != embedder.model_version:
+            raise version_refusal(
+                target, embedder.model_name, embedder.model_version, "this session's embedder"
+            )
+        return
+    if version and version != embedder.model_version:
+        target = find(connection, *key)
+        if target is not None:
+            raise version_refusal(
+                target, embedder.model_name, embedder.model_version, "this session's embedder"
+            )
 
 
 def _listener_for(target: Any) -> _FlushListener:
@@ -193,6 +247,8 @@ def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
                 model_name=spec.model,
                 dimension=spec.dimension,
                 label=f"{table.name}.{column.name}",
+                table=table,
+                column_name=column.name,
                 chunked=chunked,
             )
         )

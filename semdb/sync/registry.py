@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert
 
+from semdb.db.partitions import check_sync_key
 from semdb.db.schema import vector_columns
 from semdb.errors import DimensionMismatchError, SchemaNotReadyError, SearchError, SyncError
 from semdb.orm.columns import VectorColumn
@@ -48,6 +49,7 @@ def unregister_statement(target: SyncTarget) -> sa.Executable:
 def register(connection: Connection, target: SyncTarget) -> SyncTarget:
     """Record ``target`` (insert or update); returns it with its id."""
     _require_schema(connection)
+    check_sync_key(connection, target.table_schema, target.table_name, target.key_columns)
     connection.execute(register_statement(target))
     found = find(connection, target.table_schema, target.table_name, target.column_name)
     assert found is not None
@@ -117,6 +119,61 @@ def _matches(target: SyncTarget, parts: list[str]) -> bool:
     if len(parts) == 1:
         return target.table_name == parts[0]
     return False
+
+
+def bind_model_version(
+    connection: Connection, target: SyncTarget, name: str, version: str
+) -> SyncTarget:
+    """Bind ``target``'s column to one exact version of its model, if it is bound to none
+    yet; returns the registration as it is then.
+
+    A column registered with a model name alone (``model="all-MiniLM-L6-v2"``) is bound at
+    its first embedding: to the version its stored vectors already carry, if they carry one,
+    else to ``version`` (the writer's). From then on only that version writes into it (and
+    queries it): ``semdb model activate`` alone moves it to another one. Writers of another
+    model name, shadow columns and unregistered columns are left as they are. The caller
+    commits.
+    """
+    if target.id is None or target.model != name or target.model_version is not None:
+        return target
+    stored = _stored_version(connection, target, name, version)
+    connection.execute(
+        sa.update(vector_columns)
+        .where(vector_columns.c.id == target.id, vector_columns.c.model_version.is_(None))
+        .values(model_version=stored or version)
+    )
+    bound = find(connection, target.table_schema, target.table_name, target.column_name)
+    return bound or target
+
+
+def _stored_version(
+    connection: Connection, target: SyncTarget, name: str, version: str
+) -> str | None:
+    """The version of ``name`` that a vector stored in the column carries, if any carries
+    another than ``version`` (one read, which stops at the first such row)."""
+    table = sa.table(
+        target.table_name, sa.column(target.model_column, sa.Text), schema=target.table_schema
+    )
+    tag = table.c[target.model_column]
+    other = connection.execute(
+        sa.select(tag)
+        .where(tag.startswith(f"{name}@", autoescape=True), tag != f"{name}@{version}")
+        .limit(1)
+    ).scalar()
+    if other is None:
+        return None
+    return str(other).partition("@")[2] or None
+
+
+def version_refusal(target: SyncTarget, name: str, version: str, who: str) -> SyncError:
+    """The error for a writer of ``name@version`` on a column bound to another version."""
+    return SyncError(
+        f"{target.name} holds vectors of {target.model_tag}; {who} runs {name}@{version}: "
+        "one column holds the vectors of one model version",
+        fix=f"use the model {target.model_tag} (--model {target.model_tag}), or move the column "
+        f"to the other version with: semdb model activate {name}@{version} --column "
+        f"{target.name}",
+    )
 
 
 _REGISTRY_SEEN: weakref.WeakKeyDictionary[sa.Engine, bool] = weakref.WeakKeyDictionary()

@@ -4,9 +4,11 @@ Run any number of workers, on any number of hosts, against one database: entries
 claimed with ``FOR UPDATE SKIP LOCKED`` inside the transaction that writes their vectors,
 so two workers never embed the same row and a worker killed mid-batch loses nothing (its
 transaction rolls back, its entries are claimable again). A row whose stored vector is
-already fresh (same content hash, same model) is skipped without embedding. A batch that
-fails is retried row by row to isolate the culprit; failures are recorded in
-``semdb.errors`` and retried with exponential backoff, up to ``max_attempts``.
+already fresh (same content hash, same model) is skipped without embedding. A batch whose
+embedding or whose write fails (a check constraint, a trigger of the application's, a lock
+timeout) is retried row by row, each write in a savepoint of its own, to isolate the culprit;
+failures are recorded in ``semdb.errors`` and retried with exponential backoff, up to
+``max_attempts``, while the rest of the queue drains.
 
 SIGTERM and SIGINT finish the batch in hand, then stop.
 """
@@ -32,9 +34,16 @@ from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.activity import BatchObserver, after_batch, snapshot
 from semdb.sync.claim import Claimed, claim
 from semdb.sync.registration import TargetChanged, hold_registration
-from semdb.sync.registry import registered
+from semdb.sync.registry import bind_model_version, registered, version_refusal
 from semdb.sync.target import SyncTarget
-from semdb.sync.write import VectorWrite, finish, record_failures, worker_name, write_vectors
+from semdb.sync.write import (
+    SCHEMA_CHANGED,
+    VectorWrite,
+    finish,
+    record_failures,
+    worker_name,
+    write_isolated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,9 @@ class Worker:
     """Embeds the queued rows of the registered columns of one model.
 
     ``columns``: names (``table.column`` or ``schema.table.column``) to limit the work to;
-    default: every registered column of ``embedder.model_name``.
+    default: every registered column of ``embedder.model_name``. ``lock_timeout_seconds``:
+    how long writing a vector waits for a row lock the application holds before that row's
+    write counts as failed (retried later with backoff).
     """
 
     def __init__(
@@ -73,6 +84,7 @@ class Worker:
         backoff_seconds: float = 2.0,
         backoff_cap_seconds: float = 600.0,
         idle_in_transaction_timeout_seconds: int = 600,
+        lock_timeout_seconds: float = 10.0,
     ) -> None:
         if batch_size < 1:
             raise SyncError(f"batch_size must be positive, got {batch_size}", fix="use 64-512")
@@ -89,11 +101,15 @@ class Worker:
         self.backoff_seconds = backoff_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
         self.idle_timeout_ms = int(idle_in_transaction_timeout_seconds * 1000)
+        # A row the application keeps locked fails its write after this long (recorded and
+        # retried like any failed write) instead of holding the worker and its claims.
+        self.lock_timeout_ms = max(1, int(lock_timeout_seconds * 1000))
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._connection: psycopg.Connection[Any] | None = None
         self.targets: list[SyncTarget] = []
         self._reload = False
+        self._loaded = False
         #: Called with a BatchReport after each batch (semdb.sync.activity).
         self.observers: list[BatchObserver] = []
 
@@ -112,9 +128,11 @@ class Worker:
             self._connection = psycopg.connect(
                 self.uri,
                 application_name=f"semdb worker {worker_name()}"[:63],
-                options=f"-c idle_in_transaction_session_timeout={self.idle_timeout_ms}",
+                options=f"-c idle_in_transaction_session_timeout={self.idle_timeout_ms} "
+                f"-c lock_timeout={self.lock_timeout_ms}",
             )
-            self.targets = self._load_targets()
+            self.targets = self._load_targets(reload=self._loaded)
+            self._loaded = True
         return self._connection
 
     def close(self) -> None:
@@ -122,33 +140,46 @@ class Worker:
             self._connection.close()
         self._connection = None
 
-    def _load_targets(self) -> list[SyncTarget]:
-        with self.engine.connect() as connection:
-            targets = registered(connection, names=self.columns or None)
-            if not self.columns:  # every queued column of this model (and version)
-                name, version = self.embedder.model_name, self.embedder.model_version
-                # A column being switched to this very model is the shadow's work only.
-                switching = {
-                    t.shadow_of for t in targets if t.shadow_of and t.accepts(name, version)
-                }
-                targets = [
-                    t
-                    for t in targets
-                    if t.accepts(name, version) and t.sync == "queued" and t.id not in switching
-                ]
-            present = []
-            for target in targets:
+    def _load_targets(self, *, reload: bool = False) -> list[SyncTarget]:
+        """The columns this worker embeds. A worker whose model version no column of its
+        model holds is refused at start; later (``reload``: an activation moved the columns
+        to another version meanwhile) it only says so and idles."""
+        name, version = self.embedder.model_name, self.embedder.model_version
+        refusal: SyncError | None = None
+        with self.engine.begin() as connection:
+            targets = []
+            for target in registered(connection, names=self.columns or None):
                 exists = connection.execute(
                     sa.text("SELECT to_regclass(:name) IS NOT NULL"),
                     {"name": f'"{_quote(target.table_schema)}"."{_quote(target.table_name)}"'},
                 ).scalar()
                 if exists:
-                    present.append(target)
+                    targets.append(target)
                 else:
                     log.warning("%s is registered but its table is gone: skipped", target.name)
-            targets = present
+            if not self.columns:  # every queued column of this model (and version)
+                targets = [t for t in targets if t.model == name and t.sync == "queued"]
+            # A column bound to no version yet is bound to this one now (or to the one its
+            # stored vectors carry): one column, one model version.
+            targets = [bind_model_version(connection, t, name, version) for t in targets]
+            if not self.columns:
+                # A column being switched to this very model is the shadow's work only.
+                switching = {
+                    t.shadow_of for t in targets if t.shadow_of and t.accepts(name, version)
+                }
+                ours = targets
+                targets = [t for t in ours if t.accepts(name, version) and t.id not in switching]
+                if ours and not targets:
+                    refusal = version_refusal(ours[0], name, version, "this worker")
+        # Raised once the binding is committed: the column keeps its version either way.
+        if refusal is not None:
+            if not reload:
+                raise refusal
+            log.warning("%s", refusal.one_line())
         for target in targets:
-            if not target.accepts(self.embedder.model_name, self.embedder.model_version):
+            if target.model == name and not target.accepts(name, version):
+                raise version_refusal(target, name, version, "this worker")
+            if not target.accepts(name, version):
                 raise SyncError(
                     f"{target.name} is embedded with model {target.model_tag!r}; this worker "
                     f"runs {self.model!r}",
@@ -197,7 +228,7 @@ class Worker:
                     on_batch(self.stats)
                 if self._reload:  # a column was switched or went away: read the registry
                     self._reload = False
-                    self.targets = self._load_targets()
+                    self.targets = self._load_targets(reload=True)
                 if done == 0:
                     if until_empty:
                         break
@@ -225,11 +256,8 @@ class Worker:
                 log.warning("%s", exc)
                 self.targets.remove(target)
                 self._reload = True
-            except (
-                psycopg.errors.UndefinedTable,
-                psycopg.errors.UndefinedObject,
-                psycopg.errors.UndefinedColumn,
-            ) as exc:  # the table changed under the worker: leave it, keep the others going
+            except SCHEMA_CHANGED as exc:
+                # the table changed under the worker: leave it, keep the others going
                 log.warning("%s cannot be synced any more (%s): skipped", target.name, exc)
                 self.targets.remove(target)
         return total
@@ -253,9 +281,11 @@ class Worker:
                 VectorWrite(c.key_values or (), vectors[c.queue_id], c.content_hash or b"")
                 for c in ready
             ]
-            written = write_vectors(connection, target, writes, self.model)
-            for entry, ok in zip(ready, written, strict=True):
-                if ok:
+            written, refused = write_isolated(connection, target, writes, self.model)
+            for index, (entry, ok) in enumerate(zip(ready, written, strict=True)):
+                if index in refused:  # writing its vector failed: recorded as a failure
+                    failures.append(_failure(entry, refused[index], writing=True))
+                elif ok:
                     settled.append(entry.queue_id)
                     self.stats.embedded += 1
                 else:
@@ -317,8 +347,13 @@ def _quote(name: str) -> str:
     return name.replace('"', '""')
 
 
-def _failure(entry: Claimed, exc: BaseException) -> tuple[int, int, dict[str, Any], str]:
-    return (entry.queue_id, entry.attempts, entry.key, f"{type(exc).__name__}: {exc}")
+def _failure(
+    entry: Claimed, exc: BaseException | str, *, writing: bool = False
+) -> tuple[int, int, dict[str, Any], str]:
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    if writing:
+        error = f"writing the vector failed: {error}"
+    return (entry.queue_id, entry.attempts, entry.key, error)
 
 
 def install_signal_handlers(worker: Worker) -> None:

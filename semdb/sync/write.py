@@ -8,6 +8,7 @@ deleted in the same transaction as the vectors they produced.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -80,10 +81,78 @@ def write_vectors(
     return written
 
 
+# Errors that say the table itself changed (a column or the table dropped, a type gone):
+# not one row's fault, so they are raised for the caller to leave the column, never
+# recorded against a row.
+SCHEMA_CHANGED: tuple[type[psycopg.Error], ...] = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedObject,
+    psycopg.errors.UndefinedColumn,
+)
+
+
+def write_isolated(
+    connection: psycopg.Connection[Any],
+    target: SyncTarget,
+    writes: Sequence[VectorWrite],
+    model: str,
+) -> tuple[list[bool], dict[int, str]]:
+    """Write the vectors in a savepoint; if that fails, write them one by one, each in a
+    savepoint of its own, so that a row whose write fails (a check constraint, a trigger of
+    the user's, a lock timeout, a deadlock) fails alone.
+
+    Returns ``(written, failed)``: ``written[i]`` as :func:`write_vectors` (False for a row
+    that failed too), ``failed`` the error of each failed write by its index in ``writes``.
+    A lost connection and a changed table are raised.
+    """
+    try:
+        with connection.transaction():
+            return write_vectors(connection, target, writes, model), {}
+    except psycopg.Error as exc:
+        if connection.broken or connection.closed or isinstance(exc, SCHEMA_CHANGED):
+            raise
+        if len(writes) == 1:
+            return [False], {0: _describe(exc)}
+    written: list[bool] = []
+    failed: dict[int, str] = {}
+    for index, write in enumerate(writes):
+        try:
+            with connection.transaction():
+                written.extend(write_vectors(connection, target, [write], model))
+        except psycopg.Error as exc:
+            if connection.broken or connection.closed or isinstance(exc, SCHEMA_CHANGED):
+                raise
+            written.append(False)
+            failed[index] = _describe(exc)
+    return written, failed
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def finish(connection: psycopg.Connection[Any], queue_ids: Sequence[int]) -> None:
     """Delete settled queue entries."""
     if queue_ids:
         connection.execute("DELETE FROM semdb.queue WHERE id = ANY(%s)", (list(queue_ids),))
+
+
+def record_write_errors(
+    connection: psycopg.Connection[Any],
+    target: SyncTarget,
+    errors: Sequence[tuple[Sequence[Any], str]],
+    *,
+    worker: str,
+) -> None:
+    """Record rows ``(key_values, error)`` whose vector could not be written outside the
+    queue (backfill): nothing retries them but a later run, so they are recorded given up."""
+    for key_values, error in errors:
+        key = json.dumps(dict(zip(target.key_columns, key_values, strict=True)), default=str)
+        connection.execute(
+            "INSERT INTO semdb.errors (column_id, key, error, attempt, worker, gave_up) "
+            "VALUES (%s, %s::jsonb, %s, 1, %s, true)",
+            (target.id, key, error[:4000], worker),
+        )
 
 
 def worker_name() -> str:
