@@ -448,3 +448,29 @@ def test_more_like_this_ranks_other_parents_by_their_best_chunk(articles: sa.Eng
             session, Article.embedding, source, k=3, where=Article.lang == "fr"
         )
         assert len(filtered) == 3 and all(hit.row.lang == "fr" for hit in filtered)
+
+
+def test_k_parents_come_back_when_few_parents_hold_the_nearest_chunks(
+    tables: sa.Engine, tiny_embedder: Any
+) -> None:
+    factory = sa.orm.sessionmaker(tables)
+    semdb.embed_on_flush(factory, tiny_embedder)
+    with factory.begin() as session:
+        for i in range(3):  # three parents with dozens of chunks, all about the query
+            session.add(Article(id=100 + i, body=long_text(*([3] * 15), repeat=4)))
+        for i in range(12):
+            session.add(Article(id=i, body=long_text(i % 6 if i % 6 != 3 else 0)))
+    with tables.connect() as connection:
+        per_parent = connection.execute(
+            sa.select(sa.func.count()).where(ARTICLE_CHUNKS.c.parent_id == 100)
+        ).scalar()
+    assert per_parent is not None and per_parent >= 40  # the index's first candidates: 3 parents
+    query = tiny_embedder.embed_query(TOPICS[3])
+    with Session(tables) as session:
+        for plan in ("index", "auto"):
+            hits = semdb.search(session, Article.embedding, query, k=10, plan=plan)
+            ids = [hit.row.id for hit in hits]
+            assert len(ids) == 10 == len(set(ids)), (plan, ids, hits.plan)
+            assert set(ids[:3]) == {100, 101, 102}
+            if plan == "index":  # eight times the candidates sufficed: no exact fallback
+                assert hits.plan.path == "index" and not hits.plan.fell_back_to_exact
