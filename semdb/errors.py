@@ -111,3 +111,13 @@ class BindTypeError(SemdbError, TypeError):
 class MonitorError(SemdbError):
     """``semdb monitor`` cannot do what was asked (a drift snapshot of too few rows, a
     database without semdb's monitoring tables)."""
+
+
+class BlendError(SemdbError):
+    """Two models cannot be blended (other architectures or dimensions), or a blend's
+    settings cannot be used (a forgetting bound below zero, a mixing weight outside 0..1)."""
+
+
+class ForgettingError(SemdbError):
+    """A model lost more than the allowed bound on a general (out-of-domain) set it was
+    scored on, and switching to it was not forced."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from semdb.errors import SemdbError
+from semdb.errors import BlendError, SemdbError
+from training.blend import ALPHAS, DEFAULT_BOUND, check_bound
 from training.config import TrainConfig, check_output_dir, world
 from training.data import RetrievalSet, load_source
 from training.encoders import encoder_fingerprint
@@ -37,6 +38,28 @@ class MiningOptions:
     encoder: Any = None  # an Encoder; default: the base model (PyTorch)
     cache_dir: Path | None = None
     url: str | None = None
+
+
+@dataclass
+class BlendOptions:
+    """After training, blend the fine-tuned weights with the base's and choose how much
+    (:mod:`training.blend`): scored on the in-domain validation queries and on ``general``
+    (name -> set: data from other domains the model must not forget)."""
+
+    general: dict[str, RetrievalSet]
+    bound: float = DEFAULT_BOUND
+    alphas: tuple[float, ...] = ALPHAS
+    queries: int = 300  # at most, per general set
+    corpus: int = 1000  # documents per general set: the queries' own and random others
+    max_tokens: int | None = None  # truncate texts while scoring the curve (None: the model's)
+
+    def __post_init__(self) -> None:
+        check_bound(self.bound)
+        if not self.general:
+            raise BlendError(
+                "blending needs at least one general set to measure forgetting on",
+                fix="name one: --general ./other-beir-folder",
+            )
 
 
 def prepare_data(
@@ -132,15 +155,105 @@ def fine_tune(
     split: str = "train",
     url: str | None = None,
     mining: MiningOptions | None = None,
+    blend: BlendOptions | None = None,
 ) -> TrainResult:
-    """Fine-tune ``config.base_model`` on ``source`` (a folder, a .jsonl file or a SELECT)."""
+    """Fine-tune ``config.base_model`` on ``source`` (a folder, a .jsonl file or a SELECT).
+
+    With ``blend``, the run then scores blends of the base and fine-tuned weights, writes
+    ``blend.json`` and ``blend.png``, and the chosen blend to ``<run>/blended`` (unless the
+    rule keeps the fine-tuned model as it is)."""
     check_output_dir(config)  # refuse to overwrite an earlier run before any long work
     train_set, validation_set = prepare_data(source, config, split=split, url=url)
+    if blend is not None and validation_set is None:
+        raise BlendError(
+            "choosing a blend needs in-domain validation queries, and this run has none",
+            fix="give --validation-fraction above 0 (and at least two queries)",
+        )
     if config.hard_negatives > 0:
         train_set = add_hard_negatives(train_set, config, mining or MiningOptions(url=url))
     result = train(config, train_set, validation_set)
     end_process_group()
+    if blend is not None and validation_set is not None and world()[0] == 0:
+        from training.blend import BLEND_FILE
+
+        report = choose_blend(config, validation_set, result.model_dir, blend)
+        result.blend = {
+            "chosen": report.chosen,
+            "bound": report.bound,
+            "file": str(config.output_dir / BLEND_FILE),
+            "changes_at_chosen": report.changes(report.chosen),
+            "changes_at_fine_tuned": report.changes(1.0),
+        }
     return result
+
+
+def choose_blend(
+    config: TrainConfig, validation_set: RetrievalSet, model_dir: Path, options: BlendOptions
+) -> Any:
+    """Score the blend curve, choose ``a``, write blend.json, blend.png and ``blended/``."""
+    from training.blend import (
+        BLEND_FILE,
+        BLENDED_DIR,
+        GENERAL,
+        IN_DOMAIN,
+        PLOT_FILE,
+        Blender,
+        ScoredSet,
+        blend_curve,
+        plot_curve,
+        sample_set,
+    )
+
+    sets = [
+        ScoredSet(
+            "validation",
+            IN_DOMAIN,
+            sample_set(
+                validation_set,
+                queries=len(validation_set.query_ids),
+                corpus=config.validation_corpus_size,
+                seed=config.seed,
+            ),
+        )
+    ]
+    for name, data in options.general.items():
+        sets.append(
+            ScoredSet(
+                name,
+                GENERAL,
+                sample_set(data, queries=options.queries, corpus=options.corpus, seed=config.seed),
+            )
+        )
+    logger.info(
+        "blend curve: a in %s on %s",
+        ", ".join(f"{a:.1f}" for a in options.alphas),
+        ", ".join(f"{s.name} ({len(s.data.query_ids)} queries)" for s in sets),
+    )
+    blender = Blender(config.base_model, model_dir)
+    report = blend_curve(
+        blender, sets, bound=options.bound, alphas=options.alphas, max_tokens=options.max_tokens
+    )
+    output = config.output_dir
+    (output / BLEND_FILE).write_text(json.dumps(report.to_json(), indent=2))
+    plot_curve(report, output / PLOT_FILE)
+    blended = output / BLENDED_DIR
+    if blended.exists():
+        import shutil
+
+        shutil.rmtree(blended)
+    summary_file = output / "training.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary["blend"] = {k: v for k, v in report.to_json().items() if k != "curve"}
+    summary["blend"]["curve"] = [
+        {"alpha": p.alpha, "ndcg@10": {n: s["ndcg@10"] for n, s in p.scores.items()}}
+        for p in report.curve
+    ]
+    summary_file.write_text(json.dumps(summary, indent=2))
+    (model_dir / "semdb_training.json").write_text(json.dumps(summary, indent=2))
+    if report.chosen < 1.0:
+        blender.save(report.chosen, blended)
+        (blended / "semdb_training.json").write_text(json.dumps(summary, indent=2))
+    return report
 
 
 def end_process_group() -> None:

@@ -61,6 +61,7 @@ class TrainResult:
     metrics_log: Path
     world_size: int = 1
     replicas_in_sync: bool | None = None  # under torchrun: every process ended with equal weights
+    blend: dict[str, Any] | None = None  # the blend chosen after training (training.blend)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

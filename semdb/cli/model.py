@@ -28,6 +28,7 @@ from semdb.cli.embedder import provider_option
 from semdb.errors import (
     DatabaseUnavailableError,
     ExtensionMissingError,
+    ForgettingError,
     SchemaNotReadyError,
     SemdbError,
 )
@@ -210,6 +211,15 @@ def _create_schema_if_new(engine: Any) -> None:
 @click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
 @provider_option
 @click.option("--batch-size", default=128, show_default=True, help="Rows per batch (--embed).")
+@click.option(
+    "--forgetting-bound",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Refuse a model that lost more than this many points of nDCG@10 on a recorded "
+    "general set (against its base model).",
+)
+@click.option("--force", is_flag=True, help="Switch even if the model forgot more than the bound.")
 def activate_command(
     model_ref: str,
     column: str,
@@ -219,21 +229,33 @@ def activate_command(
     timeout: float | None,
     provider: str,
     batch_size: int,
+    forgetting_bound: float,
+    force: bool,
 ) -> None:
     """Switch a vector column to another registered model, without stopping queries.
 
     The new model's vectors are made into a shadow column by the workers (semdb worker
     --model NAME@VERSION, or --embed here), its index is built, then the column is swapped in
     one transaction. Run it again to resume an interrupted activation.
+
+    First it shows the scores the registry holds for the model, set by set (semdb eval
+    --record, semdb train --general), and refuses a model that lost more than
+    --forgetting-bound points of nDCG@10 on a general set, unless --force.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from semdb.db import create_engine
     from semdb.sync.activation import activate
 
+    if forgetting_bound < 0:
+        raise ForgettingError(
+            f"--forgetting-bound must be 0 or more points, not {forgetting_bound:g}",
+            fix="give a bound such as 1.0",
+        )
     engine = create_engine()
     console = Console(stderr=True)
     try:
+        check_recorded_scores(engine, model_ref, forgetting_bound, force=force)
         embedder = None
         if embed:
             from semdb.cli.embedder import load_embedder
@@ -285,6 +307,51 @@ def activate_command(
             f"dimensions); run workers: semdb worker --model {result.to_model}; then run this "
             "command again without --no-wait to finish"
         )
+
+
+def check_recorded_scores(engine: Any, model_ref: str, bound: float, *, force: bool) -> None:
+    """Show the model's recorded scores per set; refuse it when it forgot more than ``bound``
+    points on a general set (unless ``force``)."""
+    from semdb.bundles.registry import get_registered
+    from semdb.bundles.scores import forgotten, recorded_scores
+    from semdb.sync.activation import resolve_model
+
+    name, version, _ = resolve_model(engine, model_ref)
+    scores = recorded_scores(get_registered(engine, name, version).metrics)
+    console = Console(stderr=True)
+    if not scores:
+        console.print(
+            f"{name}@{version}: no scores recorded (semdb eval {name}@{version} DATA "
+            "--general DIR --record records them)"
+        )
+        return
+    table = Table(title=f"{name}@{version}: recorded nDCG@10 per set")
+    for column in ("set", "role", "source", "queries", "base", "model", "change"):
+        table.add_column(column, justify="left" if column in ("set", "role", "source") else "right")
+    for score in scores:
+        change = score.change_points
+        table.add_row(
+            score.name,
+            score.role,
+            score.source,
+            "" if score.queries is None else str(score.queries),
+            "" if score.baseline is None else f"{score.baseline:.4f}",
+            f"{score.model:.4f}",
+            "" if change is None else f"{change:+.2f}",
+        )
+    console.print(table)
+    lost = forgotten(scores, bound)
+    if not lost:
+        return
+    named = "; ".join(f"{s.name} {s.change_points:+.2f} points ({s.source})" for s in lost)
+    if force:
+        console.print(f"forced: {name}@{version} forgot more than {bound:g} points on {named}")
+        return
+    raise ForgettingError(
+        f"{name}@{version} lost more than {bound:g} points of nDCG@10 on a general set: {named}",
+        fix="export a blend closer to the base (semdb export RUN --blend A, or semdb train "
+        "--general to choose one), or pass --force to switch anyway",
+    )
 
 
 @model.command("status")

@@ -53,6 +53,44 @@ def _vector_cache() -> Path:
     return semdb_home() / "cache" / "vectors"
 
 
+def general_options(command: Any) -> Any:
+    """--general DIR (repeat), --general-split, --forgetting-bound: shared by train and eval."""
+    command = click.option(
+        "--forgetting-bound",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Points of nDCG@10 a general set may lose against the base model.",
+    )(command)
+    command = click.option(
+        "--general-split",
+        default="test",
+        show_default=True,
+        help="qrels split of the general sets.",
+    )(command)
+    return click.option(
+        "--general",
+        multiple=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="A BEIR folder from another domain, to measure forgetting on (repeat).",
+    )(command)
+
+
+def load_general_sets(folders: tuple[Path, ...], split: str, bound: float) -> dict[str, Any]:
+    """name -> RetrievalSet for each general folder; bad input fails here, before any work."""
+    from training.blend import check_bound
+    from training.data import load_beir
+
+    check_bound(bound)
+    sets: dict[str, Any] = {}
+    for folder in folders:
+        name = f"{folder.name}/{split}"
+        if name in sets:
+            raise SemdbError(f"two general sets are both named {name}", fix="give each folder once")
+        sets[name] = load_beir(folder, split)
+    return sets
+
+
 # --- semdb train --------------------------------------------------------------------------
 
 
@@ -137,6 +175,21 @@ def _vector_cache() -> Path:
     "--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --output.")
+@general_options
+@click.option(
+    "--general-queries",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Queries per general set scored for the blend curve (at most; seeded sample).",
+)
+@click.option(
+    "--general-corpus",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Documents per general set for the blend curve: the queries' own and random others.",
+)
 def train_command(
     data: str,
     output: Path,
@@ -161,6 +214,11 @@ def train_command(
     time_budget: float | None,
     resume: bool,
     overwrite: bool,
+    general: tuple[Path, ...],
+    general_split: str,
+    forgetting_bound: float,
+    general_queries: int,
+    general_corpus: int,
 ) -> None:
     """Fine-tune a text encoder on DATA: a BEIR folder, a .jsonl file, or an SQL query.
 
@@ -173,6 +231,11 @@ def train_command(
     Pairs are deduplicated and split (seeded) into train and validation; training stops
     early when the validation nDCG@10 stops improving. Runs unchanged under torchrun:
     torchrun --nproc_per_node=2 -m semdb train DATA ...
+
+    With --general DIR (BEIR folders from other domains), the run then blends the base and
+    fine-tuned weights, (1 - a) * base + a * fine-tuned for a = 0, 0.1, ..., 1, and keeps the
+    a with the best validation nDCG@10 among those losing at most --forgetting-bound points
+    on every general set: RUN/blended (what semdb export takes), RUN/blend.json, blend.png.
     """
     _quiet_libraries()
     from training.config import TrainConfig, check_output_dir, default_base_model, world
@@ -202,12 +265,26 @@ def train_command(
     # Mistakes fail before torch loads: an earlier run in the way, data that cannot be read.
     if not overwrite:
         check_output_dir(config)
+    general_sets = load_general_sets(general, general_split, forgetting_bound)
     training_data = load_source(data, split=split)
+    if general_sets and validation_fraction <= 0:
+        raise SemdbError(
+            "--general needs in-domain validation queries to choose the blend",
+            fix="give --validation-fraction above 0",
+        )
     require_training_stack()
-    from training.fine_tune import MiningOptions, fine_tune
+    from training.fine_tune import BlendOptions, MiningOptions, fine_tune
 
     mining = MiningOptions(depth=negative_depth, margin=negative_margin, cache_dir=_vector_cache())
-    result = fine_tune(training_data, config, mining=mining)
+    blend = None
+    if general_sets:
+        blend = BlendOptions(
+            general=general_sets,
+            bound=forgetting_bound,
+            queries=general_queries,
+            corpus=general_corpus,
+        )
+    result = fine_tune(training_data, config, mining=mining, blend=blend)
     if world()[0] != 0:
         return
     before, best = result.validation_start, result.best_metric
@@ -221,7 +298,29 @@ def train_command(
         )
     click.echo(f"model: {result.model_dir}")
     click.echo(f"metrics log: {result.metrics_log}")
+    if result.blend is not None:
+        _report_blend(output)
     click.echo(f"next: semdb export {output} --name NAME, then semdb eval NAME DATA --split test")
+
+
+def _report_blend(output: Path) -> None:
+    import json
+
+    from rich.console import Console
+
+    from training.blend import BLEND_FILE, BLENDED_DIR, PLOT_FILE, BlendReport, curve_table
+
+    report = BlendReport.from_json(json.loads((output / BLEND_FILE).read_text()))
+    Console(width=140).print(curve_table(report))
+    click.echo(f"rule: {report.rule} (bound {report.bound:g} points)")
+    if report.chosen < 1.0:
+        click.echo(
+            f"chosen: a = {report.chosen:.1f}, written to {output / BLENDED_DIR} "
+            "(semdb export takes it; --blend 1 exports the fine-tuned model as it is)"
+        )
+    else:
+        click.echo("chosen: a = 1.0, the fine-tuned model as it is (no general set lost too much)")
+    click.echo(f"curve: {output / BLEND_FILE}, plot: {output / PLOT_FILE}")
 
 
 # --- semdb eval ---------------------------------------------------------------------------
@@ -258,6 +357,7 @@ def train_command(
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--record", is_flag=True, help="Store the scores in the model registry.")
+@general_options
 def eval_command(
     model: str,
     data: Path,
@@ -269,43 +369,88 @@ def eval_command(
     search: str,
     json_path: Path | None,
     record: bool,
+    general: tuple[Path, ...],
+    general_split: str,
+    forgetting_bound: float,
 ) -> None:
     """Score MODEL on a BEIR folder's qrels: nDCG@10, MRR@10, Recall@10, Recall@100.
 
     The corpus and queries are embedded by MODEL, the corpus vectors copied into a pgvector
     table and each query's top 100 asked for by SQL, exact: the path users' queries take.
+    With --general DIR (repeat), MODEL and the baseline are also scored on sets from other
+    domains, and a summary shows the change per set (what fine-tuning made the model forget).
     """
     import json
 
     from rich.console import Console
 
+    from training.blend import GENERAL, IN_DOMAIN
     from training.data import load_beir
     from training.evaluate import comparison_table
 
     _quiet_libraries()
-    test = load_beir(data, split)
-    evaluations = []
+    general_sets = load_general_sets(general, general_split, forgetting_bound)
+    sets = [(f"{data.name}/{split}", IN_DOMAIN, data, split, load_beir(data, split))]
+    for name, loaded in general_sets.items():
+        folder = next(g for g in general if f"{g.name}/{general_split}" == name)
+        sets.append((name, GENERAL, folder, general_split, loaded))
     if baseline is None and not no_baseline:
         baseline = _default_baseline()
     models = [model] if no_baseline or baseline is None else [baseline, model]
-    for name in models:
-        encoder = _encoder(name, backend, precision)
-        click.echo(f"scoring {name} on {len(test.query_ids)} queries, {len(test.corpus)} documents")
-        evaluations.append(_evaluate(encoder, test, name, search))
-    Console().print(comparison_table(evaluations, title=f"{data.name} / {split}"))
+    encoders = {name: _encoder(name, backend, precision) for name in models}
+    console = Console()
+    scored: list[tuple[str, str, Path, str, list[Any]]] = []
+    for set_name, role, folder, set_split, test in sets:
+        evaluations = []
+        for name in models:
+            click.echo(
+                f"scoring {name} on {set_name}: {len(test.query_ids)} queries, "
+                f"{len(test.corpus)} documents"
+            )
+            evaluations.append(_evaluate(encoders[name], test, name, search))
+        console.print(comparison_table(evaluations, title=f"{set_name} ({role})"))
+        scored.append((set_name, role, folder, set_split, evaluations))
+    if len(scored) > 1 and len(models) > 1:
+        console.print(per_set_table(scored, forgetting_bound))
     evaluated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = {
         "data": str(data),
         "split": split,
         "evaluated_at": evaluated_at,
-        "models": [e.to_json() for e in evaluations],
+        "models": [e.to_json() for e in scored[0][4]],
+        "sets": [
+            {
+                "name": set_name,
+                "role": role,
+                "data": str(folder),
+                "split": set_split,
+                "models": [e.to_json() for e in evaluations],
+            }
+            for set_name, role, folder, set_split, evaluations in scored
+        ],
     }
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2))
         click.echo(f"written: {json_path}")
     if record:
-        _record(model, evaluations, data, split, evaluated_at)
+        _record(model, scored, evaluated_at)
+
+
+def per_set_table(scored: list[tuple[str, str, Path, str, list[Any]]], bound: float) -> Any:
+    """One row per set: the baseline's and the model's nDCG@10 and the change in points."""
+    from rich.table import Table
+
+    table = Table(title=f"nDCG@10 per set (a general set may lose at most {bound:g} points)")
+    for column in ("set", "role", "baseline", "model", "change"):
+        table.add_column(column, justify="left" if column in ("set", "role") else "right")
+    table.add_column("")
+    for set_name, role, _, _, evaluations in scored:
+        before, after = evaluations[0].metrics["ndcg@10"], evaluations[-1].metrics["ndcg@10"]
+        change = 100 * (after - before)
+        flag = "forgot: above the bound" if role == "general" and -change > bound else ""
+        table.add_row(set_name, role, f"{before:.4f}", f"{after:.4f}", f"{change:+.2f}", flag)
+    return table
 
 
 def _default_baseline() -> str | None:
@@ -351,7 +496,7 @@ def _evaluate(encoder: Any, data: Any, name: str, search: str) -> Any:
     )
 
 
-def _record(model: str, evaluations: list[Any], data: Path, split: str, when: str) -> None:
+def _record(model: str, scored: list[tuple[str, str, Path, str, list[Any]]], when: str) -> None:
     from semdb.bundles.store import find_bundle
     from semdb.db import create_engine
     from training.publish import record_model_metrics
@@ -362,25 +507,28 @@ def _record(model: str, evaluations: list[Any], data: Path, split: str, when: st
             fix=f"export it first: semdb export {model} --name NAME",
         )
     bundle = find_bundle(model, verify=False)
-    scored = evaluations[-1]
-    entry: dict[str, Any] = {
-        **scored.metrics,
-        "queries": scored.queries,
-        "documents": scored.documents,
-        "encoder": scored.encoder,
-        "search": scored.search,
-        "evaluated_at": when,
-    }
-    if len(evaluations) > 1:
-        entry["baseline"] = {"model": evaluations[0].model, **evaluations[0].metrics}
+    entries: dict[str, Any] = {}
+    for set_name, role, folder, _, evaluations in scored:
+        chosen = evaluations[-1]
+        entry: dict[str, Any] = {
+            **chosen.metrics,
+            "role": role,
+            "data": str(folder),
+            "queries": chosen.queries,
+            "documents": chosen.documents,
+            "encoder": chosen.encoder,
+            "search": chosen.search,
+            "evaluated_at": when,
+        }
+        if len(evaluations) > 1:
+            entry["baseline"] = {"model": evaluations[0].model, **evaluations[0].metrics}
+        entries[set_name] = entry
     engine = create_engine()
     try:
-        record_model_metrics(
-            engine, bundle.name, bundle.version, {"eval": {f"{data.name}/{split}": entry}}
-        )
+        record_model_metrics(engine, bundle.name, bundle.version, {"eval": entries})
     finally:
         engine.dispose()
-    click.echo(f"recorded in the registry: {bundle.name} {bundle.version}")
+    click.echo(f"recorded in the registry: {bundle.name} {bundle.version} ({len(entries)} sets)")
 
 
 # --- semdb export -------------------------------------------------------------------------
@@ -404,6 +552,17 @@ def _record(model: str, evaluations: list[Any], data: Path, split: str, when: st
 )
 @click.option("--no-register", is_flag=True, help="Do not record the bundle in the database.")
 @click.option("--activate", is_flag=True, help="Make it the active version of its name.")
+@click.option(
+    "--blend",
+    type=float,
+    help="Export (1 - A) x base + A x fine-tuned (0..1; 1: the fine-tuned model as it is) "
+    "[default: the blend semdb train --general chose, if any].",
+)
+@click.option(
+    "--base-model",
+    type=click.Path(exists=True, file_okay=False),
+    help="The base model to blend with [default: the one the run started from].",
+)
 def export_command(
     run: Path,
     name: str,
@@ -412,16 +571,24 @@ def export_command(
     out: Path | None,
     no_register: bool,
     activate: bool,
+    blend: float | None,
+    base_model: str | None,
 ) -> None:
     """Export a training RUN (or a model folder) to an ONNX bundle and register it.
 
     Pooling and normalisation are inside the graph; the export fails unless the fp32 graph
     matches PyTorch (cosine >= 0.9999). The run's validation scores go into the registry.
     """
+    from training.publish import export_choice, publish_run
+
+    choice = export_choice(run, blend=blend, base_model=base_model)  # bad input fails here
     require_training_stack()
     _quiet_libraries()
-    from training.publish import publish_run
-
+    if choice.alpha is not None and choice.alpha < 1.0:
+        click.echo(
+            f"exporting the blend a = {choice.alpha:.2f} ({choice.chosen_by}): "
+            f"{1 - choice.alpha:.2f} x base + {choice.alpha:.2f} x fine-tuned"
+        )
     published = publish_run(
         run,
         name=name,
@@ -431,6 +598,8 @@ def export_command(
         register=not no_register,
         activate=activate,
         progress=lambda message: click.echo(f"  {message}", err=True),
+        blend=blend,
+        base_model=base_model,
     )
     click.echo(f"bundle: {published.bundle_dir}")
     if published.registered:

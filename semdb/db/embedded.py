@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -107,6 +108,9 @@ def server_binaries() -> Path:
     return Path(_pgserver_utils().POSTGRES_VERSIONS[18])
 
 
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._-]+")
+
+
 class EmbeddedServer:
     """One embedded cluster, identified by its home folder."""
 
@@ -126,9 +130,11 @@ class EmbeddedServer:
     @property
     def socket_dir(self) -> Path:
         """Where the server's socket lives: in the data folder, or in /tmp when that is too
-        long or holds a character that PostgreSQL's list of socket folders cannot carry."""
+        long or holds a character beyond letters, digits and ``/._-``: PostgreSQL's list of
+        socket folders, libpq's URIs (a ``+`` stays a ``+``) and connection strings each
+        read some of the others differently."""
         path = str(self.pgdata / f".s.PGSQL.{_PORT}")
-        if len(path) <= _MAX_SOCKET_PATH and not set(path) & set(',"\\'):
+        if len(path) <= _MAX_SOCKET_PATH and _PLAIN_PATH.fullmatch(path):
             return self.pgdata
         digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
         return Path("/tmp") / f"semdb-{digest}"
@@ -420,8 +426,10 @@ class EmbeddedServer:
     def _ensure_database(self) -> None:
         import psycopg
         from psycopg import sql
+        from psycopg.conninfo import make_conninfo
 
-        admin = f"host={self.socket_dir} user={SUPERUSER} dbname=postgres"
+        # quoted by psycopg: a socket folder may hold spaces and quotes
+        admin = make_conninfo(host=str(self.socket_dir), user=SUPERUSER, dbname="postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
