@@ -15,6 +15,7 @@ from semdb.errors import SemdbError
 from semdb.monitor import query_log
 from semdb.orm import (
     HNSW,
+    Chunks,
     Distance,
     IVFFlat,
     VectorType,
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HNSW",
     "Bundle",
+    "Chunks",
     "Distance",
     "EmbeddedServer",
     "Embedder",

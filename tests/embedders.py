@@ -37,6 +37,10 @@ class Recording:
         self.model_name = inner.model_name
         self.model_version = inner.model_version
         self.dimension = inner.dimension
+        # The model's tokenizer, for chunked columns (semdb.sync.chunking counts with it).
+        self.tokenizer = getattr(inner, "tokenizer", None)
+        self.max_tokens = getattr(inner, "max_tokens", None)
+        self.document_prefix = getattr(inner, "document_prefix", "")
         self.texts: list[str] = []
         self.log = log
         self.delay = delay

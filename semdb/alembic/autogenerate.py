@@ -36,7 +36,8 @@ from semdb.alembic.operations import (
     DropVectorIndexOp,
     _target_options,
 )
-from semdb.orm.declaration import spec_of
+from semdb.orm.chunks import chunk_vector_spec
+from semdb.orm.declaration import EmbeddingSpec, spec_of
 from semdb.orm.distance import Distance
 from semdb.orm.indexes import METHODS
 from semdb.orm.types import VectorType
@@ -192,7 +193,7 @@ def _metadata_vector_indexes(tables: list[sa.Table]) -> dict[str, tuple[sa.Table
 
 def _create_op_for(table: sa.Table, index: sa.Index) -> CreateVectorIndexOp:
     column = next(iter(_index_columns(index)))
-    spec = spec_of(column)
+    spec = _indexed_spec(column)
     assert spec is not None and spec.index is not None
     kind = spec.index
     return CreateVectorIndexOp(
@@ -217,9 +218,14 @@ def _index_columns(index: sa.Index) -> list[sa.Column[Any]]:
         if isinstance(expression, str):
             continue
         for element in sa.sql.visitors.iterate(expression):
-            if isinstance(element, sa.Column) and spec_of(element) is not None:
+            if isinstance(element, sa.Column) and _indexed_spec(element) is not None:
                 columns.append(element)
     return columns
+
+
+def _indexed_spec(column: sa.Column[Any]) -> EmbeddingSpec | None:
+    """The declaration of a vector column, or of the chunked column a chunk table serves."""
+    return spec_of(column) or chunk_vector_spec(column)
 
 
 def _swap_index_ops(

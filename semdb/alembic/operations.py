@@ -13,6 +13,10 @@ In a migration (after ``import semdb.alembic`` in env.py, or in the migration it
     op.create_embedding_sync("docs", "embedding", sources=["title", "body"],
                              model="all-MiniLM-L6-v2", dimension=384, mode="queued",
                              fulltext="english", keyword=True)  # + BM25 statistics
+    # a chunked column (semdb.Chunks): workers split its texts alike
+    op.create_embedding_sync("docs", "embedding", sources=["body"], model="all-MiniLM-L6-v2",
+                             dimension=384, chunking={"max_tokens": 256, "overlap": 32,
+                                                      "max_chunks": 512})
     op.drop_embedding_sync("docs", "embedding")
 
 ``concurrently=True`` runs outside the migration's transaction (an autocommit block), as
@@ -302,6 +306,7 @@ class CreateEmbeddingSyncOp(MigrateOperation):
         hash_column: str | None = None,
         keyword: bool = False,
         schema: str | None = None,
+        chunking: dict[str, Any] | None = None,
     ) -> None:
         if mode not in ("inline", "queued", "manual"):
             raise DeclarationError(
@@ -326,6 +331,7 @@ class CreateEmbeddingSyncOp(MigrateOperation):
             fulltext=fulltext,
             model_column=model_column or "",
             hash_column=hash_column or "",
+            chunking=dict(chunking) if chunking is not None else None,
         )
 
     @classmethod
@@ -455,4 +461,6 @@ def _target_options(target: SyncTarget) -> dict[str, Any]:
         options["model_column"] = target.model_column
     if target.hash_column != f"{target.column_name}_hash":
         options["hash_column"] = target.hash_column
+    if target.chunking is not None:
+        options["chunking"] = dict(target.chunking)
     return options

@@ -95,6 +95,9 @@ vector_columns = Table(
     # Set on the shadow column of an activation in progress: the id of the live column it
     # will replace (see semdb.sync.activation).
     Column("shadow_of", Integer, nullable=True),
+    # A chunked column's chunking ({"max_tokens", "overlap", "max_chunks"}; migration 0007):
+    # workers split its texts alike (see semdb.orm.chunks).
+    Column("chunking", JSONB, nullable=True),
     UniqueConstraint("table_schema", "table_name", "column_name"),
 )
 

@@ -4,6 +4,7 @@ Knows SQLAlchemy and pgvector's formats; never ONNX Runtime.
 """
 
 from semdb.orm.bulk import copy_rows
+from semdb.orm.chunks import Chunks
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.orm.declaration import EmbeddingSpec, embedding_column, spec_of
 from semdb.orm.distance import Distance
@@ -12,6 +13,7 @@ from semdb.orm.types import VectorType
 
 __all__ = [
     "HNSW",
+    "Chunks",
     "Distance",
     "EmbeddingSpec",
     "IVFFlat",

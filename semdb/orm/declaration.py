@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import MappedColumn, mapped_column
 
 from semdb.errors import DeclarationError
+from semdb.orm.chunks import Chunks, build_chunk_table
 from semdb.orm.distance import STORAGES, Distance
 from semdb.orm.document import fulltext_document_sql, regconfig_sql
 from semdb.orm.indexes import HNSW, IVFFlat, VectorIndex, build_index, index_name
@@ -61,6 +62,7 @@ class EmbeddingSpec:
     fulltext: str | None = None
     model_column: str | None = None  # default: <column>_model
     hash_column: str | None = None  # default: <column>_hash
+    chunking: Chunks | None = None  # long texts split into chunks (see semdb.orm.chunks)
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -96,6 +98,11 @@ class EmbeddingSpec:
             )
         if self.fulltext is not None:
             check_regconfig(self.fulltext)
+        if self.chunking is not None and not isinstance(self.chunking, Chunks):
+            raise DeclarationError(
+                f"chunking must be semdb.Chunks(...) or None, got {self.chunking!r}",
+                fix="pass chunking=semdb.Chunks(max_tokens=256, overlap=32)",
+            )
 
     def model_column_name(self, column: str) -> str:
         return self.model_column or f"{column}_model"
@@ -126,6 +133,7 @@ def embedding_column(
     name: str | None = None,
     model_column: str | None = None,
     hash_column: str | None = None,
+    chunking: Chunks | None = None,
     **column_kwargs: Any,
 ) -> MappedColumn[FloatArray | None]:
     """A pgvector column holding the embedding of ``sources`` made by ``model``.
@@ -148,6 +156,7 @@ def embedding_column(
         fulltext=fulltext,
         model_column=model_column,
         hash_column=hash_column,
+        chunking=chunking,
     )
     info = dict(column_kwargs.pop("info", None) or {})
     info[INFO_KEY] = spec
@@ -187,6 +196,12 @@ def _from_manifest(model: str) -> tuple[str, int]:
     return str(manifest.name), int(manifest.dimension)
 
 
+def _manifest_max_tokens(model: str) -> int:
+    from semdb.bundles import find_bundle
+
+    return int(find_bundle(model, verify=False).manifest.max_tokens)
+
+
 def _complete_table(column: sa.Column[Any], table: sa.Table) -> None:
     """Add the companion columns and the indexes once the vector column has a table."""
     if not isinstance(table, sa.Table):
@@ -215,6 +230,13 @@ def _complete_table(column: sa.Column[Any], table: sa.Table) -> None:
                 dimension=spec.dimension,
                 name=name,
             )
+    if spec.chunking is not None and build_chunk_table(table, column, spec) is None:
+        event.listen(  # the primary key comes later: finish once the table is complete
+            table,
+            "after_parent_attach",
+            lambda target, _parent: build_chunk_table(target, column, spec),
+            once=True,
+        )
     if spec.fulltext is not None:
         if all(source in table.c for source in spec.sources):
             _add_fulltext_index(table, column, spec)

@@ -120,9 +120,27 @@ class KnnSearch:
             target, check_k(k), where, base, filtered, plan, ef_search, exact_below, statement
         )
 
+    @property
+    def chunked(self) -> bool:
+        """Is the column chunked (parents ranked by their best chunk: .chunked)?"""
+        return self.target.spec.chunking is not None
+
+    def chunked_statement(self, path: PlanPath, level: int) -> sa.Select[Any]:
+        from semdb.retrieval.chunked import ChunkedStatements
+
+        key = ("chunked", path, level, self.k, self.target.column, self.target.entity)
+        return _kept(
+            (*key, self.given, self.where),
+            lambda: ChunkedStatements(self.target, self.base, self.where, self.k).build(
+                path, level
+            ),
+        )
+
     def statement(self, path: PlanPath) -> sa.Select[Any]:
         """The statement of ``path`` (built once), the query vector bound at execution."""
         known = self._statements.get(path)
+        if known is None and self.chunked:
+            known = self._statements[path] = self.chunked_statement(path, 0)
         if known is None:
             target, k, where = self.target, self.k, self.where
             key = (path, k, target.column, target.entity, self.given)
@@ -172,6 +190,10 @@ class KnnSearch:
         values: Mapping[str, Any],
         estimate_key: Any = None,
     ) -> SearchPlan:
+        if self.chunked:
+            from semdb.retrieval.chunked import chunked_plan
+
+            return chunked_plan(self, connection, values, estimate_key)
         return choose_plan(
             connection,
             self.target,
@@ -225,7 +247,12 @@ class KnnSearch:
         if plan.path == "index":
             rows.sort(key=lambda row: row[-1])  # relaxed_order scans are nearly sorted
         one_entity = isinstance(bind, Session) and selects_one_entity(self.base)
-        hits = [Hit(row[0] if one_entity else row, float(row[-1])) for row in rows]
+        if self.chunked:
+            from semdb.retrieval.chunked import chunk_hit
+
+            hits: list[Any] = [chunk_hit(row, one_entity) for row in rows]
+        else:
+            hits = [Hit(row[0] if one_entity else row, float(row[-1])) for row in rows]
         result = SearchResult(hits, plan)
         if OBSERVERS:  # the opt-in query log (semdb.monitor.query_log)
             searched(
@@ -241,7 +268,7 @@ class KnnSearch:
         settings: Mapping[str, str],
         parameters: dict[str, Any],
     ) -> list[sa.Row[Any]]:
-        return run_statement(
+        rows = run_statement(
             bind,
             connection,
             self.statement(path),
@@ -249,6 +276,11 @@ class KnnSearch:
             settings,
             custom_plan=self.filtered,
         )
+        if self.chunked and path == "index" and len(rows) < self.k:
+            from semdb.retrieval.chunked import wider_rows
+
+            rows = wider_rows(self, bind, connection, settings, parameters)
+        return rows
 
     def explain(
         self, bind: Bind, query: Any, embedder: TextEmbedder | None, *, analyze: bool = False

@@ -345,6 +345,13 @@ def _activation_of(connection: psycopg.Connection[Any], column_id: int) -> Activ
 
 
 def _check_can_start(live: SyncTarget, name: str, version: str, dimension: int) -> None:
+    if live.chunking is not None:
+        raise ActivationError(
+            f"{live.name} is chunked: switching a chunked column's model is not supported yet "
+            "(its chunk table would need shadow chunks)",
+            fix=f"declare a new chunked column with model {name!r} in a migration, backfill "
+            "it, then drop the old one",
+        )
     if live.sync != "queued":
         raise ActivationError(
             f"{live.name} is synced {live.sync}: only columns kept by workers (queued) can be "

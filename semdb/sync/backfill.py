@@ -44,7 +44,16 @@ class BackfillStats:
 
 
 def stale_condition(target: SyncTarget) -> sql.Composed:
-    """Made by another model, from another text, or missing although there is text."""
+    """Made by another model, from another text, or missing although there is text (for a
+    chunked column: or its chunks are)."""
+    if target.chunking is not None:
+        from semdb.sync.chunking import missing_chunks_sql
+
+        return sql.SQL("({} OR {})").format(_stale(target), missing_chunks_sql(target))
+    return _stale(target)
+
+
+def _stale(target: SyncTarget) -> sql.Composed:
     return sql.SQL(
         "(t.{model} IS DISTINCT FROM %(model)s OR t.{hash} IS DISTINCT FROM {current}"
         " OR (t.{vector} IS NULL AND {document} <> ''))"
@@ -188,6 +197,17 @@ def _run(
                     break
                 last = tuple(rows[-1][:width])
                 texts = [(row[:width], row[width], bytes(row[width + 1])) for row in rows]
+                if target.chunking is not None:  # semdb.sync.chunking
+                    from semdb.sync.chunking import backfill_page
+
+                    embed_started = time.perf_counter()
+                    written = backfill_page(connection, target, texts, embedder, model)
+                    stats.embed_seconds += time.perf_counter() - embed_started
+                    stats.embedded += sum(written)
+                    stats.skipped += len(written) - sum(written)
+                    if on_progress is not None:
+                        on_progress(len(rows))
+                    continue
                 non_empty = [t for t in texts if t[1]]
                 encoded: list[bytes] = []
                 if non_empty:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +42,8 @@ class _Declared:
     label: str
     table: sa.Table
     column_name: str
+    # The SyncTarget of a chunked column (semdb.sync.chunking); not hashed (it holds a dict).
+    chunked: Any = field(default=None, hash=False, compare=False)
 
 
 _per_mapper: dict[Mapper[Any], tuple[_Declared, ...]] = {}
@@ -62,6 +64,7 @@ class _FlushListener:
         self.embedders: dict[str, TextEmbedder] = {}
 
     def __call__(self, session: Session, flush_context: Any, instances: Any) -> None:
+        session.info.pop(PENDING_CHUNKS, None)
         work: dict[str, list[tuple[Any, _Declared, str, bytes]]] = defaultdict(list)
         for obj in [*session.new, *session.dirty]:
             state = sa.inspect(obj)
@@ -79,7 +82,12 @@ class _FlushListener:
                 )
             for declared in {item[1] for item in items}:
                 _check_version(session, declared, embedder)
-            self._embed(embedder, items)
+            chunked = [item for item in items if item[1].chunked is not None]
+            if chunked:
+                from semdb.sync.chunking import inline_embed
+
+                inline_embed(session, embedder, chunked)
+            self._embed(embedder, [item for item in items if item[1].chunked is None])
 
     def _needs_embedding(
         self, state: Any, obj: Any, declared: _Declared, session: Session
@@ -187,11 +195,21 @@ def _listener_for(target: Any) -> _FlushListener:
         return existing[1]
     listener = _FlushListener()
     event.listen(target, "before_flush", listener)
+    event.listen(target, "after_flush", _write_pending_chunks)
     _listeners[id(target)] = (target, listener)
     return listener
 
 
 _listeners: dict[int, tuple[Any, _FlushListener]] = {}
+PENDING_CHUNKS = "semdb.pending_chunks"  # = semdb.sync.chunking.PENDING
+
+
+def _write_pending_chunks(session: Session, flush_context: Any) -> None:
+    """After the rows are written: the chunks of the chunked columns embedded at this flush."""
+    if session.info.get(PENDING_CHUNKS):
+        from semdb.sync.chunking import inline_write
+
+        inline_write(session, session.info.pop(PENDING_CHUNKS))
 
 
 def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
@@ -215,6 +233,11 @@ def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
                 f"({exc.args[0]})",
                 fix="map every source column and the companions semdb adds",
             ) from exc
+        chunked = None
+        if spec.chunking is not None:
+            from semdb.sync.target import SyncTarget
+
+            chunked = SyncTarget.from_column(column)
         found.append(
             _Declared(
                 vector=key_of[column],
@@ -226,6 +249,7 @@ def _declared(mapper: Mapper[Any]) -> tuple[_Declared, ...]:
                 label=f"{table.name}.{column.name}",
                 table=table,
                 column_name=column.name,
+                chunked=chunked,
             )
         )
     _per_mapper[mapper] = tuple(found)

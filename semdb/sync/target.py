@@ -40,6 +40,8 @@ _TARGET_FIELDS = (
     "model_column",
     "hash_column",
 )
+# Read with a default (a registry row written before migration 0007 has no such column).
+_OPTIONAL_FIELDS = ("chunking",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class SyncTarget:
     # shadow column of an activation in progress, the id of the column it will replace.
     model_version: str | None = None
     shadow_of: int | None = None
+    # Chunks(...).as_dict() for a chunked column (semdb.orm.chunks), else None.
+    chunking: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.key_columns:
@@ -113,6 +117,7 @@ class SyncTarget:
         row = {field: getattr(self, field) for field in _TARGET_FIELDS}
         row["key_columns"] = list(self.key_columns)
         row["sources"] = list(self.sources)
+        row["chunking"] = self.chunking
         return row
 
     @classmethod
@@ -125,6 +130,7 @@ class SyncTarget:
             id=mapping.get("id"),
             model_version=mapping.get("model_version"),
             shadow_of=mapping.get("shadow_of"),
+            chunking=mapping.get("chunking"),  # _OPTIONAL_FIELDS
             **values,
         )
 
@@ -149,6 +155,7 @@ class SyncTarget:
             fulltext=spec.fulltext,
             model_column=spec.model_column_name(target.column.name),
             hash_column=spec.hash_column_name(target.column.name),
+            chunking=spec.chunking.as_dict() if spec.chunking is not None else None,
         )
 
     # -- SQL pieces ----------------------------------------------------------------------------

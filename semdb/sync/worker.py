@@ -263,6 +263,10 @@ class Worker:
         return total
 
     def _batch(self, connection: psycopg.Connection[Any], target: SyncTarget) -> int:
+        if target.chunking is not None:  # a chunked column (semdb.sync.chunking)
+            from semdb.sync.chunking import worker_batch
+
+            return worker_batch(self, connection, target)
         with connection.transaction():
             hold_registration(connection, target)
             claimed = claim(connection, target, limit=self.batch_size, model=self.model)
