@@ -375,7 +375,9 @@ def print_plan(out: Path, calls: list[Path], *, dry_run: bool) -> None:
     )
     for index, (folder, size) in enumerate(zip(rel, sizes, strict=True), start=1):
         receive = f"python3 bench/gpu/parts.py receive {folder} {STORE}/parts"
-        if index < len(calls):
+        if index == 1 and len(calls) > 1:  # the GPU is there before more parts are sent
+            command, timeout = f"nvidia-smi -L; {receive}", 180
+        elif index < len(calls):
             command, timeout = receive, 120
         else:
             command, timeout = f"{receive} && bash bench/gpu/prove.sh", 600
