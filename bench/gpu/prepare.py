@@ -95,7 +95,8 @@ def main() -> None:
     info["prepared_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (payload / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     archive = pack(payload, out / "payload.tar.xz", preset=0 if args.dry_run else args.xz_preset)
-    calls = split_for_calls(archive, out / "carry", args.part_size)
+    part_size = args.part_size or default_part_size()
+    calls = split_for_calls(archive, out / "carry", part_size)
     log(f"ready in {time.perf_counter() - started:.0f} s")
     print_plan(out, calls, dry_run=args.dry_run)
 
@@ -104,7 +105,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--dry-run", action="store_true", help="tiny model, no downloads")
-    parser.add_argument("--part-size", type=parts.parse_size, default=parts.DEFAULT_PART_SIZE)
+    parser.add_argument(
+        "--part-size",
+        type=parts.parse_size,
+        help="default: what fits one call beside the working tree (64 MiB in all, less the "
+        "tree and 512 KiB), in whole MiB, at most 62 MiB",
+    )
     parser.add_argument(
         "--torch-weights",
         choices=("fp32", "fp16"),
@@ -347,6 +353,24 @@ def pack(payload: Path, archive: Path, preset: int) -> Path:
     seconds = time.perf_counter() - started
     log(f"{archive.name}: {archive.stat().st_size / 1e6:.1f} MB, xz in {seconds:.0f} s")
     return archive
+
+
+def default_part_size() -> int:
+    """Whole MiB that fit one call: 64 MiB less the tree that travels with every call."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    tree = sum(
+        (ROOT / os.fsdecode(f)).stat().st_size
+        for f in listed
+        if f and (ROOT / os.fsdecode(f)).is_file()
+    )
+    size = min(62, (64 * parts.MIB - tree - 512 * 1024) // parts.MIB) * parts.MIB
+    log(f"working tree {tree / parts.MIB:.2f} MiB: parts of {size // parts.MIB} MiB")
+    return size
 
 
 def split_for_calls(archive: Path, carry: Path, part_size: int) -> list[Path]:
