@@ -130,10 +130,17 @@ def tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The tiny model exported as a semdb bundle (fp32, fp16 and int8 graphs), built once.
 
     Its folder is shared by the whole session: copy it before changing anything in it.
+    ``SEMDB_TEST_TINY_BUNDLE`` names one exported ahead instead (bench/gpu/prepare.py carries
+    it to the GPU machine, where the export stack's pinned versions are not installed).
     """
-    from training.export import export_bundle
+    import shutil
 
     target = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
+    prebuilt = os.environ.get("SEMDB_TEST_TINY_BUNDLE")
+    if prebuilt:
+        return Path(shutil.copytree(prebuilt, target))
+    from training.export import export_bundle
+
     return export_bundle(
         tiny_model_dir, target, name="tiny", version="1", precisions=("fp32", "fp16", "int8")
     )

@@ -323,3 +323,43 @@ def test_cuda_listed_but_falling_back_to_the_cpu_is_detected(
     assert (auto.provider, auto.precision) == ("cpu", "fp32")  # not the fp16 meant for CUDA
     with pytest.raises(ProviderError, match="CUDA was asked for but cannot run: onnxruntime-gpu"):
         Embedder.load(tiny_bundle, provider="cuda")
+
+
+def test_prefetched_tokenisation_gives_the_same_vectors_in_the_same_order(
+    tiny_bundle: Path,
+) -> None:
+    """Tokenising in a thread ahead of the model (what CUDA does) changes nothing but timing:
+    across two tokenisation chunks, with empty texts and texts of every length."""
+    rng = random.Random(7)
+    sentences = corpus_sentences(600)
+    texts = [rng.choice(sentences) for _ in range(8800)]  # CHUNK_TEXTS is 8192
+    texts[::50] = [" ".join(rng.sample(sentences, 5)) for _ in texts[::50]]  # truncated
+    texts[::997] = [""] * len(texts[::997])
+    plain = Embedder.load(tiny_bundle, provider="cpu", token_budget=512)
+    ahead = Embedder.load(tiny_bundle, provider="cpu", token_budget=512, prefetch=True)
+    assert not plain.prefetch and ahead.prefetch  # off by default on the CPU
+    seen: dict[bool, list[int]] = {False: [], True: []}
+    a = plain.embed(texts, on_batch=seen[False].append)
+    b = ahead.embed(texts, on_batch=seen[True].append)
+    assert np.array_equal(a, b)
+    assert seen[False] == seen[True] and sum(seen[True]) == len(texts)
+    assert plain.last_stats is not None and ahead.last_stats is not None
+    assert plain.last_stats.batches > 100
+    for field in ("texts", "truncated", "empty", "tokens", "padded_tokens", "batches"):
+        assert getattr(plain.last_stats, field) == getattr(ahead.last_stats, field), field
+    alone = Embedder.load(tiny_bundle, provider="cpu").embed(texts[:300])  # other batches
+    assert np.allclose(b[:300], alone, atol=1e-5)
+
+
+def test_a_failure_while_prefetching_stops_the_tokenising_thread(tiny_bundle: Path) -> None:
+    import threading
+
+    embedder = Embedder.load(tiny_bundle, provider="cpu", token_budget=256, prefetch=True)
+
+    def fail(rows: int) -> None:
+        raise RuntimeError("the caller's progress bar broke")
+
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        embedder.embed(corpus_sentences(600), on_batch=fail)
+    assert not [t for t in threading.enumerate() if t.name == "semdb-tokenize"]
+    assert embedder.embed(["still works"]).shape == (1, embedder.dimension)

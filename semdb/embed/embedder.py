@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,11 +43,15 @@ from semdb.errors import SemdbError, TextTypeError
 log = logging.getLogger(__name__)
 
 Kind = Literal["document", "query"]
+_T = TypeVar("_T")
 # Padded tokens per batch. On 2-4 CPU cores batches of ~2k tokens keep the activations in
 # cache (bench/embed.py measured 2048 best for MiniLM); a GPU wants far wider batches.
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
 # Texts tokenised at a time: bounds memory for very long inputs; sorting happens within it.
 CHUNK_TEXTS = 8192
+# Padded batches a prefetching tokeniser may hold ready (each at most token_budget x 2 int64):
+# enough to cover tokenising the next chunk while the device runs this one.
+PREFETCH_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Embedder:
         *,
         token_budget: int | None = None,
         threads: int | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         manifest = bundle.manifest
         self.bundle = bundle
@@ -82,6 +89,9 @@ class Embedder:
         self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET[self.provider]
         if self.token_budget < 1:
             raise SemdbError(f"token_budget must be positive, not {self.token_budget}")
+        # On CUDA the host tokenises and pads the next batches in a thread while the device
+        # runs the current one; on a CPU both would share the same cores, so it is off there.
+        self.prefetch = (self.provider == "cuda") if prefetch is None else prefetch
         self.model_name = manifest.name
         self.model_version = manifest.version
         self.dimension = manifest.dimension
@@ -102,6 +112,7 @@ class Embedder:
         threads: int | None = None,
         token_budget: int | None = None,
         io_binding: bool | None = None,
+        prefetch: bool | None = None,
     ) -> Embedder:
         """Open a bundle (a Bundle, a folder, ``name`` or ``name@version`` from the store).
 
@@ -109,7 +120,8 @@ class Embedder:
         cannot run) or ``cpu``. ``precision``: None picks fp16 on CUDA (when the bundle has it)
         and fp32 on the CPU; ``int8`` is CPU only. ``threads``: ONNX Runtime's intra-op
         threads (default: one per physical core). ``token_budget``: padded tokens per batch.
-        ``io_binding``: None uses it on CUDA only.
+        ``io_binding``: None uses it on CUDA only. ``prefetch``: tokenise and pad the next
+        batches in a thread while the model runs; None does it on CUDA only.
         """
         request = providers.check_request(provider)
         if precision is not None:
@@ -121,7 +133,11 @@ class Embedder:
         bundle = model if isinstance(model, Bundle) else find_bundle(model)
         if precision is not None:
             bundle.onnx_path(precision)  # the bundle has it, or an error naming the file
-        kwargs = {"token_budget": token_budget, "threads": threads}
+        kwargs: dict[str, Any] = {
+            "token_budget": token_budget,
+            "threads": threads,
+            "prefetch": prefetch,
+        }
 
         if request == "cuda" or (request == "auto" and precision != "int8"):
             if not providers.cuda_listed():
@@ -167,31 +183,25 @@ class Embedder:
         prefix = self.query_prefix if kind == "query" else self.document_prefix
         started = time.perf_counter()
         result = np.empty((len(items), self.dimension), dtype=np.float32)
-        truncated = empty = tokens = padded = batches = 0
-        for start in range(0, len(items), CHUNK_TEXTS):
-            chunk = items[start : start + CHUNK_TEXTS]
-            empty += sum(1 for text in chunk if not text.strip())
-            tokenized = self.tokenizer.tokenize(
-                [prefix + text for text in chunk] if prefix else chunk
-            )
-            truncated += int(tokenized.truncated.sum())
-            tokens += int(tokenized.lengths.sum())
-            for indices in plan_batches(tokenized.lengths, self.token_budget):
-                input_ids, attention_mask = pad_batch(
-                    tokenized.encodings, indices, self.tokenizer.pad_id
+        counts = _Counts()
+        padded = batches = 0
+        prepared = self._prepared_batches(items, prefix, counts)
+        if self.prefetch:
+            prepared = _prefetched(prepared, PREFETCH_BATCHES)
+        for indices, input_ids, attention_mask in prepared:
+            vectors = self.session.run(input_ids, attention_mask)
+            if vectors.shape != (len(indices), self.dimension):
+                raise SemdbError(
+                    f"the model returned vectors of shape {vectors.shape}, expected "
+                    f"({len(indices)}, {self.dimension}): the bundle's manifest does not "
+                    "match its graph"
                 )
-                vectors = self.session.run(input_ids, attention_mask)
-                if vectors.shape != (len(indices), self.dimension):
-                    raise SemdbError(
-                        f"the model returned vectors of shape {vectors.shape}, expected "
-                        f"({len(indices)}, {self.dimension}): the bundle's manifest does not "
-                        "match its graph"
-                    )
-                result[start + indices] = vectors
-                padded += input_ids.size
-                batches += 1
-                if on_batch is not None:
-                    on_batch(len(indices))
+            result[indices] = vectors
+            padded += input_ids.size
+            batches += 1
+            if on_batch is not None:
+                on_batch(len(indices))
+        truncated, empty, tokens = counts.truncated, counts.empty, counts.tokens
         if not np.isfinite(result).all():
             bad = int(np.flatnonzero(~np.isfinite(result).all(axis=1))[0])
             raise SemdbError(
@@ -214,6 +224,25 @@ class Embedder:
             )
         return result
 
+    def _prepared_batches(
+        self, items: list[str], prefix: str, counts: _Counts
+    ) -> Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+        """(row indices into ``items``, input_ids, attention_mask) for each batch, chunk by
+        chunk: tokenised, sorted by length and cut by the token budget."""
+        for start in range(0, len(items), CHUNK_TEXTS):
+            chunk = items[start : start + CHUNK_TEXTS]
+            counts.empty += sum(1 for text in chunk if not text.strip())
+            tokenized = self.tokenizer.tokenize(
+                [prefix + text for text in chunk] if prefix else chunk
+            )
+            counts.truncated += int(tokenized.truncated.sum())
+            counts.tokens += int(tokenized.lengths.sum())
+            for indices in plan_batches(tokenized.lengths, self.token_budget):
+                input_ids, attention_mask = pad_batch(
+                    tokenized.encodings, indices, self.tokenizer.pad_id
+                )
+                yield start + indices, input_ids, attention_mask
+
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:
         """One query's vector (float32, shape (dimension,)), with the query prefix."""
         if not isinstance(text, str):
@@ -227,3 +256,61 @@ class Embedder:
             f"Embedder({self.model_name}@{self.model_version}, {self.provider}, {self.precision}, "
             f"dimension={self.dimension})"
         )
+
+
+@dataclass
+class _Counts:
+    truncated: int = 0
+    empty: int = 0
+    tokens: int = 0
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator[_T], depth: int) -> Iterator[_T]:
+    """``items`` in order, produced by a thread that runs up to ``depth`` items ahead.
+
+    An exception in the producer is raised here, in the consumer, at the point where its item
+    would have come; a consumer that stops early (an error, a break) stops the producer.
+    """
+    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failed(exc))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=produce, name="semdb-tokenize", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
