@@ -117,7 +117,10 @@ class SyncTarget:
         row = {field: getattr(self, field) for field in _TARGET_FIELDS}
         row["key_columns"] = list(self.key_columns)
         row["sources"] = list(self.sources)
-        row["chunking"] = self.chunking
+        if self.chunking is not None:
+            # only when set: a migration that runs before 0007 (which adds the column)
+            # registers unchunked columns
+            row["chunking"] = self.chunking
         return row
 
     @classmethod
