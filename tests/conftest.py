@@ -11,6 +11,8 @@ library, the CLI in subprocesses and Alembic all resolve the same one.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,18 +32,23 @@ from semdb.db.url import configured_url
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def server_url() -> Iterator[URL]:
     """An administrative URL on a PostgreSQL server with pgvector."""
     configured = configured_url()
     if configured is not None:
         yield configured
         return
-    server = EmbeddedServer(tmp_path_factory.mktemp("semdb-home"))
+    # Outside pytest's temporary root: any pytest session (one a test starts, or another
+    # user's) makes /tmp/pytest-of-<user> 0700 again, which locks the server's system user
+    # out of its data folder (PANIC: could not open pg_control).
+    home = Path(tempfile.mkdtemp(prefix="semdb-test-home-"))
+    server = EmbeddedServer(home / "semdb-home")
     url = server.start()
     try:
         yield url
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -648,6 +649,9 @@ def run_pytest(proof: Proof) -> dict[str, Any]:
         "no:cacheprovider",
         "-o",
         "addopts=--strict-markers",
+        # a folder of its own: pytest's default root (/tmp/pytest-of-<user>) is made 0700 by
+        # every session, which locks an enclosing test session's server out of its data
+        f"--basetemp={tempfile.mkdtemp(prefix='semdb-gpu-pytest-')}",
     ]
     completed = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
