@@ -147,3 +147,12 @@ def test_versions_sort_naturally() -> None:
         "2024-01-05",
         "2024-01-10",
     ]
+
+
+@pytest.mark.parametrize("reference", ["name@", "name@..", "name@ 1"])
+def test_a_reference_with_an_empty_or_unsafe_version_is_refused(
+    reference: str, tmp_path: Path
+) -> None:
+    """``name@`` is not "the newest version of name" (Hypothesis found it read that way)."""
+    with pytest.raises(BundleError, match="model version .* is not allowed"):
+        find_bundle(reference, home=tmp_path)

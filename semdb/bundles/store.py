@@ -72,8 +72,10 @@ def find_bundle(
         return Bundle.load(candidate, verify=verify)
     if isinstance(name_or_path, os.PathLike) or os.sep in text or text.startswith("."):
         raise BundleError(f"no model bundle at {candidate.absolute()}: no such folder")
-    name, _, version = text.partition("@")
+    name, at, version = text.partition("@")
     check_name(name)
+    if at:  # name@version: an empty or unsafe version is refused, never read as "newest"
+        check_name(version, "model version")
     root = models_home(home)
     if version:
         folder = bundle_dir(name, version, home)
