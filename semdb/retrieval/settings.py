@@ -49,16 +49,13 @@ def run_statement(
     with custom_plans(connection, custom_plan or bool(settings)):
         if not settings:
             return _execute(bind, statement, parameters)
-        driver = connection.connection.dbapi_connection
-        autocommit = bool(getattr(driver, "autocommit", False))
         assignments = sql.SQL("SELECT {}").format(
             sql.SQL(", ").join(
                 sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
                 for name, value in settings.items()
             )
         )
-        idle = autocommit and driver.info.transaction_status.name == "IDLE"  # type: ignore[union-attr]
-        if idle:  # autocommit, outside a transaction: one of our own
+        if _outside_transaction(connection):  # autocommit, no transaction: one of our own
             opening = sql.SQL("BEGIN; {}").format(assignments)
             closing: sql.Composable = sql.SQL("COMMIT")
             failed: sql.Composable = sql.SQL("ROLLBACK")
@@ -106,9 +103,7 @@ def custom_plans(connection: Connection, wanted: bool = True) -> Iterator[None]:
 def savepoint(connection: Connection) -> Iterator[None]:
     """Inside a transaction, an error in the block rolls back to a savepoint taken before
     it, so that the caller's transaction stays usable (outside one, nothing to protect)."""
-    driver = connection.connection.dbapi_connection
-    autocommit = bool(getattr(driver, "autocommit", False))
-    if autocommit and driver.info.transaction_status.name == "IDLE":  # type: ignore[union-attr]
+    if _outside_transaction(connection):
         yield
         return
     with custom_plans(connection):
@@ -125,3 +120,11 @@ def savepoint(connection: Connection) -> Iterator[None]:
 
 
 _ROLLBACK_TO = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
+
+
+def _outside_transaction(connection: Connection) -> bool:
+    """Is the driver in autocommit mode with no transaction open (nothing to roll back to)?"""
+    driver = connection.connection.dbapi_connection
+    if not getattr(driver, "autocommit", False):
+        return False
+    return bool(driver.info.transaction_status.name == "IDLE")  # type: ignore[union-attr]
