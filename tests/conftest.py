@@ -25,6 +25,12 @@ from sqlalchemy.engine import URL
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Per-machine measurements (the CPU precision choice) go to a folder of this test session, shared
+# with the workers and CLIs the tests start, never to the user's ~/.cache.
+os.environ["SEMDB_CACHE_DIR"] = tempfile.mkdtemp(prefix="semdb-test-cache-")
+# Vectors compared across processes and batches must come from one graph: the precision is pinned
+# to fp32 here, and tests/test_cpu_precision.py unpins it to test the measured choice.
+os.environ["SEMDB_CPU_PRECISION"] = "fp32"
 
 from semdb.config import DATABASE_URL_VARIABLE
 from semdb.db import EmbeddedServer, libpq_uri

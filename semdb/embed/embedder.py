@@ -26,7 +26,9 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -35,20 +37,27 @@ import numpy.typing as npt
 
 from semdb.bundles.bundle import Bundle, check_precision
 from semdb.bundles.store import find_bundle
+from semdb.config import cpu_precision_setting
 from semdb.embed import providers
 from semdb.embed.batching import TextTokenizer, check_texts, pad_batch, plan_batches
+from semdb.embed.precision import PrecisionChoice, choose_cpu_precision
 from semdb.embed.session import OnnxSession
 from semdb.errors import SemdbError, TextTypeError
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["document", "query"]
+# (row indices into the texts, input_ids, attention_mask) of one padded batch
+_Batch = tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.int64]]
 _T = TypeVar("_T")
 # Padded tokens per batch. On 2-4 CPU cores batches of ~2k tokens keep the activations in
 # cache (bench/embed.py measured 2048 best for MiniLM); a GPU wants far wider batches.
 DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
 # Texts tokenised at a time: bounds memory for very long inputs; sorting happens within it.
 CHUNK_TEXTS = 8192
+# Batches each CPU stream may have queued beyond the one it runs: keeps every stream busy while
+# results come back in order, and bounds the padded inputs held in memory.
+STREAM_LOOKAHEAD = 2
 # Padded batches a prefetching tokeniser may hold ready (each at most token_budget x 2 int64):
 # enough to cover tokenising the next chunk while the device runs this one.
 PREFETCH_BATCHES = 64
@@ -79,6 +88,8 @@ class Embedder:
         token_budget: int | None = None,
         threads: int | None = None,
         prefetch: bool | None = None,
+        streams: int = 1,
+        precision_choice: PrecisionChoice | None = None,
     ) -> None:
         manifest = bundle.manifest
         self.bundle = bundle
@@ -92,6 +103,14 @@ class Embedder:
         # On CUDA the host tokenises and pads the next batches in a thread while the device
         # runs the current one; on a CPU both would share the same cores, so it is off there.
         self.prefetch = (self.provider == "cuda") if prefetch is None else prefetch
+        # CPU streams: batches run side by side, each on one intra-op thread of a shared
+        # session. On 2 cores two streams embedded 1.2-1.4x more texts per second than one
+        # run on two intra-op threads (bench/embed.py --sweep): no thread pool to wake and
+        # join at every operator, and nothing spins while a core waits.
+        self.streams = streams
+        self.precision_choice = precision_choice
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.model_name = manifest.name
         self.model_version = manifest.version
         self.dimension = manifest.dimension
@@ -113,21 +132,32 @@ class Embedder:
         token_budget: int | None = None,
         io_binding: bool | None = None,
         prefetch: bool | None = None,
+        streams: int | None = None,
     ) -> Embedder:
         """Open a bundle (a Bundle, a folder, ``name`` or ``name@version`` from the store).
 
         ``provider``: ``auto`` (CUDA when it really runs, else CPU), ``cuda`` (an error when it
-        cannot run) or ``cpu``. ``precision``: None picks fp16 on CUDA (when the bundle has it)
-        and fp32 on the CPU; ``int8`` is CPU only. ``threads``: ONNX Runtime's intra-op
-        threads (default: one per physical core). ``token_budget``: padded tokens per batch.
-        ``io_binding``: None uses it on CUDA only. ``prefetch``: tokenise and pad the next
-        batches in a thread while the model runs; None does it on CUDA only.
+        cannot run) or ``cpu``. ``precision``: None (or ``auto``) picks fp16 on CUDA (when the
+        bundle has it); on the CPU, int8 where it was measured faster on this machine and as
+        accurate (see :mod:`semdb.embed.precision`; the measurement is in
+        :attr:`precision_choice`), else fp32. ``SEMDB_CPU_PRECISION`` pins the CPU's for every
+        process that asks for none (workers on several machines then write the same graph's
+        vectors). ``int8`` is CPU only. ``threads``: CPU threads
+        (default: the cores this process may use). ``streams``: on the CPU, batches run side by
+        side, each on one intra-op thread (default: one per thread); ``streams=1`` runs one
+        batch at a time on ``threads`` intra-op threads. ``token_budget``: padded tokens per
+        batch. ``io_binding``: None uses it on CUDA only. ``prefetch``: tokenise and pad the
+        next batches in a thread while the model runs; None does it on CUDA only.
         """
         request = providers.check_request(provider)
+        if precision == "auto":
+            precision = None
         if precision is not None:
             check_precision(precision)
         if threads is not None and threads < 1:
             raise SemdbError(f"threads must be a positive number, not {threads}")
+        if streams is not None and streams < 1:
+            raise SemdbError(f"streams must be a positive number, not {streams}")
         if token_budget is not None and token_budget < 1:
             raise SemdbError(f"token_budget must be positive, not {token_budget}")
         bundle = model if isinstance(model, Bundle) else find_bundle(model)
@@ -156,11 +186,25 @@ class Embedder:
                 if request == "cuda":
                     raise providers.cuda_error()
                 log.info("CUDA is listed but not running (%s); using the CPU", session.provider)
-        chosen = precision or providers.default_precision("cpu", bundle.available_precisions)
+        total = threads or usable_cores()
+        cpu_streams = streams or total
+        intra_op = 1 if cpu_streams > 1 else threads
+        choice = None
+        pinned = cpu_precision_setting()
+        if precision is not None:
+            chosen = precision
+        elif pinned is not None:
+            check_precision(pinned)
+            chosen = pinned
+        elif "int8" in bundle.available_precisions:
+            choice = choose_cpu_precision(bundle, intra_op_threads=intra_op or total)
+            chosen = choice.precision
+        else:
+            chosen = providers.default_precision("cpu", bundle.available_precisions)
         session = OnnxSession(
-            bundle.onnx_path(chosen), "cpu", threads=threads, io_binding=io_binding
+            bundle.onnx_path(chosen), "cpu", threads=intra_op, io_binding=io_binding
         )
-        return cls(bundle, session, chosen, **kwargs)
+        return cls(bundle, session, chosen, streams=cpu_streams, precision_choice=choice, **kwargs)
 
     # -- embedding ----------------------------------------------------------------------------
 
@@ -188,8 +232,7 @@ class Embedder:
         prepared = self._prepared_batches(items, prefix, counts)
         if self.prefetch:
             prepared = _prefetched(prepared, PREFETCH_BATCHES)
-        for indices, input_ids, attention_mask in prepared:
-            vectors = self.session.run(input_ids, attention_mask)
+        for indices, input_ids, vectors in self._run_batches(prepared):
             if vectors.shape != (len(indices), self.dimension):
                 raise SemdbError(
                     f"the model returned vectors of shape {vectors.shape}, expected "
@@ -224,9 +267,39 @@ class Embedder:
             )
         return result
 
-    def _prepared_batches(
-        self, items: list[str], prefix: str, counts: _Counts
-    ) -> Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    def _run_batches(
+        self, prepared: Iterator[_Batch]
+    ) -> Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """(indices, input_ids, vectors) of each batch, in order; on several CPU streams, up to
+        ``streams * (1 + STREAM_LOOKAHEAD)`` batches are in flight at once."""
+        if self.streams == 1:
+            for indices, input_ids, attention_mask in prepared:
+                yield indices, input_ids, self.session.run(input_ids, attention_mask)
+            return
+        pool = self._stream_pool()
+        in_flight: deque[tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], Future[Any]]]
+        in_flight = deque()
+        try:
+            for indices, input_ids, attention_mask in prepared:
+                future = pool.submit(self.session.run, input_ids, attention_mask)
+                in_flight.append((indices, input_ids, future))
+                if len(in_flight) >= self.streams * (1 + STREAM_LOOKAHEAD):
+                    done_indices, done_ids, done = in_flight.popleft()
+                    yield done_indices, done_ids, done.result()
+            while in_flight:
+                done_indices, done_ids, done = in_flight.popleft()
+                yield done_indices, done_ids, done.result()
+        finally:  # an error or a caller that stops early: drop what has not started
+            for _, _, future in in_flight:
+                future.cancel()
+
+    def _stream_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="semdb-embed")
+            return self._pool
+
+    def _prepared_batches(self, items: list[str], prefix: str, counts: _Counts) -> Iterator[_Batch]:
         """(row indices into ``items``, input_ids, attention_mask) for each batch, chunk by
         chunk: tokenised, sorted by length and cut by the token budget."""
         for start in range(0, len(items), CHUNK_TEXTS):
@@ -256,6 +329,13 @@ class Embedder:
             f"Embedder({self.model_name}@{self.model_version}, {self.provider}, {self.precision}, "
             f"dimension={self.dimension})"
         )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 @dataclass

@@ -4,6 +4,9 @@ On CUDA the batch goes through IO binding: inputs are copied to the device once,
 is allocated by ONNX Runtime on the device and copied back once, with no intermediate host
 copies. On the CPU a plain ``run`` is as fast (IO binding also works there, which is how the
 binding path is tested on machines without a GPU).
+
+``run`` is safe to call from several threads at once (ONNX Runtime's ``InferenceSession.run``
+is): the Embedder's CPU streams share one session, each run on one intra-op thread.
 """
 
 from __future__ import annotations
