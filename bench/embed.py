@@ -6,13 +6,20 @@ Same texts, same model, same thread count for every engine, measured side by sid
     python bench/embed.py                 # 2048 debdesc documents, 3 rounds, 2 threads
     python bench/embed.py --quick         # 256 documents, 2 rounds
     python bench/embed.py --ndcg          # + nDCG@10 of int8 vs fp32 on the debdesc test queries
+    python bench/embed.py --sweep         # + ORT settings: streams, token budget, graph level
 
 Engines: torch fp32 (sentence-transformers ``encode`` with the batch size it runs fastest at,
-picked by a short calibration), ORT fp32 and ORT int8 on the CPU; with a CUDA device, also
+picked by a short calibration), ORT fp32 and ORT int8 on the CPU as semdb runs them (one
+stream per thread, each batch on one intra-op thread), and ORT int8 the older way (one batch
+at a time on all threads) beside them; with a CUDA device, also
 torch fp16, ORT CUDA fp32 and ORT CUDA fp16. Texts: ../shared/data/debdesc documents when
 present (``--data``), else paragraphs of the Python standard library's docstrings.
 Prints a table with sentences/s, ratios and cosine to torch, and writes JSON
-(``bench/results/embed.json``).
+(``bench/results/embed.json``). The load average is read before and after each round and
+written beside it: torch's threads slow down far more than ONNX Runtime's on a busy machine, so
+a run with a load average above half the cores is flagged as not quiet, and its ratios favour
+ONNX Runtime. The CPU precision semdb would choose here (``precision="auto"``, measured once
+per bundle and machine) is recorded too.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from semdb.bundles import Bundle, find_bundle  # noqa: E402
 from semdb.embed import Embedder  # noqa: E402
+from semdb.embed.embedder import usable_cores  # noqa: E402
+from semdb.embed.precision import choose_cpu_precision  # noqa: E402
 from semdb.errors import SemdbError  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "debdesc"
@@ -78,7 +87,9 @@ def main() -> None:
     engines = build_engines(bundle, torch_model_dir, texts, threads, args)
     for engine in engines:  # warm-up: sessions, allocators, kernels
         engine.run(texts[:64])
+    loads: list[dict[str, float]] = []
     for round_index in range(args.rounds):
+        before = os.getloadavg()[0]
         order = engines[round_index % len(engines) :] + engines[: round_index % len(engines)]
         for engine in order:
             started = time.perf_counter()
@@ -86,15 +97,124 @@ def main() -> None:
             engine.seconds.append(time.perf_counter() - started)
             if engine.vectors is None:
                 engine.vectors = vectors
+        after = os.getloadavg()[0]
+        loads.append({"before": round(before, 2), "after": round(after, 2)})
         console.print(
-            f"round {round_index + 1}: "
+            f"round {round_index + 1} (load {before:.1f} -> {after:.1f}): "
             + ", ".join(f"{e.name} {len(texts) / e.seconds[-1]:.0f}/s" for e in engines)
+        )
+    quiet = is_quiet(loads)
+    if not quiet:
+        console.print(
+            f"[yellow]the machine was busy (load average above {busy_load():.1f} on "
+            f"{usable_cores()} cores): torch suffers more than ONNX Runtime, so these ratios "
+            "flatter ONNX Runtime; rerun on a quiet machine for figures to publish[/]"
         )
 
     results = summarise(engines, len(texts))
+    choice = auto_choice(bundle)
+    sweep = run_sweep(bundle, texts, threads) if args.sweep else None
     ndcg = evaluate_ndcg(bundle, args, threads) if args.ndcg else None
     print_table(results, ndcg)
-    write_json(args, results, ndcg, source, len(texts), bundle, threads)
+    write_json(
+        args,
+        results,
+        ndcg,
+        source,
+        len(texts),
+        bundle,
+        threads,
+        extra={
+            "load_average_per_round": loads,
+            "quiet": quiet,
+            "auto_precision": choice,
+            "sweep": sweep,
+        },
+    )
+
+
+def busy_load() -> float:
+    return usable_cores() / 2
+
+
+def is_quiet(loads: list[dict[str, float]]) -> bool:
+    return all(max(r["before"], r["after"]) <= busy_load() for r in loads)
+
+
+def auto_choice(bundle: Bundle) -> dict[str, Any] | None:
+    """What ``precision="auto"`` picks on this machine (measured and cached by semdb)."""
+    if "int8" not in bundle.available_precisions:
+        return None
+    choice = choose_cpu_precision(bundle, intra_op_threads=1)
+    console.print(
+        f"semdb's CPU precision here: {choice.precision} (int8 {choice.int8_speedup:.2f}x fp32 "
+        f"per stream, mean cosine {choice.int8_mean_cosine:.4f}; {choice.machine})"
+    )
+    return asdict(choice)
+
+
+def run_sweep(bundle: Bundle, texts: list[str], threads: int) -> list[dict[str, Any]]:
+    """ORT settings side by side on the same texts: streams against intra-op threads, token
+    budget, and (through plain sessions) graph optimisation level and memory arena."""
+    import onnxruntime as ort
+
+    configs: dict[str, Callable[[list[str]], np.ndarray]] = {}
+    for precision in ("fp32", "int8"):
+        for streams, budget in [
+            (threads, 512),
+            (threads, 1024),
+            (threads, 2048),
+            (threads, 4096),
+            (1, 2048),
+        ]:
+            embedder = Embedder.load(
+                bundle,
+                provider="cpu",
+                precision=precision,
+                threads=threads,
+                streams=streams,
+                token_budget=budget,
+            )
+            configs[f"{precision} streams={streams} budget={budget}"] = embedder.embed
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    for level_name, level in levels.items():
+        for arena in (True, False):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = level
+            options.intra_op_num_threads = 1
+            options.enable_cpu_mem_arena = arena
+            session = ort.InferenceSession(
+                str(bundle.onnx_path("int8")), options, providers=["CPUExecutionProvider"]
+            )
+            embedder = Embedder.load(bundle, provider="cpu", precision="int8", threads=threads)
+            embedder.session.session = session  # same batching and streams, other session
+            configs[f"int8 graph={level_name} arena={'on' if arena else 'off'}"] = embedder.embed
+    sample = texts[: min(len(texts), 512)]
+    timings: dict[str, list[float]] = {name: [] for name in configs}
+    for run in configs.values():
+        run(sample[:32])
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("settings sweep", total=2 * len(configs))
+        for _ in range(2):
+            for name, run in configs.items():
+                started = time.perf_counter()
+                run(sample)
+                timings[name].append(time.perf_counter() - started)
+                progress.advance(task)
+    table = Table(title=f"ORT settings on {len(sample)} texts ({threads} threads, best of 2)")
+    for column in ("setting", "sentences/s"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    rows = []
+    for name, seconds in timings.items():
+        rate = len(sample) / min(seconds)
+        rows.append({"setting": name, "sentences_per_s": round(rate, 1)})
+        table.add_row(name, f"{rate:.1f}")
+    console.print(table)
+    return rows
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -178,19 +298,28 @@ def build_engines(
             settings={"batch_size": batch, "threads": threads},
         )
     ]
-    for precision in ("fp32", "int8"):
+    for name, precision, streams in [
+        ("ort fp32 cpu", "fp32", threads),
+        ("ort int8 cpu", "int8", threads),
+        ("ort int8 cpu, 1 stream", "int8", 1),
+    ]:
         embedder = Embedder.load(
             bundle,
             provider="cpu",
             precision=precision,
             threads=threads,
+            streams=streams,
             token_budget=args.token_budget,
         )
         engines.append(
             Engine(
-                f"ort {precision} cpu",
+                name,
                 embedder.embed,
-                settings={"token_budget": embedder.token_budget, "threads": threads},
+                settings={
+                    "token_budget": embedder.token_budget,
+                    "threads": threads,
+                    "streams": embedder.streams,
+                },
             )
         )
     if torch.cuda.is_available() and not args.no_gpu:
@@ -382,6 +511,7 @@ def write_json(
     count: int,
     bundle: Bundle,
     threads: int,
+    extra: dict[str, Any],
 ) -> None:
     import onnxruntime
     import sentence_transformers
@@ -407,6 +537,7 @@ def write_json(
         "rounds": args.rounds,
         "results": results,
         "ndcg": ndcg,
+        **extra,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -436,6 +567,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--ndcg", action="store_true", help="nDCG@10 int8 vs fp32 (minutes)")
+    parser.add_argument("--sweep", action="store_true", help="ORT settings side by side")
     parser.add_argument("--no-gpu", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "embed.json")
     args = parser.parse_args()
