@@ -13,22 +13,28 @@ loop). What would block the loop is embedding the query text: that runs in a wor
 ONNX Runtime call (:class:`QueryBatcher`: a batch closes after ``wait_ms`` or ``max_batch``
 texts). Cancelling a search (``asyncio.CancelledError``, a timeout) cancels its statement on
 the server through psycopg; the connection stays usable.
+
+Writes: :func:`copy_rows` is the awaitable twin of :func:`semdb.copy_rows` (binary COPY through
+psycopg's async connection), and inline sync (``semdb.embed_on_flush``) on an ``AsyncSession``
+embeds the flushed rows in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlalchemy.orm import Session
 
 from semdb.errors import BindTypeError, SearchError
+from semdb.orm import bulk
 from semdb.orm.columns import vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval import PreparedSearch, SearchResult
@@ -203,6 +209,54 @@ async def run_prepared(
     return await _run(bind, run)
 
 
+async def copy_rows(
+    bind: AsyncBind | AsyncEngine,
+    target: Any,
+    data: Mapping[str, Any] | Iterable[Any],
+    *,
+    model: str | None = None,
+) -> int:
+    """``await`` twin of :func:`semdb.copy_rows`: binary COPY through psycopg's async
+    connection, in the session's (or connection's) transaction; an AsyncEngine: its own,
+    committed. The checks and the encoding are the sync API's; they run in a worker thread
+    (vectors encoded, content hashes computed), and the COPY yields to the loop as it goes."""
+    if not isinstance(bind, AsyncEngine):
+        _check_bind(bind, "copy_rows")
+    table, columns = bulk.columns_of(target, data)  # on the loop: ORM attributes may load
+    count = await asyncio.to_thread(bulk.encode_columns, table, columns, model)
+    if not count:
+        return 0
+    if isinstance(bind, AsyncEngine):
+        async with bind.begin() as connection:
+            return await _copy(connection, table, columns, count)
+    connection = await bind.connection() if isinstance(bind, AsyncSession) else bind
+    return await _copy(connection, table, columns, count)
+
+
+async def _copy(
+    connection: AsyncConnection, table: sa.Table, columns: dict[str, Any], count: int
+) -> int:
+    names = list(columns)
+    oids = await connection.run_sync(lambda sync: bulk.column_oids(sync, table, names))
+    driver = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(driver, psycopg.AsyncConnection):
+        raise BindTypeError(
+            f"semdb.aio.copy_rows loads through psycopg's async driver, got {type(driver)!r}",
+            fix="use a postgresql+psycopg:// URL (semdb.aio.create_async_engine)",
+        )
+    values = [columns[name] for name in names]
+    async with driver.cursor() as cursor, cursor.copy(bulk.copy_statement(table, names)) as copy:
+        copy.set_types(oids)
+        for number, row in enumerate(zip(*values, strict=True)):
+            await copy.write_row(row)
+            if number % _ROWS_PER_TURN == _ROWS_PER_TURN - 1:
+                await asyncio.sleep(0)  # rows are formatted on the loop: let others run
+    return count
+
+
+_ROWS_PER_TURN = 512
+
+
 async def _query_vector(
     bind: AsyncBind, name: str, column: Any, query: Any, embedder: TextEmbedder | None
 ) -> Any:
@@ -243,7 +297,7 @@ async def _run(bind: AsyncBind, function: Callable[[Any], T]) -> T:
 def _check_bind(bind: Any, name: str) -> None:
     if isinstance(bind, (AsyncSession, AsyncConnection)):
         return
-    if isinstance(bind, (Session, sa.Connection)):
+    if isinstance(bind, (Session, sa.Connection, sa.Engine)):
         raise BindTypeError(
             f"semdb.aio.{name} takes an AsyncSession or an AsyncConnection, got a "
             f"{type(bind).__name__}",
