@@ -167,6 +167,32 @@ def test_concurrent_query_texts_are_embedded_together(notes: sa.Engine, tiny_emb
             assert [h.row.id for h in hits] == [h.row.id for h in want]
 
 
+def test_texts_queued_behind_a_busy_embedder_go_together_grouped_by_length(
+    tiny_embedder: Any,
+) -> None:
+    """One slot, a slow embedder: the first text goes alone, at once; the texts that queue
+    meanwhile leave together, short with short and long with long (padding bounded)."""
+    slow = Recording(tiny_embedder, delay=0.2)
+    short = [f"{word} {i}" for i, word in enumerate(WORDS)]  # 7-10 characters
+    long = [
+        f"a long description of the {word} seen from far away, number {i}"
+        for i, word in enumerate(WORDS)
+    ]
+
+    async def main() -> list[np.ndarray]:
+        queue = semdb.aio.batcher(slow, max_batch=32, max_concurrent=1)
+        first = asyncio.create_task(queue.embed_query("first"))
+        await asyncio.sleep(0.05)  # the first call is running
+        rest = [asyncio.create_task(queue.embed_query(t)) for t in [*short, *long]]
+        return [await first, *[await task for task in rest]]
+
+    vectors = asyncio.run(main())
+    assert slow.batches[0] == ["first"]
+    assert sorted(map(sorted, slow.batches[1:])) == sorted([sorted(long), sorted(short)])
+    want = tiny_embedder.embed(["first", *short, *long], kind="query")
+    assert np.allclose(np.stack(vectors), want, atol=1e-5)  # each text got its own vector
+
+
 def test_the_event_loop_keeps_running_while_texts_are_embedded(
     notes: sa.Engine, tiny_embedder: Any
 ) -> None:
