@@ -87,6 +87,22 @@ class StepLog(logging.Handler):
             self.steps.append(float(found.group(1)))
 
 
+class Counting:
+    """The embedder, counting its calls and texts (how large the async batches were)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = self.texts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def embed(self, texts: Any, **options: Any) -> Any:
+        self.calls += 1
+        self.texts += len(texts)
+        return self.inner.embed(texts, **options)
+
+
 class Meter:
     """Wall time, this process's CPU and the bench backends' CPU over one mode."""
 
@@ -189,11 +205,15 @@ def main() -> None:
             thread.join()
         return meter.stop()
 
-    async def ticker(lags: list[float]) -> None:
+    async def ticker(lags: list[float], cpu: list[float] | None = None) -> None:
+        """How late a 1 ms sleep wakes; with ``cpu``, also the CPU the loop's thread spent
+        meanwhile (the other tasks' steps that ran first): the lag on a core of its own."""
         while True:
-            before = time.perf_counter()
+            before, before_cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
             lags.append(time.perf_counter() - before - 0.001)
+            if cpu is not None:
+                cpu.append(time.thread_time() - before_cpu)
 
     async def idle_lag(seconds: float) -> list[float]:
         """The ticker on a loop with nothing else to do: the machine's own share of the lag."""
@@ -205,15 +225,17 @@ def main() -> None:
 
     async def run_async(
         batch: list[Any], steps: list[float] | None = None
-    ) -> tuple[dict[str, float], list[list[int]], list[float]]:
+    ) -> tuple[dict[str, float], list[list[int]], list[float], list[float]]:
         if steps is not None:  # asyncio's debug mode times every step of every task
             loop = asyncio.get_running_loop()
             loop.set_debug(True)
             loop.slow_callback_duration = 0.001
             logging.getLogger("asyncio").addHandler(StepLog(steps))
         async_engine = semdb.aio.create_async_engine(engine.url, pool_size=args.clients)
-        semdb.aio.batcher(embed, **batcher_options)
+        counting = Counting(embed)
+        semdb.aio.batcher(counting, **batcher_options)
         lags: list[float] = []
+        cpu_lags: list[float] = []
         results: list[list[int]] = [[] for _ in batch]
         next_query = iter(range(len(batch)))
 
@@ -224,7 +246,7 @@ def main() -> None:
                         session,
                         table.c.embedding,
                         batch[i],
-                        embedder=embed,
+                        embedder=counting,
                         k=10,
                         where=where,
                         statement=statement,
@@ -237,13 +259,18 @@ def main() -> None:
                 await semdb.aio.search(session, table.c.embedding, batch[0], embedder=embed, k=10)
 
         await asyncio.gather(*(warm() for _ in range(args.clients)))
-        tick = asyncio.create_task(ticker(lags))
+        tick = asyncio.create_task(ticker(lags, cpu_lags))
         meter = Meter(engine)
+        counting.calls = counting.texts = 0
+        on_loop = time.thread_time()  # this thread's CPU: everything that ran on the loop
         await asyncio.gather(*(client() for _ in range(args.clients)))
+        on_loop = time.thread_time() - on_loop
         measured = meter.stop()  # before dispose: the backends are still there to be read
+        measured["loop_cpu"] = on_loop
+        measured["texts_per_call"] = counting.texts / max(counting.calls, 1)
         tick.cancel()
         await async_engine.dispose()
-        return measured, results, lags
+        return measured, results, lags, cpu_lags
 
     def embed_alone(batch: list[str]) -> dict[str, float]:
         meter = Meter(engine)
@@ -258,6 +285,7 @@ def main() -> None:
     expected: list[list[int]] = []
     found: list[list[int]] = []
     lags: list[float] = []
+    cpu_lags: list[float] = []
     idle: list[float] = []
     loads: list[float] = []
     per_round = len(queries) // args.rounds
@@ -268,10 +296,11 @@ def main() -> None:
         measured["sequential"].append(figures)
         expected.extend(want)
         measured["threads"].append(run_threads(batch))
-        figures, got, lag = asyncio.run(run_async(batch))
+        figures, got, lag, cpu_lag = asyncio.run(run_async(batch))
         measured["async"].append(figures)
         found.extend(got)
         lags.extend(lag)
+        cpu_lags.extend(cpu_lag)
         idle.extend(asyncio.run(idle_lag(1.0)))
         if not args.vectors:
             measured["embed"].append(embed_alone(texts_used[r * per_round : (r + 1) * per_round]))
@@ -300,6 +329,12 @@ def main() -> None:
         }
 
     stats = {mode: summary(mode) for mode in modes}
+    stats["async"]["loop_cpu_ms"] = float(
+        np.median([m["loop_cpu"] / per_round for m in measured["async"]]) * 1000
+    )
+    stats["async"]["texts_per_call"] = float(
+        np.median([m["texts_per_call"] for m in measured["async"]])
+    )
     sequential, threaded, concurrent = (stats[m]["qps"] for m in ("sequential", "threads", "async"))
     same = sum(a == b for a, b in zip(found, expected, strict=True))
     lag_ms, idle_ms = np.array(lags) * 1000, np.array(idle) * 1000
@@ -316,6 +351,8 @@ def main() -> None:
         "async_vs_threads": concurrent / threaded,
         "loop_lag_p99_ms": float(np.percentile(lag_ms, 99)),
         "loop_lag_max_ms": float(lag_ms.max()),
+        "loop_cpu_lag_p99_ms": float(np.percentile(cpu_lags, 99) * 1000),
+        "loop_cpu_lag_max_ms": float(max(cpu_lags) * 1000),
         "idle_loop_lag_p99_ms": float(np.percentile(idle_ms, 99)),
         "idle_loop_lag_max_ms": float(idle_ms.max()),
         "loop_step_p99_ms": float(np.percentile(steps, 99) * 1000) if steps else 0.0,
@@ -349,9 +386,13 @@ def main() -> None:
         f"async vs {args.threads} threads: {concurrent / threaded:.2f}x; event loop lag p99 "
         f"{row['loop_lag_p99_ms']:.1f} ms, max {row['loop_lag_max_ms']:.1f} ms (idle loop: "
         f"p99 {row['idle_loop_lag_p99_ms']:.1f}, max {row['idle_loop_lag_max_ms']:.1f}); "
-        f"longest single loop steps (debug pass, {len(steps)} over 1 ms): p99 "
+        f"loop's CPU between ticks p99 {row['loop_cpu_lag_p99_ms']:.1f} ms, max "
+        f"{row['loop_cpu_lag_max_ms']:.1f} ms; longest single loop steps (debug pass, "
+        f"{len(steps)} over 1 ms): p99 "
         f"{row['loop_step_p99_ms']:.1f} ms, max {row['loop_step_max_ms']:.1f} ms; "
-        f"{same}/{len(found)} results identical to the sync API's"
+        f"{same}/{len(found)} results identical to the sync API's; on the loop's thread "
+        f"{stats['async']['loop_cpu_ms']:.2f} ms CPU a query; "
+        f"{stats['async']['texts_per_call']:.1f} texts an embedding call"
     )
     flags = " --vectors" if args.vectors else ""
     for name, value in (
