@@ -255,6 +255,33 @@ def test_a_cancelled_search_is_cancelled_on_the_server_and_leaves_the_session_us
     assert time.perf_counter() - started < 4  # not the 6 s the statement would have run
 
 
+def test_async_filtered_searches_are_never_prepared(notes: sa.Engine) -> None:
+    """As in the sync API: a filtered search is planned for its values (psycopg's prepared
+    statements, generic plans, are kept for unfiltered ones), and the savepoint around it
+    leaves the caller's prepared statements alone."""
+    caller = sa.text("SELECT count(*) FROM aio_notes WHERE tenth = :value")
+    prepared = sa.text("SELECT statement FROM pg_prepared_statements")
+
+    async def main() -> tuple[list[str], list[str]]:
+        engine = async_engine(notes)
+        async with engine.connect() as connection:
+            for value in range(6):  # psycopg prepares a statement on its fifth run
+                await connection.execute(caller, {"value": value})
+            for i in range(8):
+                vector = np.full(DIM, i + 1, np.float32)
+                await semdb.aio.search(connection, Note.embedding, vector, k=7)
+                await semdb.aio.search(
+                    connection, Note.embedding, vector, k=7, where=Note.tenth == i
+                )
+            statements = list((await connection.execute(prepared)).scalars())
+        await engine.dispose()
+        return [s for s in statements if "LIMIT" in s], [s for s in statements if "tenth = $1" in s]
+
+    searches, callers = asyncio.run(main())
+    assert len(searches) == 1 and "WHERE" not in searches[0]
+    assert len(callers) == 1  # the caller's statement survived the searches' savepoints
+
+
 def test_async_errors_are_the_sync_apis(notes: sa.Engine, tiny_embedder: Any) -> None:
     async def main() -> None:
         engine = async_engine(notes)
