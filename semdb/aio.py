@@ -13,22 +13,28 @@ loop). What would block the loop is embedding the query text: that runs in a wor
 ONNX Runtime call (:class:`QueryBatcher`: a batch closes after ``wait_ms`` or ``max_batch``
 texts). Cancelling a search (``asyncio.CancelledError``, a timeout) cancels its statement on
 the server through psycopg; the connection stays usable.
+
+Writes: :func:`copy_rows` is the awaitable twin of :func:`semdb.copy_rows` (binary COPY through
+psycopg's async connection), and inline sync (``semdb.embed_on_flush``) on an ``AsyncSession``
+embeds the flushed rows in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlalchemy.orm import Session
 
 from semdb.errors import BindTypeError, SearchError
+from semdb.orm import bulk
 from semdb.orm.columns import vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval import PreparedSearch, SearchResult
@@ -60,14 +66,20 @@ def create_async_engine(url: str | sa.URL | None = None, **kwargs: Any) -> Async
 
 
 class QueryBatcher:
-    """Query texts embedded in a worker thread, those waiting together in one call.
+    """Query texts embedded in worker threads; texts that wait together share one call.
 
-    A text waits at most ``wait_ms`` for others (or until ``max_batch`` have come); at most
-    ``max_concurrent`` batches run at once (ONNX Runtime already uses every core for one).
-    ``max_batch`` defaults to 32 on CUDA and 1 on a CPU: there, texts padded to the longest
-    of their batch cost more than texts embedded one by one (bench: all-MiniLM-L6-v2 on 2
-    cores, 2.9 ms a short query alone, 6.4 ms a query in batches of 8 or 32), and the gain of
-    running off the loop is the overlap of embedding with other requests' searches.
+    Texts wait in a pool. Whenever one of the ``max_concurrent`` embedding slots is free, the
+    oldest text leaves the pool with up to ``max_batch - 1`` others of a similar length (a
+    batch is padded to its longest text: at most ``max_padding`` times the tokens it holds,
+    counted in characters), and is embedded in a worker thread (ONNX Runtime releases the
+    GIL). A text arriving at a free slot waits ``wait_ms`` for others (0: only the texts
+    arriving in the same turn of the loop), so that batches form where requests queue up, and
+    a lone request is not held back.
+
+    Defaults, from ``python -m bench.async`` on all-MiniLM-L6-v2: on CUDA batches of 32 after
+    2 ms; on a CPU batches of at most 8, no wait (2 cores: 8.1 ms of CPU a short query alone,
+    5.2 ms in batches of 8 texts of about the same length, 8.9 ms in batches of 8 texts of
+    any length, where half the tokens are padding).
     """
 
     def __init__(
@@ -75,17 +87,19 @@ class QueryBatcher:
         embedder: TextEmbedder,
         *,
         max_batch: int | None = None,
-        wait_ms: float = 2.0,
+        wait_ms: float | None = None,
         max_concurrent: int = 2,
+        max_padding: float = 1.25,
     ) -> None:
+        cuda = getattr(embedder, "provider", None) == "cuda"
         self.embedder = embedder
-        if max_batch is None:
-            max_batch = 32 if getattr(embedder, "provider", None) == "cuda" else 1
-        self.max_batch = max_batch
-        self.wait = wait_ms / 1000
+        self.max_batch = max_batch if max_batch is not None else (32 if cuda else 8)
+        self.wait = (wait_ms if wait_ms is not None else (2.0 if cuda else 0.0)) / 1000
+        self.max_concurrent = max_concurrent
+        self.max_padding = max_padding
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._running = asyncio.Semaphore(max_concurrent)
+        self._scheduled = False
+        self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def embed_query(self, text: str) -> np.ndarray:
@@ -95,37 +109,68 @@ class QueryBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append((text, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.wait, self._flush)
+        if len(self._pending) >= self.max_batch and self._running < self.max_concurrent:
+            self._dispatch()  # a full batch does not wait
+        elif not self._scheduled and self._running < self.max_concurrent:
+            self._scheduled = True
+            if self.wait:
+                loop.call_later(self.wait, self._dispatch)
+            else:
+                loop.call_soon(self._dispatch)
         return await future
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        if self._pending:
-            self._timer = asyncio.get_running_loop().call_later(self.wait, self._flush)
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._tasks.add(task)  # kept until done: the loop holds tasks weakly
-        task.add_done_callback(self._tasks.discard)
+    def _dispatch(self) -> None:
+        """Fill the free slots with batches from the pool."""
+        self._scheduled = False
+        self._pending = [item for item in self._pending if not item[1].done()]  # cancelled
+        loop = asyncio.get_running_loop()
+        while self._pending and self._running < self.max_concurrent:
+            batch = self._take()
+            self._running += 1
+            task = loop.create_task(self._run(batch))
+            self._tasks.add(task)  # kept until done: the loop holds tasks weakly
+            task.add_done_callback(self._done)
+
+    def _take(self) -> list[tuple[str, asyncio.Future[np.ndarray]]]:
+        """The oldest text and up to ``max_batch - 1`` others nearest to it in length, as long
+        as the batch padded to its longest text stays within ``max_padding``."""
+        oldest = self._pending[0]
+        others = sorted(
+            range(1, len(self._pending)),
+            key=lambda i: abs(len(self._pending[i][0]) - len(oldest[0])),
+        )
+        chosen = [0]
+        longest = total = max(len(oldest[0]), 1)
+        for i in others:
+            if len(chosen) >= self.max_batch:
+                break
+            size = max(len(self._pending[i][0]), 1)
+            if (len(chosen) + 1) * max(longest, size) > self.max_padding * (total + size):
+                continue
+            chosen.append(i)
+            longest, total = max(longest, size), total + size
+        taken = set(chosen)
+        batch = [self._pending[i] for i in sorted(taken)]
+        self._pending = [item for i, item in enumerate(self._pending) if i not in taken]
+        return batch
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._running -= 1
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)  # texts queued meanwhile
 
     async def _run(self, batch: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
-        batch = [(text, future) for text, future in batch if not future.done()]  # cancelled
-        if not batch:
+        try:
+            vectors = await asyncio.to_thread(
+                self.embedder.embed, [text for text, _ in batch], kind="query"
+            )
+        except Exception as exc:  # every waiting search gets the embedder's error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
             return
-        async with self._running:
-            try:
-                vectors = await asyncio.to_thread(
-                    self.embedder.embed, [text for text, _ in batch], kind="query"
-                )
-            except Exception as exc:  # every waiting search gets the embedder's error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)
@@ -138,7 +183,8 @@ _batchers: weakref.WeakKeyDictionary[Any, dict[asyncio.AbstractEventLoop, QueryB
 
 def batcher(embedder: TextEmbedder, **options: Any) -> QueryBatcher:
     """The :class:`QueryBatcher` of ``embedder`` on the running loop (one per loop). With
-    ``options`` (``max_batch``, ``wait_ms``, ``max_concurrent``), a new one replaces it."""
+    ``options`` (``max_batch``, ``wait_ms``, ``max_concurrent``, ``max_padding``), a new one
+    replaces it."""
     loop = asyncio.get_running_loop()
     per_loop = _batchers.setdefault(embedder, {})
     if loop not in per_loop or options:
@@ -203,6 +249,54 @@ async def run_prepared(
     return await _run(bind, run)
 
 
+async def copy_rows(
+    bind: AsyncBind | AsyncEngine,
+    target: Any,
+    data: Mapping[str, Any] | Iterable[Any],
+    *,
+    model: str | None = None,
+) -> int:
+    """``await`` twin of :func:`semdb.copy_rows`: binary COPY through psycopg's async
+    connection, in the session's (or connection's) transaction; an AsyncEngine: its own,
+    committed. The checks and the encoding are the sync API's; they run in a worker thread
+    (vectors encoded, content hashes computed), and the COPY yields to the loop as it goes."""
+    if not isinstance(bind, AsyncEngine):
+        _check_bind(bind, "copy_rows")
+    table, columns = bulk.columns_of(target, data)  # on the loop: ORM attributes may load
+    count = await asyncio.to_thread(bulk.encode_columns, table, columns, model)
+    if not count:
+        return 0
+    if isinstance(bind, AsyncEngine):
+        async with bind.begin() as connection:
+            return await _copy(connection, table, columns, count)
+    connection = await bind.connection() if isinstance(bind, AsyncSession) else bind
+    return await _copy(connection, table, columns, count)
+
+
+async def _copy(
+    connection: AsyncConnection, table: sa.Table, columns: dict[str, Any], count: int
+) -> int:
+    names = list(columns)
+    oids = await connection.run_sync(lambda sync: bulk.column_oids(sync, table, names))
+    driver = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(driver, psycopg.AsyncConnection):
+        raise BindTypeError(
+            f"semdb.aio.copy_rows loads through psycopg's async driver, got {type(driver)!r}",
+            fix="use a postgresql+psycopg:// URL (semdb.aio.create_async_engine)",
+        )
+    values = [columns[name] for name in names]
+    async with driver.cursor() as cursor, cursor.copy(bulk.copy_statement(table, names)) as copy:
+        copy.set_types(oids)
+        for number, row in enumerate(zip(*values, strict=True)):
+            await copy.write_row(row)
+            if number % _ROWS_PER_TURN == _ROWS_PER_TURN - 1:
+                await asyncio.sleep(0)  # rows are formatted on the loop: let others run
+    return count
+
+
+_ROWS_PER_TURN = 512
+
+
 async def _query_vector(
     bind: AsyncBind, name: str, column: Any, query: Any, embedder: TextEmbedder | None
 ) -> Any:
@@ -243,7 +337,7 @@ async def _run(bind: AsyncBind, function: Callable[[Any], T]) -> T:
 def _check_bind(bind: Any, name: str) -> None:
     if isinstance(bind, (AsyncSession, AsyncConnection)):
         return
-    if isinstance(bind, (Session, sa.Connection)):
+    if isinstance(bind, (Session, sa.Connection, sa.Engine)):
         raise BindTypeError(
             f"semdb.aio.{name} takes an AsyncSession or an AsyncConnection, got a "
             f"{type(bind).__name__}",

@@ -42,6 +42,7 @@ class Recording:
         self.max_tokens = getattr(inner, "max_tokens", None)
         self.document_prefix = getattr(inner, "document_prefix", "")
         self.texts: list[str] = []
+        self.batches: list[list[str]] = []  # the texts of each call
         self.log = log
         self.delay = delay
         self.fail_on = fail_on
@@ -61,6 +62,7 @@ class Recording:
             raise ValueError(f"cannot embed a text containing {self.fail_on!r}")
         vectors = self.inner.embed(texts, kind=kind)
         self.texts.extend(texts)
+        self.batches.append(list(texts))
         if self.log is not None:
             with self.log.open("a") as handle:
                 for text in texts:

@@ -167,6 +167,32 @@ def test_concurrent_query_texts_are_embedded_together(notes: sa.Engine, tiny_emb
             assert [h.row.id for h in hits] == [h.row.id for h in want]
 
 
+def test_texts_queued_behind_a_busy_embedder_go_together_grouped_by_length(
+    tiny_embedder: Any,
+) -> None:
+    """One slot, a slow embedder: the first text goes alone, at once; the texts that queue
+    meanwhile leave together, short with short and long with long (padding bounded)."""
+    slow = Recording(tiny_embedder, delay=0.2)
+    short = [f"{word} {i}" for i, word in enumerate(WORDS)]  # 7-10 characters
+    long = [
+        f"a long description of the {word} seen from far away, number {i}"
+        for i, word in enumerate(WORDS)
+    ]
+
+    async def main() -> list[np.ndarray]:
+        queue = semdb.aio.batcher(slow, max_batch=32, max_concurrent=1)
+        first = asyncio.create_task(queue.embed_query("first"))
+        await asyncio.sleep(0.05)  # the first call is running
+        rest = [asyncio.create_task(queue.embed_query(t)) for t in [*short, *long]]
+        return [await first, *[await task for task in rest]]
+
+    vectors = asyncio.run(main())
+    assert slow.batches[0] == ["first"]
+    assert sorted(map(sorted, slow.batches[1:])) == sorted([sorted(long), sorted(short)])
+    want = tiny_embedder.embed(["first", *short, *long], kind="query")
+    assert np.allclose(np.stack(vectors), want, atol=1e-5)  # each text got its own vector
+
+
 def test_the_event_loop_keeps_running_while_texts_are_embedded(
     notes: sa.Engine, tiny_embedder: Any
 ) -> None:
@@ -227,6 +253,33 @@ def test_a_cancelled_search_is_cancelled_on_the_server_and_leaves_the_session_us
     found, running = asyncio.run(main())
     assert found == 3 and running == 0
     assert time.perf_counter() - started < 4  # not the 6 s the statement would have run
+
+
+def test_async_filtered_searches_are_never_prepared(notes: sa.Engine) -> None:
+    """As in the sync API: a filtered search is planned for its values (psycopg's prepared
+    statements, generic plans, are kept for unfiltered ones), and the savepoint around it
+    leaves the caller's prepared statements alone."""
+    caller = sa.text("SELECT count(*) FROM aio_notes WHERE tenth = :value")
+    prepared = sa.text("SELECT statement FROM pg_prepared_statements")
+
+    async def main() -> tuple[list[str], list[str]]:
+        engine = async_engine(notes)
+        async with engine.connect() as connection:
+            for value in range(6):  # psycopg prepares a statement on its fifth run
+                await connection.execute(caller, {"value": value})
+            for i in range(8):
+                vector = np.full(DIM, i + 1, np.float32)
+                await semdb.aio.search(connection, Note.embedding, vector, k=7)
+                await semdb.aio.search(
+                    connection, Note.embedding, vector, k=7, where=Note.tenth == i
+                )
+            statements = list((await connection.execute(prepared)).scalars())
+        await engine.dispose()
+        return [s for s in statements if "LIMIT" in s], [s for s in statements if "tenth = $1" in s]
+
+    searches, callers = asyncio.run(main())
+    assert len(searches) == 1 and "WHERE" not in searches[0]
+    assert len(callers) == 1  # the caller's statement survived the searches' savepoints
 
 
 def test_async_errors_are_the_sync_apis(notes: sa.Engine, tiny_embedder: Any) -> None:

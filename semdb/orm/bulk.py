@@ -24,7 +24,12 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from semdb.errors import DeclarationError, DimensionMismatchError, VectorTypeError
+from semdb.errors import (
+    BindTypeError,
+    DeclarationError,
+    DimensionMismatchError,
+    VectorTypeError,
+)
 from semdb.orm.declaration import spec_of
 from semdb.orm.document import content_hash, document_text
 from semdb.orm.types import VectorType, encode_matrix
@@ -40,8 +45,36 @@ def copy_rows(
     model: str | None = None,
 ) -> int:
     """COPY ``data`` into ``target`` (an ORM class or a Table) in binary; returns the row count."""
+    if type(bind).__name__ in ("AsyncSession", "AsyncConnection", "AsyncEngine"):
+        raise BindTypeError(
+            f"semdb.copy_rows takes a Session, a Connection or an Engine, got a "
+            f"{type(bind).__name__}",
+            fix="await the twin in semdb.aio: await semdb.aio.copy_rows(session, ...)",
+        )
+    table, columns = columns_of(target, data)
+    count = encode_columns(table, columns, model)
+    if not count:
+        return 0
+    if isinstance(bind, Engine):
+        with bind.begin() as connection:
+            return _copy(connection, table, columns, count)
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    return _copy(connection, table, columns, count)
+
+
+def columns_of(
+    target: Any, data: Mapping[str, Any] | Iterable[Any]
+) -> tuple[sa.Table, dict[str, Any]]:
+    """The table of ``target`` and ``data`` as one sequence per column name (read from ORM
+    objects where given: call it where their attributes can be loaded)."""
     table = _table_of(target)
-    columns = _columnar(table, target, data)
+    return table, _columnar(table, target, data)
+
+
+def encode_columns(table: sa.Table, columns: dict[str, Any], model: str | None) -> int:
+    """Check the columns (one length, vectors as :func:`copy_rows` takes them), encode the
+    vectors and add the companions, in place; returns the row count (0: nothing to load).
+    Pure computation, no database: ``semdb.aio.copy_rows`` runs it in a worker thread."""
     if not columns:
         return 0
     lengths = {name: len(values) for name, values in columns.items()}
@@ -52,11 +85,15 @@ def copy_rows(
         )
     count = next(iter(lengths.values()))
     _add_companions(table, columns, model, count)
-    if isinstance(bind, Engine):
-        with bind.begin() as connection:
-            return _copy(connection, table, columns, count)
-    connection = bind.connection() if isinstance(bind, Session) else bind
-    return _copy(connection, table, columns, count)
+    return count
+
+
+def copy_statement(table: sa.Table, names: Sequence[str]) -> sql.Composed:
+    """``COPY table (names) FROM STDIN (FORMAT BINARY)``, the identifiers quoted."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(*([table.schema] if table.schema else []), table.name),
+        sql.SQL(", ").join(sql.Identifier(name) for name in names),
+    )
 
 
 def _table_of(target: Any) -> sa.Table:
@@ -195,11 +232,8 @@ def _check_kind(array: np.ndarray, where: str) -> None:
 def _copy(connection: Connection, table: sa.Table, columns: dict[str, Any], count: int) -> int:
     driver: psycopg.Connection[Any] = connection.connection.dbapi_connection  # type: ignore[assignment]
     names = list(columns)
-    oids = _column_oids(connection, table, names)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(*([table.schema] if table.schema else []), table.name),
-        sql.SQL(", ").join(sql.Identifier(name) for name in names),
-    )
+    oids = column_oids(connection, table, names)
+    statement = copy_statement(table, names)
     values = [columns[name] for name in names]
     with driver.cursor() as cursor, cursor.copy(statement) as copy:
         copy.set_types(oids)
@@ -209,7 +243,7 @@ def _copy(connection: Connection, table: sa.Table, columns: dict[str, Any], coun
     return count
 
 
-def _column_oids(connection: Connection, table: sa.Table, names: Sequence[str]) -> list[int]:
+def column_oids(connection: Connection, table: sa.Table, names: Sequence[str]) -> list[int]:
     """The type oid psycopg must dump each column as; vectors go as their wire bytes."""
     oids = []
     rows = connection.execute(

@@ -86,8 +86,10 @@ def _execute(
 @contextlib.contextmanager
 def custom_plans(connection: Connection, wanted: bool = True) -> Iterator[None]:
     """Statements inside are planned for their actual values: psycopg prepares none of them
-    (``prepare_threshold`` None meanwhile; a driver without one is left alone)."""
-    driver = connection.connection.dbapi_connection
+    (``prepare_threshold`` None meanwhile; a driver without one is left alone). The driver's
+    own connection: under SQLAlchemy's asyncio extension, psycopg's AsyncConnection (the
+    adapter SQLAlchemy wraps it in has no ``prepare_threshold``)."""
+    driver = connection.connection.driver_connection
     threshold = getattr(driver, "prepare_threshold", None)
     if not wanted or threshold is None:
         yield

@@ -595,6 +595,13 @@ def backfill_page(
 def _driver(session: Any) -> psycopg.Connection[Any]:
     """The session's psycopg connection (its transaction), through SQLAlchemy's public API."""
     driver = session.connection().connection.driver_connection
+    if isinstance(driver, psycopg.AsyncConnection):
+        raise SyncError(
+            "chunked columns are not synced inline on an AsyncSession (their chunks are "
+            "written through psycopg's sync connection)",
+            fix='declare the column with sync="queued" and run semdb worker, or write these '
+            "rows through a sync Session",
+        )
     if not isinstance(driver, psycopg.Connection):
         raise SyncError(
             "chunked columns are synced inline through psycopg 3",
@@ -612,6 +619,7 @@ def inline_embed(session: Any, embedder: TextEmbedder, items: Sequence[Any]) -> 
     from semdb.errors import DimensionMismatchError
     from semdb.protocols import model_tag
 
+    _driver(session)  # refused before anything is embedded where chunks cannot be written
     tag = model_tag(embedder)
     by_target: dict[int, list[tuple[Any, Any, ChunkedRow]]] = {}
     for obj, declared, document, digest in items:

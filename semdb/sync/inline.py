@@ -9,17 +9,25 @@ Covers ORM flushes (``session.add``, attribute changes); bulk statements
 A row is embedded when it is new or one of its source columns changed, unless its stored
 content hash already matches (same text, same model). Rows whose vector the application set
 itself in this flush are left as they are.
+
+On an ``AsyncSession`` (``embed_on_flush(async_session, embedder)``, or a sessionmaker given
+to ``async_sessionmaker(sync_session_class=...)``) the flush runs in SQLAlchemy's greenlet on
+the event loop; the embedding is then awaited in a worker thread (SQLAlchemy's public
+``AdaptedConnection.run_async``), so the loop serves other tasks while the texts are embedded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.orm import Mapper, Session
 
 from semdb.errors import DimensionMismatchError, SyncError
@@ -51,10 +59,12 @@ _per_mapper: dict[Mapper[Any], tuple[_Declared, ...]] = {}
 
 def embed_on_flush(target: Any, embedder: TextEmbedder) -> None:
     """Embed inline-synced columns of model ``embedder.model_name`` at every flush of
-    ``target`` (the Session class, a sessionmaker, a scoped_session or one Session).
+    ``target`` (the Session class, a sessionmaker, a scoped_session, one Session, or one
+    AsyncSession: there the embedding runs in a worker thread, off the event loop).
 
     Call once per model; columns of other models need their own embedder.
     """
+    target = _sync_target(target)
     listener = _listener_for(target)
     listener.embedders[embedder.model_name] = embedder
 
@@ -82,6 +92,7 @@ class _FlushListener:
                 )
             for declared in {item[1] for item in items}:
                 _check_version(session, declared, embedder)
+            embedder = _off_the_loop(session, embedder)
             chunked = [item for item in items if item[1].chunked is not None]
             if chunked:
                 from semdb.sync.chunking import inline_embed
@@ -139,6 +150,67 @@ class _FlushListener:
             setattr(obj, declared.vector, vector)
             setattr(obj, declared.model, tag)
             setattr(obj, declared.hash, digest)
+
+
+def _sync_target(target: Any) -> Any:
+    """What SQLAlchemy's session events listen on: an AsyncSession's own sync Session."""
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    if isinstance(target, AsyncSession):
+        return target.sync_session
+    if isinstance(target, async_sessionmaker):
+        raise SyncError(
+            "embed_on_flush cannot listen on an async_sessionmaker (SQLAlchemy's session "
+            "events belong to the sync Session inside each AsyncSession)",
+            fix="make a sessionmaker(), call embed_on_flush(it, embedder), and pass it as "
+            "async_sessionmaker(engine, sync_session_class=it); or pass one AsyncSession",
+        )
+    return target
+
+
+def _off_the_loop(session: Session, embedder: TextEmbedder) -> TextEmbedder:
+    """The embedder to call in this flush: on an AsyncSession (its connection is an asyncio
+    driver's, adapted), one whose calls are awaited in a worker thread."""
+    adapted = session.connection().connection.dbapi_connection
+    if isinstance(adapted, AdaptedConnection):
+        return _ThreadedEmbedder(embedder, adapted)
+    return embedder
+
+
+class _ThreadedEmbedder:
+    """``embedder`` with ``embed`` run by ``asyncio.to_thread`` and awaited through the
+    flush's connection (SQLAlchemy's ``AdaptedConnection.run_async``): the flush's greenlet
+    waits, the event loop does not. ONNX Runtime releases the GIL while it computes."""
+
+    def __init__(self, inner: TextEmbedder, adapted: AdaptedConnection) -> None:
+        self.inner = inner
+        self.adapted = adapted
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def model_version(self) -> str:
+        return self.inner.model_version
+
+    def __getattr__(self, name: str) -> Any:  # tokenizer, max_tokens, prefixes, provider
+        return getattr(self.inner, name)
+
+    def embed(self, texts: Sequence[str], *, kind: Any = "document") -> Any:
+        texts = list(texts)
+
+        async def in_a_thread(_driver: Any) -> Any:
+            return await asyncio.to_thread(self.inner.embed, texts, kind=kind)
+
+        return self.adapted.run_async(in_a_thread)
+
+    def embed_query(self, text: str) -> Any:
+        return self.embed([text], kind="query")[0]
 
 
 # The model version each registered inline column is bound to, per engine, once read
