@@ -155,52 +155,52 @@ def auto_choice(bundle: Bundle) -> dict[str, Any] | None:
 
 def run_sweep(bundle: Bundle, texts: list[str], threads: int) -> list[dict[str, Any]]:
     """ORT settings side by side on the same texts: streams against intra-op threads, token
-    budget, and (through plain sessions) graph optimisation level and memory arena."""
+    budget, and (through plain sessions) graph optimisation level and memory arena. Each
+    setting's embedder is built just before its run and dropped after it (memory stays low)."""
     import onnxruntime as ort
 
-    configs: dict[str, Callable[[list[str]], np.ndarray]] = {}
-    for precision in ("fp32", "int8"):
-        for streams, budget in [
-            (threads, 512),
-            (threads, 1024),
-            (threads, 2048),
-            (threads, 4096),
-            (1, 2048),
-        ]:
-            embedder = Embedder.load(
-                bundle,
-                provider="cpu",
-                precision=precision,
-                threads=threads,
-                streams=streams,
-                token_budget=budget,
-            )
-            configs[f"{precision} streams={streams} budget={budget}"] = embedder.embed
-    levels = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    for level_name, level in levels.items():
-        for arena in (True, False):
+    def embedder(precision: str, streams: int, budget: int) -> Callable[[], Embedder]:
+        return lambda: Embedder.load(
+            bundle,
+            provider="cpu",
+            precision=precision,
+            threads=threads,
+            streams=streams,
+            token_budget=budget,
+        )
+
+    def with_session(level: Any, arena: bool) -> Callable[[], Embedder]:
+        def make() -> Embedder:
             options = ort.SessionOptions()
             options.graph_optimization_level = level
             options.intra_op_num_threads = 1
             options.enable_cpu_mem_arena = arena
-            session = ort.InferenceSession(
+            made = Embedder.load(bundle, provider="cpu", precision="int8", threads=threads)
+            made.session.session = ort.InferenceSession(  # same batching and streams
                 str(bundle.onnx_path("int8")), options, providers=["CPUExecutionProvider"]
             )
-            embedder = Embedder.load(bundle, provider="cpu", precision="int8", threads=threads)
-            embedder.session.session = session  # same batching and streams, other session
-            configs[f"int8 graph={level_name} arena={'on' if arena else 'off'}"] = embedder.embed
-    sample = texts[: min(len(texts), 512)]
+            return made
+
+        return make
+
+    configs: dict[str, Callable[[], Embedder]] = {}
+    for precision in ("fp32", "int8"):
+        for streams, budget in [(threads, 1024), (threads, 2048), (threads, 4096), (1, 2048)]:
+            configs[f"{precision} streams={streams} budget={budget}"] = embedder(
+                precision, streams, budget
+            )
+    levels = ort.GraphOptimizationLevel
+    configs["int8 graph=basic"] = with_session(levels.ORT_ENABLE_BASIC, True)
+    configs["int8 graph=extended"] = with_session(levels.ORT_ENABLE_EXTENDED, True)
+    configs["int8 graph=all arena=off"] = with_session(levels.ORT_ENABLE_ALL, False)
+    sample = texts[: min(len(texts), 256)]
     timings: dict[str, list[float]] = {name: [] for name in configs}
-    for run in configs.values():
-        run(sample[:32])
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("settings sweep", total=2 * len(configs))
         for _ in range(2):
-            for name, run in configs.items():
+            for name, make in configs.items():
+                run = make().embed
+                run(sample[:32])
                 started = time.perf_counter()
                 run(sample)
                 timings[name].append(time.perf_counter() - started)

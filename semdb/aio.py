@@ -88,14 +88,15 @@ class QueryBatcher:
         *,
         max_batch: int | None = None,
         wait_ms: float | None = None,
-        max_concurrent: int = 2,
+        max_concurrent: int | None = None,
         max_padding: float = 1.25,
     ) -> None:
         cuda = getattr(embedder, "provider", None) == "cuda"
         self.embedder = embedder
         self.max_batch = max_batch if max_batch is not None else (32 if cuda else 8)
         self.wait = (wait_ms if wait_ms is not None else (2.0 if cuda else 0.0)) / 1000
-        self.max_concurrent = max_concurrent
+        # One embedding at a time per CPU stream of the embedder (each runs on one core).
+        self.max_concurrent = max_concurrent or max(2, getattr(embedder, "streams", 2))
         self.max_padding = max_padding
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._scheduled = False
