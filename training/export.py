@@ -18,7 +18,15 @@ What it writes (see :mod:`semdb.bundles.bundle` for the format):
    as they are, pooling and normalisation kept in fp32 so vectors stay unit length.
 4. **int8** (for CPU): dynamic quantisation, per-channel int8 weights of every MatMul and
    fused Attention, activations quantised per batch. Per-tensor weights lose too much
-   (mean cosine ~0.955 measured on MiniLM); per-channel keeps ~0.995.
+   (mean cosine ~0.955 measured on MiniLM); per-channel keeps ~0.995. Variants measured on
+   MiniLM on a Xeon with AVX-512 VNNI (CPU seconds per text, one thread, 256 debdesc texts):
+   this graph (ONNX Runtime fuses it at load into QAttention + DynamicQuantizeMatMul) ran
+   1.86-1.98x fp32; unfused attention with only the projections quantised 1.82x; a
+   MultiHeadAttention fusion 1.82x; MatMul only (fp32 attention) 1.63x; u8 weights 1.06x;
+   reduce_range (7-bit weights, the advice for AVX2 without VNNI) the same speed but min
+   cosine 0.977 against 0.990. So one graph is written; on a CPU where its kernel is not
+   faster or saturates, the runtime measures that and keeps fp32
+   (:mod:`semdb.embed.precision`).
 5. **Parity**: real sentences (:mod:`training.parity_texts`, or yours) embedded by
    sentence-transformers (PyTorch, fp32) and by semdb's own Embedder on each graph, CPU
    provider. The export fails unless fp32 reaches cosine >= 0.9999 on every text, int8 a
