@@ -443,7 +443,10 @@ def _select(
     result = select_model(pool, test, config, options, mining=mining, test_source=test_source)
     click.echo(f"this process ran {result.trials_run_here} trial(s) in {result.seconds:.0f} s")
     if result.report is None:
-        click.echo("another process of this study retrains the chosen configuration")
+        click.echo(
+            "another process of this study retrains the chosen configuration (or did already: "
+            "see the selection.json of the run folder it names in the study)"
+        )
         return
     Console(width=160).print(trials_table(result.report))
     for line in summary_lines(result.report):
