@@ -294,3 +294,11 @@ def test_folds_keep_a_query_and_its_documents_on_one_side() -> None:
         assert not held_docs & {d for q in train.query_ids for d in train.qrels[q]}
         seen += validation.query_ids
     assert sorted(seen) == sorted(data.query_ids)
+
+
+def test_a_search_does_not_replace_a_plain_run(
+    pairs_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "run" / "model").mkdir(parents=True)  # an earlier `semdb train` run
+    result = bad(tmp_path, pairs_file, tiny_model_dir, "--search", "3")
+    assert "holds an earlier training run" in result.stderr

@@ -412,6 +412,11 @@ def _select(
     negative_margin: float,
 ) -> None:
     """semdb train --search: every input checked before the training stack loads."""
+    from training.config import check_output_dir
+    from training.selection.search import TRIALS_DIR
+
+    if not config.overwrite and not (config.output_dir / TRIALS_DIR).is_dir():
+        check_output_dir(config)  # a plain run is not replaced by a search's by accident
     from training.selection.folds import hold_out_test
     from training.selection.space import SearchSpace
 
