@@ -2,8 +2,8 @@
 standard library's select module): does the searched configuration beat the default, and do two
 processes share a study's work?
 
-    OMP_NUM_THREADS=1 python bench/selection.py            # about 20-25 min on 2 shared cores
-    python bench/selection.py --trials 4 --folds 2 --steps 10  # a quick look
+    python bench/selection.py                  # 35-40 min on 2 cores shared at load ~10
+    python bench/selection.py --trials 4 --parallel-trials 2   # a quicker look
 
 On debdesc (``../shared/data/debdesc``), sized for a loaded 2-core machine:
 
@@ -66,13 +66,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "select.json")
     parser.add_argument("--pool", type=int, default=600, help="training queries searched on")
     parser.add_argument("--pool-corpus", type=int, default=2000)
-    parser.add_argument("--test-queries", type=int, default=300)
-    parser.add_argument("--test-corpus", type=int, default=2000)
+    parser.add_argument("--test-queries", type=int, default=200)
+    parser.add_argument("--test-corpus", type=int, default=1000)
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--validation-queries", type=int, default=60)
-    parser.add_argument("--validation-corpus", type=int, default=300)
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--validation-queries", type=int, default=50)
+    parser.add_argument("--validation-corpus", type=int, default=250)
     parser.add_argument("--parallel-trials", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-parallel", action="store_true")

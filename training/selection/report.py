@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,13 @@ def importances(study: Any) -> tuple[dict[str, float], str]:
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     try:
-        found = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = optuna.importance.get_param_importances(study, evaluator=evaluator)
         if found:
-            return {k: float(v) for k, v in found.items()}, "optuna fANOVA"
+            return {k: round(float(v), 4) for k, v in found.items()}, "optuna fANOVA (seed 0)"
     except (ValueError, RuntimeError):
         pass
     return variance_explained(complete), "share of variance explained (too few trials for fANOVA)"
@@ -174,8 +178,10 @@ def trials_table(report: dict[str, Any]) -> Any:
             note.append("defaults")
         if row.get("retry_of") is not None:
             note.append(f"retry of {row['retry_of']}")
-        score = row["mean"] if row["mean"] is not None else row["last_reported"]
-        cells = [str(row["number"]), row["state"], _score(score)]
+        if row["state"] == "pruned" and row["last_reported"] is not None:
+            folds_done = len(row.get("fold_scores") or [])
+            note.append(f"pruned in fold {folds_done} at {row['last_reported']:.4f}")
+        cells = [str(row["number"]), row["state"], _score(row["mean"])]
         if folds:
             cells.append("-" if row["std"] is None else f"{row['std']:.4f}")
         config = row["config"] or {}
