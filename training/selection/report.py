@@ -35,7 +35,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             {
                 "number": trial.number,
                 "state": trial.state.name.lower(),
-                "mean": trial.value,
+                # a pruned trial's value is its last report (one fold's score): not a mean
+                "mean": trial.value if trial.state.name == "COMPLETE" else None,
                 "std": trial.user_attrs.get("std"),
                 "fold_scores": trial.user_attrs.get("fold_scores"),
                 "last_reported": last,
