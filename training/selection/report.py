@@ -257,7 +257,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
             [r["last_reported"] for r in pruned],
             marker="x",
             color="grey",
-            label="pruned (last reported)",
+            label="pruned (last fold score reported)",
         )
     best, running = [], -math.inf
     for row in sorted(complete, key=lambda r: r["number"]):
