@@ -121,3 +121,9 @@ class BlendError(SemdbError):
 class ForgettingError(SemdbError):
     """A model lost more than the allowed bound on a general (out-of-domain) set it was
     scored on, and switching to it was not forced."""
+
+
+class SelectionError(SemdbError):
+    """A model selection (hyperparameter search) cannot run as asked: a search space with an
+    empty or inverted range, more folds than queries, a study name already used with another
+    search space."""

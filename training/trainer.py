@@ -29,6 +29,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -126,9 +127,16 @@ def amp_dtype(amp: Amp) -> Literal["fp16", "bf16"] | None:
 
 
 def train(
-    config: TrainConfig, train_data: RetrievalSet, validation_data: RetrievalSet | None
+    config: TrainConfig,
+    train_data: RetrievalSet,
+    validation_data: RetrievalSet | None,
+    *,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Fine-tune ``config.base_model`` on ``train_data``; early-stop on ``validation_data``."""
+    """Fine-tune ``config.base_model`` on ``train_data``; early-stop on ``validation_data``.
+
+    ``callbacks`` (``transformers.TrainerCallback``) join the run's own, for example to
+    report each validation score to a hyperparameter search."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datasets import Dataset
     from sentence_transformers import (
@@ -229,11 +237,11 @@ def train(
     )
     log_path = config.output_dir / "metrics.jsonl"
     metrics_log = MetricsLog(log_path, append=resume_from is not None)
-    callbacks: list[Any] = [metrics_log]
+    run_callbacks: list[Any] = [metrics_log, *callbacks]
     if evaluator is not None and config.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+        run_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     if config.time_budget_minutes:
-        callbacks.append(TimeBudget(config.time_budget_minutes * 60))
+        run_callbacks.append(TimeBudget(config.time_budget_minutes * 60))
 
     trainer = SentenceTransformerTrainer(
         model=model,
@@ -241,7 +249,7 @@ def train(
         train_dataset=dataset,
         loss=loss,
         evaluator=evaluator,
-        callbacks=callbacks,
+        callbacks=run_callbacks,
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -91,6 +91,59 @@ def load_general_sets(folders: tuple[Path, ...], split: str, bound: float) -> di
     return sets
 
 
+def selection_options(command: Any) -> Any:
+    """--search N, --study, --space, --folds, --test-split, --test-fraction, --heartbeat."""
+    options = [
+        click.option(
+            "--heartbeat",
+            type=int,
+            default=20,
+            show_default=True,
+            help="Seconds between a running trial's heartbeats; after 3 missed (the process "
+            "died) the trial is marked failed and run again.",
+        ),
+        click.option(
+            "--test-fraction",
+            type=float,
+            default=0.1,
+            show_default=True,
+            help="Queries held out for the test score when DATA has no test split.",
+        ),
+        click.option(
+            "--test-split",
+            default="test",
+            show_default=True,
+            help="BEIR qrels split scored once, after the search.",
+        ),
+        click.option(
+            "--folds",
+            type=int,
+            help="K-fold cross-validation by query: each trial scored by the mean validation "
+            "nDCG@10 over K folds [default: one --validation-fraction split].",
+        ),
+        click.option(
+            "--space",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML file replacing ranges of the default search space.",
+        ),
+        click.option(
+            "--study",
+            help="Name of the study in the database: started twice, the processes share it; "
+            "started again, it continues [default: the run folder's name].",
+        ),
+        click.option(
+            "--search",
+            type=int,
+            metavar="N",
+            help="Model selection: try N configurations (Optuna), retrain the best on all "
+            "training queries, score it once on the test queries.",
+        ),
+    ]
+    for option in options:
+        command = option(command)
+    return command
+
+
 # --- semdb train --------------------------------------------------------------------------
 
 
@@ -190,6 +243,7 @@ def load_general_sets(folders: tuple[Path, ...], split: str, bound: float) -> di
     show_default=True,
     help="Documents per general set for the blend curve: the queries' own and random others.",
 )
+@selection_options
 def train_command(
     data: str,
     output: Path,
@@ -219,6 +273,13 @@ def train_command(
     forgetting_bound: float,
     general_queries: int,
     general_corpus: int,
+    search: int | None,
+    study: str | None,
+    space: Path | None,
+    folds: int | None,
+    test_split: str,
+    test_fraction: float,
+    heartbeat: int,
 ) -> None:
     """Fine-tune a text encoder on DATA: a BEIR folder, a .jsonl file, or an SQL query.
 
@@ -236,10 +297,26 @@ def train_command(
     fine-tuned weights, (1 - a) * base + a * fine-tuned for a = 0, 0.1, ..., 1, and keeps the
     a with the best validation nDCG@10 among those losing at most --forgetting-bound points
     on every general set: RUN/blended (what semdb export takes), RUN/blend.json, blend.png.
+
+    With --search N, a model selection: N configurations tried (Optuna, in a study kept in
+    the database; --study NAME started twice shares the work), --folds K cross-validation,
+    the best retrained on all training queries into -o, scored once on the test queries:
+    RUN/selection.json, RUN/selection.png.
     """
     _quiet_libraries()
     from training.config import TrainConfig, check_output_dir, default_base_model, world
     from training.data import load_source
+
+    if search is not None:
+        if general or resume:
+            raise SemdbError(
+                "--search does not combine with --general or --resume",
+                fix="run the search, then blend or continue its run with a plain semdb train",
+            )
+    elif any(v is not None for v in (study, space, folds)):
+        raise SemdbError(
+            "--study, --space and --folds belong to a model selection", fix="add --search N"
+        )
 
     config = TrainConfig(
         output_dir=output,
@@ -262,6 +339,22 @@ def train_command(
         resume=resume,
         overwrite=overwrite,
     )
+    if search is not None:
+        _select(
+            data,
+            config,
+            split=split,
+            trials=search,
+            study=study or output.resolve().name,
+            space=space,
+            folds=folds,
+            test_split=test_split,
+            test_fraction=test_fraction,
+            heartbeat=heartbeat,
+            negative_depth=negative_depth,
+            negative_margin=negative_margin,
+        )
+        return
     # Mistakes fail before torch loads: an earlier run in the way, data that cannot be read.
     if not overwrite:
         check_output_dir(config)
@@ -301,6 +394,71 @@ def train_command(
     if result.blend is not None:
         _report_blend(output)
     click.echo(f"next: semdb export {output} --name NAME, then semdb eval NAME DATA --split test")
+
+
+def _select(
+    data: str,
+    config: Any,
+    *,
+    split: str,
+    trials: int,
+    study: str,
+    space: Path | None,
+    folds: int | None,
+    test_split: str,
+    test_fraction: float,
+    heartbeat: int,
+    negative_depth: int,
+    negative_margin: float,
+) -> None:
+    """semdb train --search: every input checked before the training stack loads."""
+    from training.config import check_output_dir
+    from training.selection.search import TRIALS_DIR
+
+    if not config.overwrite and not (config.output_dir / TRIALS_DIR).is_dir():
+        check_output_dir(config)  # a plain run is not replaced by a search's by accident
+    from training.selection.folds import hold_out_test
+    from training.selection.space import SearchSpace
+
+    searched = SearchSpace.load(space) if space else SearchSpace.default()
+    pool, test, test_source = hold_out_test(
+        data, split=split, test_split=test_split, test_fraction=test_fraction, seed=config.seed
+    )
+    from training.selection.search import SelectionOptions, plan
+
+    options = SelectionOptions(
+        trials=trials, study=study, space=searched, folds=folds, heartbeat=heartbeat
+    )
+    checked = plan(pool, config, options, negative_margin)  # folds against the queries
+    click.echo(
+        f"model selection: study {study!r}, {trials} trials, "
+        + (f"{folds}-fold cross-validation" if folds else "one validation split")
+        + f", {len(pool.query_ids)} search queries, test: {test_source} "
+        f"({len(test.query_ids)} queries)"
+    )
+    del checked
+    require_training_stack()
+    from rich.console import Console
+
+    from training.fine_tune import MiningOptions
+    from training.selection.report import summary_lines, trials_table
+    from training.selection.search import select_model
+
+    mining = MiningOptions(depth=negative_depth, margin=negative_margin, cache_dir=_vector_cache())
+    result = select_model(pool, test, config, options, mining=mining, test_source=test_source)
+    click.echo(f"this process ran {result.trials_run_here} trial(s) in {result.seconds:.0f} s")
+    if result.report is None:
+        click.echo(
+            "another process of this study retrains the chosen configuration (or did already: "
+            "see the selection.json of the run folder it names in the study)"
+        )
+        return
+    Console(width=160).print(trials_table(result.report))
+    for line in summary_lines(result.report):
+        click.echo(line)
+    out = config.output_dir
+    click.echo(f"model: {out / 'model'}; report: {out / 'selection.json'}, {out / 'selection.png'}")
+    click.echo(f"next: semdb export {out} --name NAME")
 
 
 def _report_blend(output: Path) -> None:
