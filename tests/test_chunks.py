@@ -372,6 +372,52 @@ def test_index_path_runs_on_the_chunk_tables_hnsw_index(
     assert "ix_chunked_articles_embedding_chunks_embedding_hnsw" in str(tree)
 
 
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_exact_path_sorts_the_top_chunks_only_and_runs_without_parallel_workers(
+    articles: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The exact path computes every passing chunk's distance but keeps a top-N of them (no
+    sort of all chunks by parent), and starts no parallel workers, even where the planner
+    is told they are free (their start cost more than the search; bench/chunks_latency.py)."""
+    query = tiny_embedder.embed_query(TOPICS[5])
+    with Session(articles) as session:
+        for name in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+            session.execute(sa.text(f"SET LOCAL {name} = 0"))
+        session.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 2"))
+        plan, tree = semdb.explain_search(
+            session,
+            Article.embedding,
+            query,
+            k=4,
+            where=Article.lang == "en",
+            plan="exact",
+            analyze=True,
+        )
+        assert plan.path == "exact"
+        nodes = list(plan_nodes(tree))
+        assert not [n for n in nodes if n["Node Type"].startswith("Gather")], tree
+        with articles.connect() as connection:
+            chunks = connection.execute(sa.select(sa.func.count()).select_from(ARTICLE_CHUNKS))
+            total = chunks.scalar()
+        assert total is not None and total > 40
+        top = [
+            n
+            for n in nodes
+            if n["Node Type"] == "Sort" and n.get("Sort Method") == "top-N heapsort"
+        ]
+        assert top and max(n["Actual Rows"] for n in top) <= 40  # the candidates, not all chunks
+        hits = semdb.search(
+            session, Article.embedding, query, k=4, where=Article.lang == "en", plan="exact"
+        )
+        expected = brute_force(articles, query, "en")[:4]
+        assert [round(h.distance, 4) for h in hits] == [round(d, 4) for _, d in expected]
+
+
 # -- migrations ------------------------------------------------------------------------------------
 
 CHUNKED_MODELS = """
@@ -467,10 +513,12 @@ def test_k_parents_come_back_when_few_parents_hold_the_nearest_chunks(
     assert per_parent is not None and per_parent >= 40  # the index's first candidates: 3 parents
     query = tiny_embedder.embed_query(TOPICS[3])
     with Session(tables) as session:
-        for plan in ("index", "auto"):
+        for plan in ("index", "auto", "exact"):
             hits = semdb.search(session, Article.embedding, query, k=10, plan=plan)
             ids = [hit.row.id for hit in hits]
             assert len(ids) == 10 == len(set(ids)), (plan, ids, hits.plan)
             assert set(ids[:3]) == {100, 101, 102}
+            expected = brute_force(tables, query, None)[:10]
+            assert [round(h.distance, 4) for h in hits] == [round(d, 4) for _, d in expected]
             if plan == "index":  # eight times the candidates sufficed: no exact fallback
                 assert hits.plan.path == "index" and not hits.plan.fell_back_to_exact

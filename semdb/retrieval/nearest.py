@@ -125,7 +125,7 @@ class KnnSearch:
         """Is the column chunked (parents ranked by their best chunk: .chunked)?"""
         return self.target.spec.chunking is not None
 
-    def chunked_statement(self, path: PlanPath, level: int) -> sa.Select[Any]:
+    def chunked_statement(self, path: PlanPath, level: int | None) -> sa.Select[Any]:
         from semdb.retrieval.chunked import ChunkedStatements
 
         key = ("chunked", path, level, self.k, self.target.column, self.target.entity)
@@ -268,6 +268,7 @@ class KnnSearch:
         settings: Mapping[str, str],
         parameters: dict[str, Any],
     ) -> list[sa.Row[Any]]:
+        settings = self.settings_for(path, settings)
         rows = run_statement(
             bind,
             connection,
@@ -276,11 +277,20 @@ class KnnSearch:
             settings,
             custom_plan=self.filtered,
         )
-        if self.chunked and path == "index" and len(rows) < self.k:
+        if self.chunked and len(rows) < self.k:
             from semdb.retrieval.chunked import wider_rows
 
-            rows = wider_rows(self, bind, connection, settings, parameters)
+            rows = wider_rows(self, bind, connection, path, settings, parameters)
         return rows
+
+    def settings_for(self, path: PlanPath, settings: Mapping[str, str]) -> Mapping[str, str]:
+        """What the statement of ``path`` runs under: the plan's settings, and for a chunked
+        column's exact path, no parallel workers (:data:`.chunked.EXACT_SETTINGS`)."""
+        if self.chunked and path == "exact":
+            from semdb.retrieval.chunked import EXACT_SETTINGS
+
+            return {**settings, **EXACT_SETTINGS}
+        return settings
 
     def explain(
         self, bind: Bind, query: Any, embedder: TextEmbedder | None, *, analyze: bool = False
@@ -293,7 +303,7 @@ class KnnSearch:
             connection,
             Explain(self.statement(plan.path), analyze=analyze),
             parameters,
-            plan.first_settings,
+            self.settings_for(plan.path, plan.first_settings),
             custom_plan=True,
         )
         return plan, plan_root(rows[0][0])
