@@ -4,6 +4,7 @@ and searches that return parent rows ranked by their best chunk."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -269,6 +270,78 @@ def test_worker_embeds_the_changed_chunk_only_and_records_a_text_over_the_cap(
     for a in kept:  # an unchanged chunk keeps its very vector
         b = next(b for b in first if b.content_hash == a.content_hash)
         assert np.array_equal(a.embedding, b.embedding)
+
+
+@contextmanager
+def refusing_parent_13(engine: sa.Engine, table: str) -> Iterator[None]:
+    """A trigger of the user's on ``table`` (the parent or its chunk table) that refuses
+    any write for parent 13."""
+    key = "id" if table == Queued.__tablename__ else "parent_id"
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" IF NEW.{key} = 13 THEN RAISE EXCEPTION 'parent 13 refused'; END IF;"
+                " RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            sa.text(
+                f"CREATE TRIGGER refuse_13 BEFORE INSERT OR UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_13()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"DROP TRIGGER refuse_13 ON {table}"))
+            connection.execute(sa.text("DROP FUNCTION refuse_13()"))
+
+
+@pytest.mark.parametrize("table", [Queued.__tablename__, QUEUED_CHUNKS.name])
+def test_a_chunked_row_whose_write_fails_does_not_stop_the_queue(
+    tables: sa.Engine, tiny_embedder: Any, table: str
+) -> None:
+    """Writing one parent (or one of its chunks) fails: that row alone is recorded in
+    semdb.errors, retried with backoff and given up; the rest of the queue drains, in the
+    same batches (the writes are isolated row by row, as an unchunked column's are)."""
+    register(tables)
+    with tables.begin() as connection:
+        connection.execute(
+            sa.insert(Queued), [{"id": i, "body": long_text(i % 6, (i + 2) % 6)} for i in range(20)]
+        )
+    with refusing_parent_13(tables, table):
+        worker = Worker(tables, tiny_embedder, batch_size=8, backoff_seconds=0.0, max_attempts=2)
+        stats = worker.run(until_empty=True)
+        assert stats.embedded == 19 and stats.given_up == 1 and stats.failed == 2
+        assert chunk_rows(tables, QUEUED_CHUNKS, 13) == []
+        assert all(len(chunk_rows(tables, QUEUED_CHUNKS, i)) > 1 for i in range(20) if i != 13)
+        with tables.connect() as connection:
+            errors = connection.execute(
+                sa.text("SELECT key, attempt, gave_up, error FROM semdb.errors ORDER BY id")
+            ).all()
+            assert [(e.key, e.attempt, e.gave_up) for e in errors] == [
+                ({"id": 13}, 1, False),
+                ({"id": 13}, 2, True),
+            ]
+            assert "parent 13 refused" in errors[0].error
+            assert connection.execute(sa.text("SELECT count(*) FROM semdb.queue")).scalar() == 0
+            connection.execute(sa.text("DELETE FROM semdb.errors"))
+            connection.commit()
+        # backfill goes through the same isolation: every row but 13 is written
+        with tables.begin() as connection:
+            connection.execute(sa.text("DELETE FROM semdb.queue"))
+            connection.execute(
+                sa.insert(Queued), [{"id": 100 + i, "body": long_text(i % 6)} for i in range(5)]
+            )
+            connection.execute(sa.text("DELETE FROM semdb.queue"))
+        filled = backfill(tables, Queued.embedding, tiny_embedder, batch_size=4)
+        assert filled.embedded == 5 and filled.failed == 1, filled
+        assert all(chunk_rows(tables, QUEUED_CHUNKS, 100 + i) for i in range(5))
+        with tables.connect() as connection:
+            (error,) = connection.execute(sa.text("SELECT key, gave_up FROM semdb.errors")).all()
+            assert error.key == {"id": 13} and error.gave_up
 
 
 def test_backfill_chunks_rows_that_have_none(tables: sa.Engine, tiny_embedder: Any) -> None:
