@@ -17,9 +17,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import semdb
 import semdb.alembic
 from semdb import Chunks, embedding_column
-from semdb.errors import DeclarationError
+from semdb.errors import ChunkLimitError, DeclarationError, SemdbError
 from semdb.sync import SyncTarget, Worker, backfill
-from semdb.sync.chunking import ChunkLimitError, Splitter
+from semdb.sync.chunking import Splitter
 
 from .embedders import Recording
 
@@ -133,8 +133,13 @@ def test_nul_characters_and_the_chunk_cap(splitter: Splitter) -> None:
     chunks = splitter.split(text)
     assert chunks and chunks[-1].end == len(text)
     capped = Splitter(splitter.tokenizer, window=WINDOW, overlap=4, max_chunks=3, label="t.c")
-    with pytest.raises(ChunkLimitError, match="max_chunks=3"):
+    with pytest.raises(ChunkLimitError, match="max_chunks=3") as raised:
         capped.split(long_text(0, 1, 2, 3, 4, 5))
+    assert isinstance(raised.value, SemdbError)
+    assert (
+        raised.value.fix is not None
+        and "t.c with Chunks(max_chunks=...) above 3" in raised.value.fix
+    )
 
 
 # -- inline sync -----------------------------------------------------------------------------------
@@ -215,6 +220,22 @@ def test_inline_chunks_new_changed_shortened_and_deleted_rows(
     assert chunk_rows(tables, ARTICLE_CHUNKS, 2) == []
 
 
+def test_an_inline_flush_of_a_text_over_the_cap_raises_chunk_limit_error(
+    tables: sa.Engine, tiny_embedder: Any
+) -> None:
+    """A 5 MB text on an inline column: the flush fails with semdb.errors.ChunkLimitError,
+    naming the column, the size and the fix (refused before it is tokenised)."""
+    factory = sa.orm.sessionmaker(tables)
+    semdb.embed_on_flush(factory, tiny_embedder)
+    with factory() as session:
+        session.add(Article(id=1, body="word " * 1_000_000))
+        with pytest.raises(ChunkLimitError) as raised:
+            session.flush()
+    message = str(raised.value)
+    assert "chunked_articles.embedding" in message and "5000000 characters" in message
+    assert "max_chunks=512" in message and "Fix: declare" in message
+
+
 # -- queued sync and backfill ----------------------------------------------------------------------
 
 
@@ -254,6 +275,7 @@ def test_worker_embeds_the_changed_chunk_only_and_records_a_text_over_the_cap(
     with tables.connect() as connection:
         error = connection.execute(sa.text("SELECT key, error, gave_up FROM semdb.errors")).one()
         assert error.key == {"id": 2} and "max_chunks=10" in error.error and error.gave_up
+        assert error.error.startswith("ChunkLimitError: ") and "Fix: declare " in error.error
         assert connection.execute(sa.text("SELECT count(*) FROM semdb.queue")).scalar() == 0
 
     recording.texts.clear()

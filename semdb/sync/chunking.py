@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from semdb.errors import SyncError
+from semdb.errors import ChunkLimitError, SyncError
 from semdb.orm.chunks import VECTOR, Chunks, chunk_table_name, parent_key_name
 from semdb.orm.document import content_hash
 from semdb.orm.types import WireVector, encode_matrix
@@ -38,10 +38,6 @@ from semdb.sync.target import SyncTarget, ident
 #: A token is at most this many characters (WordPiece turns longer words into [UNK]): a text
 #: longer than max_chunks x window x this is refused before it is tokenised.
 MAX_CHARS_PER_TOKEN = 100
-
-
-class ChunkLimitError(SyncError):
-    """A text needs more chunks than the column's ``max_chunks``."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,8 @@ class Splitter:
         return ChunkLimitError(
             f"{self.label}: a text of {size} needs more than max_chunks={self.max_chunks} "
             f"chunks of {self.window} tokens",
-            fix="raise Chunks(max_chunks=...) or shorten the text",
+            fix=f"declare {self.label} with Chunks(max_chunks=...) above {self.max_chunks}, "
+            "or shorten the text",
         )
 
 
