@@ -23,7 +23,8 @@ hold fewer than k parents the search asks for eight times as many, then (index p
 exact, or (exact path) takes every passing chunk: k parents come back whenever k pass the
 filter (and have text). The exact path runs without parallel workers: they cost more to
 start than the few thousand chunks a selective filter leaves (measured in
-``bench/chunks_latency.py``).
+``bench/chunks_latency.py``); its statement calls ``semdb.serial_plan()`` (migration
+0008), which the planner folds to true after it has ruled workers out.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class ChunkedStatements:
             chunks.c.char_end,
             maintain_column_froms=True,
         ).join(chunks, on)
+        if path == "exact":  # no parallel workers (see the module)
+            inner = inner.where(sa.func.semdb.serial_plan(type_=sa.Boolean))
         fetch = candidates_for(self.k, level or 0)
         found = knn_statement(chunk_column(target), inner, path=path, k=fetch, where=self.where)
         if level is None:
@@ -152,10 +155,6 @@ def chunked_plan(search: Any, connection: Connection, values: Any, estimate_key:
         ef_search=search.ef_search,
         exact_below=search.exact_below,
     )
-
-
-#: What the exact path of a chunked search runs under: no parallel workers.
-EXACT_SETTINGS = {"max_parallel_workers_per_gather": "0"}
 
 
 def wider_rows(

@@ -268,7 +268,6 @@ class KnnSearch:
         settings: Mapping[str, str],
         parameters: dict[str, Any],
     ) -> list[sa.Row[Any]]:
-        settings = self.settings_for(path, settings)
         rows = run_statement(
             bind,
             connection,
@@ -283,15 +282,6 @@ class KnnSearch:
             rows = wider_rows(self, bind, connection, path, settings, parameters)
         return rows
 
-    def settings_for(self, path: PlanPath, settings: Mapping[str, str]) -> Mapping[str, str]:
-        """What the statement of ``path`` runs under: the plan's settings, and for a chunked
-        column's exact path, no parallel workers (:data:`.chunked.EXACT_SETTINGS`)."""
-        if self.chunked and path == "exact":
-            from semdb.retrieval.chunked import EXACT_SETTINGS
-
-            return {**settings, **EXACT_SETTINGS}
-        return settings
-
     def explain(
         self, bind: Bind, query: Any, embedder: TextEmbedder | None, *, analyze: bool = False
     ) -> tuple[SearchPlan, dict[str, Any]]:
@@ -303,7 +293,7 @@ class KnnSearch:
             connection,
             Explain(self.statement(plan.path), analyze=analyze),
             parameters,
-            self.settings_for(plan.path, plan.first_settings),
+            plan.first_settings,
             custom_plan=True,
         )
         return plan, plan_root(rows[0][0])
