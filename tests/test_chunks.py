@@ -643,3 +643,41 @@ def test_k_parents_come_back_when_few_parents_hold_the_nearest_chunks(
             assert [round(h.distance, 4) for h in hits] == [round(d, 4) for _, d in expected]
             if plan == "index":  # eight times the candidates sufficed: no exact fallback
                 assert hits.plan.path == "index" and not hits.plan.fell_back_to_exact
+
+
+def test_hybrid_search_over_a_chunked_column_ranks_parents_by_their_best_chunk(
+    tables: sa.Engine, tiny_embedder: Any
+) -> None:
+    """hybrid_search over a chunked column: the semantic leg is the chunked search's parent
+    ranking (each parent once, by its best chunk), the keyword leg scores the parent's whole
+    text (a word at the end of a long document finds it)."""
+    register(tables)
+    with tables.begin() as connection:
+        semdb.install_keyword_stats(connection, Queued.embedding)
+        connection.execute(
+            sa.insert(Queued),
+            [{"id": i, "body": long_text(i % 6, (i + 1) % 6, (i + 3) % 6)} for i in range(24)]
+            + [{"id": 99, "body": long_text(0, 1, 2) + " Zanzibar cloves."}],
+        )
+    try:
+        Worker(tables, tiny_embedder, batch_size=32).run(until_empty=True)
+        assert len(chunk_rows(tables, QUEUED_CHUNKS, 99)) > 2  # the word is in a late chunk
+        query = tiny_embedder.embed_query(TOPICS[4])
+        with Session(tables) as session:
+            chunked = semdb.search(session, Queued.embedding, query, k=20, plan="exact")
+            best = {hit.row.id: hit.distance for hit in chunked}
+            by_rank = [hit.distance for hit in chunked]
+            hits = semdb.hybrid_search(
+                session, Queued.embedding, "zanzibar", vector=query, k=8, candidates=20
+            )
+            ids = [hit.row.id for hit in hits]
+            assert len(ids) == 8 == len(set(ids))
+            for hit in hits:  # the semantic rank is the parent's place in the chunked search
+                if hit.semantic_rank is not None:  # (texts repeat: equal distances tie)
+                    assert abs(best[hit.row.id] - by_rank[hit.semantic_rank - 1]) < 1e-6
+            assert sum(h.semantic_rank is not None for h in hits) >= 7
+            (zanzibar,) = [h for h in hits if h.row.id == 99]
+            assert zanzibar.keyword_rank == 1
+    finally:
+        with tables.begin() as connection:
+            semdb.uninstall_keyword_stats(connection, Queued.embedding)
