@@ -678,6 +678,18 @@ def test_hybrid_search_over_a_chunked_column_ranks_parents_by_their_best_chunk(
             assert sum(h.semantic_rank is not None for h in hits) >= 7
             (zanzibar,) = [h for h in hits if h.row.id == 99]
             assert zanzibar.keyword_rank == 1
+            # semdb.hybrid_search in SQL: the same rows, scores and ranks
+            in_sql = session.execute(
+                sa.text(
+                    "SELECT (h.item).id, h.score, h.semantic_rank, h.keyword_rank "
+                    "FROM semdb.hybrid_search(NULL::chunked_queued, 'embedding', "
+                    "CAST(:q AS vector), 'zanzibar', 8, 20) AS h"
+                ),
+                {"q": str(query.tolist())},
+            ).all()
+            assert [(r[0], round(r[1], 6), r[2], r[3]) for r in in_sql] == [
+                (h.row.id, round(h.score, 6), h.semantic_rank, h.keyword_rank) for h in hits
+            ]
     finally:
         with tables.begin() as connection:
             semdb.uninstall_keyword_stats(connection, Queued.embedding)
