@@ -5,7 +5,7 @@
 Synthetic 384-d vectors (random directions; a chunk is its parent's vector plus noise), one
 table with an unchunked column and one with a chunked column (``--chunks`` chunks per
 parent), HNSW on both; ``semdb.search`` k=10, unfiltered and with a filter on a parent column
-passing 10% and 1% of the rows. Medians (and minimums: the least disturbed run on a shared
+passing 30%, 10% and 1% of the rows. Medians (and minimums: the least disturbed run on a shared
 machine) of ``--queries`` searches, the two sides interleaved, in the same run. ``--keep``
 leaves the tables loaded and reuses them next time (the load and HNSW builds take minutes).
 
@@ -90,6 +90,7 @@ def main() -> None:
         queries = np.random.default_rng(1).standard_normal((args.queries, DIM)).astype(np.float32)
     filters = {
         "none": lambda t: None,
+        "30%": lambda t: t.grp < 30,
         "10%": lambda t: t.grp < 10,
         "1%": lambda t: t.grp == 0,
     }
