@@ -9,11 +9,21 @@ passing 30%, 10% and 1% of the rows. Medians (and minimums: the least disturbed 
 machine) of ``--queries`` searches, the two sides interleaved, in the same run. ``--keep``
 leaves the tables loaded and reuses them next time (the load and HNSW builds take minutes).
 
-Measured here (10,000 parents, 4 chunks each, 40 queries, 2 busy cores, one run):
-no filter 1.95-2.10 ms unchunked vs 3.04-4.15 ms chunked (1.6-2.0x, index); 10% 1.98 ms vs
-13.9 ms (7x, both exact: the chunked exact path reads 4x the rows and sorts them by parent);
-1% 2.44 vs 3.86 ms (1.6x, exact). Scaling exact_below by chunks per parent sent the 10%
-case to the index (iterative scan through the join): 32 ms, worse; not kept.
+``--real``: MiniLM vectors of debdesc texts (bench/.cache) instead of random directions.
+
+Before (10,000 parents, 4 chunks each, random, 40 queries, one run): 10% filter 1.98 ms vs
+13.9 ms (7x, exact): the exact path sorted every passing chunk by parent, with parallel
+workers whose start and tuple queue were most of the time (EXPLAIN ANALYZE: Gather Merge
+27.8 ms over a 9.8 ms scan).
+Now the exact path keeps a top-N of the passing chunks and plans without workers
+(``semdb.serial_plan()``, migration 0008). ``--real``, 100 queries, two runs at load 4
+(medians, unchunked vs chunked): no filter 1.46-1.66 vs 2.72-4.11 ms (1.9-2.5x, index);
+30% 2.63-2.70 vs 11.0-11.4 ms (4.2x, index: the iterative scan of the chunk table's HNSW
+index goes on until 40 passing chunks, ~130 scanned, through the join to the parents); 10%
+1.67-1.76 vs 5.44-5.84 ms (3.3x, exact: 4x the distances, 1,000 primary-key probes of the
+chunk table); 1% 1.13-1.16 vs 2.65-2.69 ms (2.3x, exact). Not within the 2x target
+at 30% and 10%. A larger ef_search (200, 400) did not help the 30% case; the index path at
+10% took 51 ms (random vectors earlier: 32 ms).
 """
 
 from __future__ import annotations
