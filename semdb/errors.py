@@ -87,6 +87,12 @@ class SyncError(SemdbError):
     """Keeping vectors in sync failed: no embedder for a column, a model mismatch."""
 
 
+class ChunkLimitError(SyncError):
+    """A text needs more chunks than its chunked column's ``Chunks(max_chunks=...)``: the
+    inline flush fails with it; ``semdb worker`` and ``semdb backfill`` record it in
+    ``semdb.errors`` (given up at once: the same text fails the same way) and go on."""
+
+
 class BundleError(SemdbError):
     """A model bundle is missing, incomplete, altered (hash mismatch) or malformed."""
 

@@ -4,6 +4,7 @@ and searches that return parent rows ranked by their best chunk."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import semdb
 import semdb.alembic
 from semdb import Chunks, embedding_column
-from semdb.errors import DeclarationError
+from semdb.errors import ChunkLimitError, DeclarationError, SemdbError
 from semdb.sync import SyncTarget, Worker, backfill
-from semdb.sync.chunking import ChunkLimitError, Splitter
+from semdb.sync.chunking import Splitter
 
 from .embedders import Recording
 
@@ -132,8 +133,13 @@ def test_nul_characters_and_the_chunk_cap(splitter: Splitter) -> None:
     chunks = splitter.split(text)
     assert chunks and chunks[-1].end == len(text)
     capped = Splitter(splitter.tokenizer, window=WINDOW, overlap=4, max_chunks=3, label="t.c")
-    with pytest.raises(ChunkLimitError, match="max_chunks=3"):
+    with pytest.raises(ChunkLimitError, match="max_chunks=3") as raised:
         capped.split(long_text(0, 1, 2, 3, 4, 5))
+    assert isinstance(raised.value, SemdbError)
+    assert (
+        raised.value.fix is not None
+        and "t.c with Chunks(max_chunks=...) above 3" in raised.value.fix
+    )
 
 
 # -- inline sync -----------------------------------------------------------------------------------
@@ -214,6 +220,22 @@ def test_inline_chunks_new_changed_shortened_and_deleted_rows(
     assert chunk_rows(tables, ARTICLE_CHUNKS, 2) == []
 
 
+def test_an_inline_flush_of_a_text_over_the_cap_raises_chunk_limit_error(
+    tables: sa.Engine, tiny_embedder: Any
+) -> None:
+    """A 5 MB text on an inline column: the flush fails with semdb.errors.ChunkLimitError,
+    naming the column, the size and the fix (refused before it is tokenised)."""
+    factory = sa.orm.sessionmaker(tables)
+    semdb.embed_on_flush(factory, tiny_embedder)
+    with factory() as session:
+        session.add(Article(id=1, body="word " * 1_000_000))
+        with pytest.raises(ChunkLimitError) as raised:
+            session.flush()
+    message = str(raised.value)
+    assert "chunked_articles.embedding" in message and "5000000 characters" in message
+    assert "max_chunks=512" in message and "Fix: declare" in message
+
+
 # -- queued sync and backfill ----------------------------------------------------------------------
 
 
@@ -253,6 +275,7 @@ def test_worker_embeds_the_changed_chunk_only_and_records_a_text_over_the_cap(
     with tables.connect() as connection:
         error = connection.execute(sa.text("SELECT key, error, gave_up FROM semdb.errors")).one()
         assert error.key == {"id": 2} and "max_chunks=10" in error.error and error.gave_up
+        assert error.error.startswith("ChunkLimitError: ") and "Fix: declare " in error.error
         assert connection.execute(sa.text("SELECT count(*) FROM semdb.queue")).scalar() == 0
 
     recording.texts.clear()
@@ -271,6 +294,78 @@ def test_worker_embeds_the_changed_chunk_only_and_records_a_text_over_the_cap(
         assert np.array_equal(a.embedding, b.embedding)
 
 
+@contextmanager
+def refusing_parent_13(engine: sa.Engine, table: str) -> Iterator[None]:
+    """A trigger of the user's on ``table`` (the parent or its chunk table) that refuses
+    any write for parent 13."""
+    key = "id" if table == Queued.__tablename__ else "parent_id"
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" IF NEW.{key} = 13 THEN RAISE EXCEPTION 'parent 13 refused'; END IF;"
+                " RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            sa.text(
+                f"CREATE TRIGGER refuse_13 BEFORE INSERT OR UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_13()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"DROP TRIGGER refuse_13 ON {table}"))
+            connection.execute(sa.text("DROP FUNCTION refuse_13()"))
+
+
+@pytest.mark.parametrize("table", [Queued.__tablename__, QUEUED_CHUNKS.name])
+def test_a_chunked_row_whose_write_fails_does_not_stop_the_queue(
+    tables: sa.Engine, tiny_embedder: Any, table: str
+) -> None:
+    """Writing one parent (or one of its chunks) fails: that row alone is recorded in
+    semdb.errors, retried with backoff and given up; the rest of the queue drains, in the
+    same batches (the writes are isolated row by row, as an unchunked column's are)."""
+    register(tables)
+    with tables.begin() as connection:
+        connection.execute(
+            sa.insert(Queued), [{"id": i, "body": long_text(i % 6, (i + 2) % 6)} for i in range(20)]
+        )
+    with refusing_parent_13(tables, table):
+        worker = Worker(tables, tiny_embedder, batch_size=8, backoff_seconds=0.0, max_attempts=2)
+        stats = worker.run(until_empty=True)
+        assert stats.embedded == 19 and stats.given_up == 1 and stats.failed == 2
+        assert chunk_rows(tables, QUEUED_CHUNKS, 13) == []
+        assert all(len(chunk_rows(tables, QUEUED_CHUNKS, i)) > 1 for i in range(20) if i != 13)
+        with tables.connect() as connection:
+            errors = connection.execute(
+                sa.text("SELECT key, attempt, gave_up, error FROM semdb.errors ORDER BY id")
+            ).all()
+            assert [(e.key, e.attempt, e.gave_up) for e in errors] == [
+                ({"id": 13}, 1, False),
+                ({"id": 13}, 2, True),
+            ]
+            assert "parent 13 refused" in errors[0].error
+            assert connection.execute(sa.text("SELECT count(*) FROM semdb.queue")).scalar() == 0
+            connection.execute(sa.text("DELETE FROM semdb.errors"))
+            connection.commit()
+        # backfill goes through the same isolation: every row but 13 is written
+        with tables.begin() as connection:
+            connection.execute(sa.text("DELETE FROM semdb.queue"))
+            connection.execute(
+                sa.insert(Queued), [{"id": 100 + i, "body": long_text(i % 6)} for i in range(5)]
+            )
+            connection.execute(sa.text("DELETE FROM semdb.queue"))
+        filled = backfill(tables, Queued.embedding, tiny_embedder, batch_size=4)
+        assert filled.embedded == 5 and filled.failed == 1, filled
+        assert all(chunk_rows(tables, QUEUED_CHUNKS, 100 + i) for i in range(5))
+        with tables.connect() as connection:
+            (error,) = connection.execute(sa.text("SELECT key, gave_up FROM semdb.errors")).all()
+            assert error.key == {"id": 13} and error.gave_up
+
+
 def test_backfill_chunks_rows_that_have_none(tables: sa.Engine, tiny_embedder: Any) -> None:
     register(tables)
     with tables.begin() as connection:
@@ -282,6 +377,32 @@ def test_backfill_chunks_rows_that_have_none(tables: sa.Engine, tiny_embedder: A
     assert stats.stale_at_start == 5 and stats.embedded == 5
     assert all(len(chunk_rows(tables, QUEUED_CHUNKS, i)) > 1 for i in range(5))
     assert backfill(tables, Queued.embedding, tiny_embedder).stale_at_start == 0
+
+
+def test_activating_a_chunked_column_is_refused_with_the_way_to_switch(
+    tables: sa.Engine, other_bundles: dict[str, Any]
+) -> None:
+    """semdb model activate on a chunked column: refused before anything changes, with the
+    steps that switch it by hand (API and command line)."""
+    from semdb.bundles import Bundle
+    from semdb.bundles.registry import register_bundle
+    from semdb.sync.activation import ActivationError, list_activations, start_activation
+
+    from .conftest import run_semdb
+
+    register(tables)
+    register_bundle(tables, Bundle.load(other_bundles["wide@1"]))
+    columns = {c["name"] for c in sa.inspect(tables).get_columns(Queued.__tablename__)}
+    with pytest.raises(ActivationError) as raised:
+        start_activation(tables, "chunked_queued.embedding", "wide@1")
+    message = str(raised.value)
+    assert "public.chunked_queued.embedding is chunked" in message
+    assert "nothing was changed" in message and "semdb backfill --model wide@1" in message
+    assert {c["name"] for c in sa.inspect(tables).get_columns(Queued.__tablename__)} == columns
+    assert list_activations(tables, "chunked_queued.embedding") == []
+    refused = run_semdb("model", "activate", "wide@1", "--column", "chunked_queued.embedding")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "is chunked" in refused.stderr and "Fix: switch by hand" in refused.stderr
 
 
 # -- search ----------------------------------------------------------------------------------------
@@ -370,6 +491,52 @@ def test_index_path_runs_on_the_chunk_tables_hnsw_index(
         )
     assert plan.path == "index"
     assert "ix_chunked_articles_embedding_chunks_embedding_hnsw" in str(tree)
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_exact_path_sorts_the_top_chunks_only_and_runs_without_parallel_workers(
+    articles: sa.Engine, tiny_embedder: Any
+) -> None:
+    """The exact path computes every passing chunk's distance but keeps a top-N of them (no
+    sort of all chunks by parent), and starts no parallel workers, even where the planner
+    is told they are free (their start cost more than the search; bench/chunks_latency.py)."""
+    query = tiny_embedder.embed_query(TOPICS[5])
+    with Session(articles) as session:
+        for name in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+            session.execute(sa.text(f"SET LOCAL {name} = 0"))
+        session.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 2"))
+        plan, tree = semdb.explain_search(
+            session,
+            Article.embedding,
+            query,
+            k=4,
+            where=Article.lang == "en",
+            plan="exact",
+            analyze=True,
+        )
+        assert plan.path == "exact"
+        nodes = list(plan_nodes(tree))
+        assert not [n for n in nodes if n["Node Type"].startswith("Gather")], tree
+        with articles.connect() as connection:
+            chunks = connection.execute(sa.select(sa.func.count()).select_from(ARTICLE_CHUNKS))
+            total = chunks.scalar()
+        assert total is not None and total > 40
+        top = [
+            n
+            for n in nodes
+            if n["Node Type"] == "Sort" and n.get("Sort Method") == "top-N heapsort"
+        ]
+        assert top and max(n["Actual Rows"] for n in top) <= 40  # the candidates, not all chunks
+        hits = semdb.search(
+            session, Article.embedding, query, k=4, where=Article.lang == "en", plan="exact"
+        )
+        expected = brute_force(articles, query, "en")[:4]
+        assert [round(h.distance, 4) for h in hits] == [round(d, 4) for _, d in expected]
 
 
 # -- migrations ------------------------------------------------------------------------------------
@@ -467,10 +634,62 @@ def test_k_parents_come_back_when_few_parents_hold_the_nearest_chunks(
     assert per_parent is not None and per_parent >= 40  # the index's first candidates: 3 parents
     query = tiny_embedder.embed_query(TOPICS[3])
     with Session(tables) as session:
-        for plan in ("index", "auto"):
+        for plan in ("index", "auto", "exact"):
             hits = semdb.search(session, Article.embedding, query, k=10, plan=plan)
             ids = [hit.row.id for hit in hits]
             assert len(ids) == 10 == len(set(ids)), (plan, ids, hits.plan)
             assert set(ids[:3]) == {100, 101, 102}
+            expected = brute_force(tables, query, None)[:10]
+            assert [round(h.distance, 4) for h in hits] == [round(d, 4) for _, d in expected]
             if plan == "index":  # eight times the candidates sufficed: no exact fallback
                 assert hits.plan.path == "index" and not hits.plan.fell_back_to_exact
+
+
+def test_hybrid_search_over_a_chunked_column_ranks_parents_by_their_best_chunk(
+    tables: sa.Engine, tiny_embedder: Any
+) -> None:
+    """hybrid_search over a chunked column: the semantic leg is the chunked search's parent
+    ranking (each parent once, by its best chunk), the keyword leg scores the parent's whole
+    text (a word at the end of a long document finds it)."""
+    register(tables)
+    with tables.begin() as connection:
+        semdb.install_keyword_stats(connection, Queued.embedding)
+        connection.execute(
+            sa.insert(Queued),
+            [{"id": i, "body": long_text(i % 6, (i + 1) % 6, (i + 3) % 6)} for i in range(24)]
+            + [{"id": 99, "body": long_text(0, 1, 2) + " Zanzibar cloves."}],
+        )
+    try:
+        Worker(tables, tiny_embedder, batch_size=32).run(until_empty=True)
+        assert len(chunk_rows(tables, QUEUED_CHUNKS, 99)) > 2  # the word is in a late chunk
+        query = tiny_embedder.embed_query(TOPICS[4])
+        with Session(tables) as session:
+            chunked = semdb.search(session, Queued.embedding, query, k=20, plan="exact")
+            best = {hit.row.id: hit.distance for hit in chunked}
+            by_rank = [hit.distance for hit in chunked]
+            hits = semdb.hybrid_search(
+                session, Queued.embedding, "zanzibar", vector=query, k=8, candidates=20
+            )
+            ids = [hit.row.id for hit in hits]
+            assert len(ids) == 8 == len(set(ids))
+            for hit in hits:  # the semantic rank is the parent's place in the chunked search
+                if hit.semantic_rank is not None:  # (texts repeat: equal distances tie)
+                    assert abs(best[hit.row.id] - by_rank[hit.semantic_rank - 1]) < 1e-6
+            assert sum(h.semantic_rank is not None for h in hits) >= 7
+            (zanzibar,) = [h for h in hits if h.row.id == 99]
+            assert zanzibar.keyword_rank == 1
+            # semdb.hybrid_search in SQL: the same rows, scores and ranks
+            in_sql = session.execute(
+                sa.text(
+                    "SELECT (h.item).id, h.score, h.semantic_rank, h.keyword_rank "
+                    "FROM semdb.hybrid_search(NULL::chunked_queued, 'embedding', "
+                    "CAST(:q AS vector), 'zanzibar', 8, 20) AS h"
+                ),
+                {"q": str(query.tolist())},
+            ).all()
+            assert [(r[0], round(r[1], 6), r[2], r[3]) for r in in_sql] == [
+                (h.row.id, round(h.score, 6), h.semantic_rank, h.keyword_rank) for h in hits
+            ]
+    finally:
+        with tables.begin() as connection:
+            semdb.uninstall_keyword_stats(connection, Queued.embedding)

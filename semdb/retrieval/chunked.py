@@ -9,16 +9,22 @@
 The statement, for both paths (:mod:`.statement`'s one k-NN builder over the chunk table):
 
 1. candidates: the k-NN statement over the chunk table's vectors, joined to the parent
-   rows (and the statement's own joins), filtered by ``where``: ``LIMIT`` a few times k on
-   the index path (the HNSW index of the chunk table, the iterative scan for filters), every
-   passing chunk on the exact path;
+   rows (and the statement's own joins), filtered by ``where``, ``LIMIT`` a few times k:
+   on the index path the chunk table's HNSW index (the iterative scan for filters), on the
+   exact path every passing chunk's distance and a top-N sort (no sort of every chunk);
 2. each parent's best chunk (``row_number() OVER (PARTITION BY parent ORDER BY distance)``,
-   i.e. its maximum similarity);
+   i.e. its maximum similarity) among the candidates;
 3. the parent rows (the statement given, entities and joins kept) joined to their best
    chunk, nearest first, ``LIMIT k``.
 
-When the index's candidates hold fewer than k parents, the search asks for eight times as
-many, then runs exact: k parents come back whenever k pass the filter (and have text).
+On the exact path the top chunks are exact, so when they hold k parents these are the k
+best (a parent left out has no chunk nearer than the last candidate). When the candidates
+hold fewer than k parents the search asks for eight times as many, then (index path) runs
+exact, or (exact path) takes every passing chunk: k parents come back whenever k pass the
+filter (and have text). The exact path runs without parallel workers: they cost more to
+start than the few thousand chunks a selective filter leaves (measured in
+``bench/chunks_latency.py``); its statement calls ``semdb.serial_plan()`` (migration
+0008), which the planner folds to true after it has ruled workers out.
 """
 
 from __future__ import annotations
@@ -83,7 +89,9 @@ class ChunkedStatements:
     where: Any
     k: int
 
-    def build(self, path: PlanPath, level: int) -> sa.Select[Any]:
+    def build(self, path: PlanPath, level: int | None) -> sa.Select[Any]:
+        """The statement of ``path`` fetching :func:`candidates_for` ``(k, level)`` chunks,
+        every passing chunk for ``level`` None (exact path only)."""
         target = self.target
         chunks = chunk_table_of(target.column)
         assert chunks is not None
@@ -96,9 +104,11 @@ class ChunkedStatements:
             chunks.c.char_end,
             maintain_column_froms=True,
         ).join(chunks, on)
-        fetch = candidates_for(self.k, level)
+        if path == "exact":  # no parallel workers (see the module)
+            inner = inner.where(sa.func.semdb.serial_plan(type_=sa.Boolean))
+        fetch = candidates_for(self.k, level or 0)
         found = knn_statement(chunk_column(target), inner, path=path, k=fetch, where=self.where)
-        if path == "exact":
+        if level is None:
             found = found.order_by(None).limit(None)  # every passing chunk: the true best
         candidates = found.subquery("semdb_chunk_hits")
         parent = [candidates.c[key.name] for key in keys]
@@ -151,18 +161,26 @@ def wider_rows(
     search: Any,
     bind: Bind,
     connection: Connection,
+    path: PlanPath,
     settings: Any,
     parameters: dict[str, Any],
 ) -> list[sa.Row[Any]]:
-    """The index path again with eight times the candidates (fewer than k parents came)."""
+    """The path again with eight times the candidates (fewer than k parents came), then,
+    on the exact path, with every passing chunk."""
     wider = dict(settings)
-    if "hnsw.ef_search" in wider or not wider:
+    if path == "index" and ("hnsw.ef_search" in wider or not wider):
         wider["hnsw.ef_search"] = str(min(1000, candidates_for(search.k, 1)))
-    return run_statement(
-        bind,
-        connection,
-        search.chunked_statement("index", 1),
-        parameters,
-        wider,
-        custom_plan=search.filtered,
-    )
+    levels: tuple[int | None, ...] = (1,) if path == "index" else (1, None)
+    rows: list[sa.Row[Any]] = []
+    for level in levels:
+        rows = run_statement(
+            bind,
+            connection,
+            search.chunked_statement(path, level),
+            parameters,
+            wider,
+            custom_plan=search.filtered,
+        )
+        if len(rows) >= search.k:
+            break
+    return rows

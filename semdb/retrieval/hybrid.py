@@ -16,6 +16,10 @@ the semantic rank, then the key. With no stored choice and no ``fusion=``: ``rrf
 1 and 1, ``rrf_k`` 60. ``result.fusion`` says which fusion ran and where it came from.
 A text without any term (stopwords, punctuation) leaves the keyword leg empty: the result
 is the semantic leg's order; so does a keyword weight of 0 (the leg is not run).
+
+Over a chunked column the semantic leg ranks parent rows by their best chunk (as
+:func:`semdb.search` does; its candidates: the parents among the nearest ``4 x candidates``
+chunks) and the keyword leg scores the parent's whole text: each parent comes back once.
 ``semdb.hybrid_search`` (SQL, installed by ``semdb db upgrade``) runs the same statement
 from psql.
 """
@@ -43,7 +47,13 @@ from semdb.retrieval.nearest import KnnSearch, connection_of
 from semdb.retrieval.plan import PlanRequest
 from semdb.retrieval.results import HybridHit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
-from semdb.retrieval.statement import check_k, knn_statement, query_parameter, selects_one_entity
+from semdb.retrieval.statement import (
+    QUERY_VECTOR,
+    check_k,
+    knn_statement,
+    query_parameter,
+    selects_one_entity,
+)
 from semdb.retrieval.vectors import query_vector
 from semdb.sync.registry import check_query_model
 
@@ -172,15 +182,28 @@ def hybrid_search(
     chosen = knn.plan(connection, {})
     keys = [c.name for c in target.key]
 
-    # The semantic leg: the statement search() would run, keys and distances only.
-    top = knn_statement(
-        target,
-        knn.base.with_only_columns(*target.key, maintain_column_froms=True),
-        path=chosen.path,
-        k=pool,
-        where=knn.where,
-        query=query_parameter(target, chosen.path, query_vec),
-    ).subquery("semantic_top")
+    # The semantic leg: the statement search() would run, keys and distances only (over a
+    # chunked column: the parents ranked by their best chunk, each once).
+    keys_only = knn.base.with_only_columns(*target.key, maintain_column_froms=True)
+    parameters: dict[str, Any] | None = None
+    if knn.chunked:
+        from semdb.retrieval.chunked import ChunkedStatements
+
+        top = (
+            ChunkedStatements(target, keys_only, knn.where, pool)
+            .build(chosen.path, 0)
+            .subquery("semantic_top")
+        )
+        parameters = {QUERY_VECTOR: query_vec}
+    else:
+        top = knn_statement(
+            target,
+            keys_only,
+            path=chosen.path,
+            k=pool,
+            where=knn.where,
+            query=query_parameter(target, chosen.path, query_vec),
+        ).subquery("semantic_top")
     distance = top.c.distance
     semantic = sa.select(
         *[top.c[n] for n in keys],
@@ -236,7 +259,7 @@ def hybrid_search(
         .limit(k)
     )
     rows: list[Any] = run_statement(
-        bind, connection, final, None, chosen.settings, custom_plan=True
+        bind, connection, final, parameters, chosen.settings, custom_plan=True
     )
     one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
     hits = [

@@ -125,7 +125,7 @@ class KnnSearch:
         """Is the column chunked (parents ranked by their best chunk: .chunked)?"""
         return self.target.spec.chunking is not None
 
-    def chunked_statement(self, path: PlanPath, level: int) -> sa.Select[Any]:
+    def chunked_statement(self, path: PlanPath, level: int | None) -> sa.Select[Any]:
         from semdb.retrieval.chunked import ChunkedStatements
 
         key = ("chunked", path, level, self.k, self.target.column, self.target.entity)
@@ -276,10 +276,10 @@ class KnnSearch:
             settings,
             custom_plan=self.filtered,
         )
-        if self.chunked and path == "index" and len(rows) < self.k:
+        if self.chunked and len(rows) < self.k:
             from semdb.retrieval.chunked import wider_rows
 
-            rows = wider_rows(self, bind, connection, settings, parameters)
+            rows = wider_rows(self, bind, connection, path, settings, parameters)
         return rows
 
     def explain(

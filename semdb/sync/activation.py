@@ -347,10 +347,14 @@ def _activation_of(connection: psycopg.Connection[Any], column_id: int) -> Activ
 def _check_can_start(live: SyncTarget, name: str, version: str, dimension: int) -> None:
     if live.chunking is not None:
         raise ActivationError(
-            f"{live.name} is chunked: switching a chunked column's model is not supported yet "
-            "(its chunk table would need shadow chunks)",
-            fix=f"declare a new chunked column with model {name!r} in a migration, backfill "
-            "it, then drop the old one",
+            f"{live.name} is chunked: semdb model activate cannot switch a chunked column "
+            "yet (the new model splits the text into other chunks: a second chunk table, "
+            "filled while the first serves, swapped with it); nothing was changed",
+            fix=f"switch by hand: add a second chunked column with model={name!r} (its "
+            "chunk table comes with it) in a migration, fill it with semdb backfill --model "
+            f"{name}@{version} --column {live.table_name}.<new column> (or workers of that "
+            "model), point the application's searches at it, then drop the old column in a "
+            "later migration",
         )
     if live.sync != "queued":
         raise ActivationError(

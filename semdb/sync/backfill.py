@@ -14,7 +14,7 @@ rows are written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,14 @@ from semdb.protocols import TextEmbedder, model_tag
 from semdb.sync.registration import TargetChanged, hold_registration
 from semdb.sync.registry import bind_model_version, registered_target, version_refusal
 from semdb.sync.target import SyncTarget, ident
-from semdb.sync.write import VectorWrite, record_write_errors, worker_name, write_isolated
+from semdb.sync.write import (
+    BatchWriter,
+    VectorWrite,
+    record_write_errors,
+    worker_name,
+    write_isolated,
+    write_vectors,
+)
 
 
 @dataclass
@@ -197,47 +204,47 @@ def _run(
                     break
                 last = tuple(rows[-1][:width])
                 texts = [(row[:width], row[width], bytes(row[width + 1])) for row in rows]
+                refused_rows: list[tuple[tuple[Any, ...], str]] = []
+                write: BatchWriter[Any] = write_vectors
+                writes: Sequence[Any]
+                embed_started = time.perf_counter()
                 if target.chunking is not None:  # semdb.sync.chunking
-                    from semdb.sync.chunking import backfill_page
+                    from semdb.sync.chunking import prepare_page, write_rows
 
-                    embed_started = time.perf_counter()
-                    written = backfill_page(connection, target, texts, embedder, model)
-                    stats.embed_seconds += time.perf_counter() - embed_started
-                    stats.embedded += sum(written)
-                    stats.skipped += len(written) - sum(written)
-                    if on_progress is not None:
-                        on_progress(len(rows))
-                    continue
-                non_empty = [t for t in texts if t[1]]
-                encoded: list[bytes] = []
-                if non_empty:
-                    embed_started = time.perf_counter()
-                    matrix = embedder.embed([t[1] for t in non_empty], kind="document")
-                    stats.embed_seconds += time.perf_counter() - embed_started
-                    encoded = encode_matrix(
-                        matrix,
-                        dimension=target.dimension,
-                        storage=target.storage,
-                        where=target.name,
-                    )
-                vectors = iter(encoded)
-                writes = [
-                    VectorWrite(tuple(keys), next(vectors) if document else None, digest)
-                    for keys, document, digest in texts
+                    writes, refused_rows = prepare_page(connection, target, texts, embedder, model)
+                    write = write_rows
+                else:
+                    writes = _vector_writes(target, texts, embedder)
+                stats.embed_seconds += time.perf_counter() - embed_started
+                written, refused = write_isolated(connection, target, writes, model, write=write)
+                errors = refused_rows + [
+                    (writes[i].key_values, f"writing the vector failed: {error}")
+                    for i, error in refused.items()
                 ]
-                written, refused = write_isolated(connection, target, writes, model)
-                if refused and target.id is not None:
+                if errors and target.id is not None:
                     record_write_errors(
-                        connection,
-                        target,
-                        [
-                            (writes[i].key_values, f"writing the vector failed: {error}")
-                            for i, error in refused.items()
-                        ],
-                        worker=f"backfill {worker_name()}",
+                        connection, target, errors, worker=f"backfill {worker_name()}"
                     )
+            stats.failed += len(errors)
             stats.embedded += sum(written)
-            stats.failed += len(refused)
             stats.skipped += len(written) - sum(written) - len(refused)
             if on_progress is not None:
                 on_progress(len(rows))
+
+
+def _vector_writes(
+    target: SyncTarget, texts: Sequence[tuple[Any, str, bytes]], embedder: TextEmbedder
+) -> list[VectorWrite]:
+    """One backfill page of an unchunked column embedded (an empty text: no vector)."""
+    non_empty = [t for t in texts if t[1]]
+    encoded: list[bytes] = []
+    if non_empty:
+        matrix = embedder.embed([t[1] for t in non_empty], kind="document")
+        encoded = encode_matrix(
+            matrix, dimension=target.dimension, storage=target.storage, where=target.name
+        )
+    vectors = iter(encoded)
+    return [
+        VectorWrite(tuple(keys), next(vectors) if document else None, digest)
+        for keys, document, digest in texts
+    ]

@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from semdb.errors import SyncError
+from semdb.errors import ChunkLimitError, SyncError
 from semdb.orm.chunks import VECTOR, Chunks, chunk_table_name, parent_key_name
 from semdb.orm.document import content_hash
 from semdb.orm.types import WireVector, encode_matrix
@@ -38,10 +38,6 @@ from semdb.sync.target import SyncTarget, ident
 #: A token is at most this many characters (WordPiece turns longer words into [UNK]): a text
 #: longer than max_chunks x window x this is refused before it is tokenised.
 MAX_CHARS_PER_TOKEN = 100
-
-
-class ChunkLimitError(SyncError):
-    """A text needs more chunks than the column's ``max_chunks``."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,8 @@ class Splitter:
         return ChunkLimitError(
             f"{self.label}: a text of {size} needs more than max_chunks={self.max_chunks} "
             f"chunks of {self.window} tokens",
-            fix="raise Chunks(max_chunks=...) or shorten the text",
+            fix=f"declare {self.label} with Chunks(max_chunks=...) above {self.max_chunks}, "
+            "or shorten the text",
         )
 
 
@@ -484,65 +481,73 @@ def splitter_for(target: SyncTarget, embedder: TextEmbedder) -> Splitter:
     return Splitter.for_embedder(embedder, Chunks.from_dict(target.chunking), label=target.name)
 
 
-# -- the worker's batch --------------------------------------------------------------------------
+# -- the worker's batch and backfill's page ------------------------------------------------
 
 
-def worker_batch(worker: Any, connection: psycopg.Connection[Any], target: SyncTarget) -> int:
-    """One batch of a chunked column for ``semdb worker`` (:class:`semdb.sync.Worker`):
-    claim, split, embed the new chunks, write, settle, in one transaction."""
+Failure = tuple[int, int, dict[str, Any], str]  # queue id, attempts before, key, error
+
+
+def prepare_claimed(
+    worker: Any,
+    connection: psycopg.Connection[Any],
+    target: SyncTarget,
+    pending: Sequence[Any],
+) -> tuple[list[tuple[Any, ChunkedRow]], list[Failure], list[Failure]]:
+    """Split and embed the claimed entries (:class:`semdb.sync.claim.Claimed`) of a chunked
+    column for ``semdb worker``; the worker writes them as it writes any column
+    (:func:`semdb.sync.write.write_isolated` with :func:`write_rows`).
+
+    Returns ``(ready, failures, final)``: the entries with their rows to write, the entries
+    whose embedding failed (retried with backoff), and those over ``max_chunks`` (given up
+    at once: the same text fails the same way)."""
     import time
 
-    from semdb.sync.claim import claim
-    from semdb.sync.registration import hold_registration
-    from semdb.sync.write import finish, record_failures
-
-    splitter = splitter_for(target, worker.embedder)
-    with connection.transaction():
-        hold_registration(connection, target)
-        claimed = claim(connection, target, limit=worker.batch_size, model=worker.model)
-        if not claimed:
-            return 0
-        settled = [c.queue_id for c in claimed if c.missing or c.fresh]
-        worker.stats.skipped += len(settled)
-        pending = [c for c in claimed if not (c.missing or c.fresh)]
-        started = time.perf_counter()
-        rows = prepare(
-            connection,
-            target,
-            [(c.key_values or (), c.document or "", c.content_hash or b"") for c in pending],
-            worker.embedder,
-            worker.model,
-            splitter,
-        )
-        worker.stats.embed_seconds += time.perf_counter() - started
-        ready = [(c, r) for c, r in zip(pending, rows, strict=True) if r.error is None]
-        written = write_rows(connection, target, [r for _, r in ready], worker.model)
-        for (entry, _), ok in zip(ready, written, strict=True):
-            if ok:
-                settled.append(entry.queue_id)
-                worker.stats.embedded += 1
-            else:
-                worker.stats.requeued += 1
-        finish(connection, settled)
-        for final in (False, True):  # a text over max_chunks is given up at once
-            failures = [
-                (c.queue_id, c.attempts, c.key, f"{type(r.error).__name__}: {r.error}")
-                for c, r in zip(pending, rows, strict=True)
-                if r.error is not None and isinstance(r.error, ChunkLimitError) == final
-            ]
-            if failures:
-                worker.stats.failed += len(failures)
-                worker.stats.given_up += record_failures(
-                    connection,
-                    target,
-                    failures,
-                    max_attempts=1 if final else worker.max_attempts,
-                    backoff_seconds=worker.backoff_seconds,
-                    backoff_cap_seconds=worker.backoff_cap_seconds,
+    started = time.perf_counter()
+    rows = prepare(
+        connection,
+        target,
+        [(c.key_values or (), c.document or "", c.content_hash or b"") for c in pending],
+        worker.embedder,
+        worker.model,
+        splitter_for(target, worker.embedder),
+    )
+    worker.stats.embed_seconds += time.perf_counter() - started
+    ready = [(c, r) for c, r in zip(pending, rows, strict=True) if r.error is None]
+    failures: list[Failure] = []
+    final: list[Failure] = []
+    for entry, row in zip(pending, rows, strict=True):
+        if row.error is not None:
+            failed = final if isinstance(row.error, ChunkLimitError) else failures
+            failed.append(
+                (
+                    entry.queue_id,
+                    entry.attempts,
+                    entry.key,
+                    f"{type(row.error).__name__}: {row.error}",
                 )
-    worker.stats.batches += 1
-    worker.stats.by_column[target.name] = worker.stats.by_column.get(target.name, 0) + len(claimed)
-    return len(claimed)
+            )
+    return ready, failures, final
+
+
+def prepare_page(
+    connection: psycopg.Connection[Any],
+    target: SyncTarget,
+    texts: Sequence[tuple[tuple[Any, ...], str, bytes]],
+    embedder: TextEmbedder,
+    model: str,
+) -> tuple[list[ChunkedRow], list[tuple[tuple[Any, ...], str]]]:
+    """Split and embed one backfill page: the rows to write (with :func:`write_rows`), and
+    ``(key, error)`` for each row over ``max_chunks`` (recorded, skipped). Any other error
+    (the embedder's) is raised, as an unchunked page's is."""
+    rows = prepare(connection, target, texts, embedder, model, splitter_for(target, embedder))
+    refused: list[tuple[tuple[Any, ...], str]] = []
+    for row in rows:
+        if row.error is None:
+            continue
+        if not isinstance(row.error, ChunkLimitError):
+            raise row.error
+        refused.append((row.key_values, f"{type(row.error).__name__}: {row.error}"))
+    return [row for row in rows if row.error is None], refused
 
 
 def missing_chunks_sql(target: SyncTarget) -> sql.Composed:
@@ -554,39 +559,6 @@ def missing_chunks_sql(target: SyncTarget) -> sql.Composed:
     return sql.SQL(
         "(NOT EXISTS (SELECT 1 FROM {table} AS c WHERE {match}) AND {document} ~ '[^[:space:]]')"
     ).format(table=chunk_table_ref(target), match=match, document=target.document_sql("t"))
-
-
-def backfill_page(
-    connection: psycopg.Connection[Any],
-    target: SyncTarget,
-    texts: Sequence[tuple[tuple[Any, ...], str, bytes]],
-    embedder: TextEmbedder,
-    model: str,
-) -> list[bool]:
-    """Split, embed and write one backfill page; True where a row was written. A row that
-    cannot be chunked (over max_chunks) is recorded in semdb.errors and skipped."""
-    rows = prepare(connection, target, texts, embedder, model, splitter_for(target, embedder))
-    failed = [row for row in rows if row.error is not None]
-    if failed:
-        from psycopg.types.json import Jsonb
-
-        from semdb.sync.write import worker_name
-
-        for row in failed:
-            if not isinstance(row.error, ChunkLimitError):
-                raise row.error  # type: ignore[misc]
-            connection.execute(
-                "INSERT INTO semdb.errors (column_id, key, error, attempt, worker, gave_up) "
-                "VALUES (%s, %s, %s, 1, %s, true)",
-                (
-                    target.id,
-                    Jsonb(dict(zip(target.key_columns, row.key_values, strict=True))),
-                    f"{type(row.error).__name__}: {row.error}"[:4000],
-                    worker_name(),
-                ),
-            )
-    ok = iter(write_rows(connection, target, [r for r in rows if r.error is None], model))
-    return [False if row.error is not None else next(ok) for row in rows]
 
 
 # -- inline sync (semdb.embed_on_flush) -----------------------------------------------------------

@@ -38,11 +38,13 @@ from semdb.sync.registry import bind_model_version, registered, version_refusal
 from semdb.sync.target import SyncTarget
 from semdb.sync.write import (
     SCHEMA_CHANGED,
+    BatchWriter,
     VectorWrite,
     finish,
     record_failures,
     worker_name,
     write_isolated,
+    write_vectors,
 )
 
 log = logging.getLogger(__name__)
@@ -263,10 +265,6 @@ class Worker:
         return total
 
     def _batch(self, connection: psycopg.Connection[Any], target: SyncTarget) -> int:
-        if target.chunking is not None:  # a chunked column (semdb.sync.chunking)
-            from semdb.sync.chunking import worker_batch
-
-            return worker_batch(self, connection, target)
         with connection.transaction():
             hold_registration(connection, target)
             claimed = claim(connection, target, limit=self.batch_size, model=self.model)
@@ -275,14 +273,27 @@ class Worker:
             settled = [c.queue_id for c in claimed if c.missing or c.fresh]
             self.stats.skipped += len(settled)
             pending = [c for c in claimed if not (c.missing or c.fresh)]
-            vectors, failures = self._embed(pending, target)
-            ready = [c for c in pending if c.queue_id in vectors]
-            writes = [
-                VectorWrite(c.key_values or (), vectors[c.queue_id], c.content_hash or b"")
-                for c in ready
-            ]
-            written, refused = write_isolated(connection, target, writes, self.model)
-            for index, (entry, ok) in enumerate(zip(ready, written, strict=True)):
+            # failures retried with backoff, and those given up at once (a text over a
+            # chunked column's max_chunks fails the same way every time)
+            final: list[tuple[int, int, dict[str, Any], str]] = []
+            ready: list[tuple[Claimed, Any]]
+            if target.chunking is not None:  # a chunked column (semdb.sync.chunking)
+                from semdb.sync.chunking import prepare_claimed, write_rows
+
+                ready, failures, final = prepare_claimed(self, connection, target, pending)
+                write: BatchWriter[Any] = write_rows
+            else:
+                vectors, failures = self._embed(pending, target)
+                ready = [
+                    (c, VectorWrite(c.key_values or (), vectors[c.queue_id], c.content_hash or b""))
+                    for c in pending
+                    if c.queue_id in vectors
+                ]
+                write = write_vectors
+            written, refused = write_isolated(
+                connection, target, [w for _, w in ready], self.model, write=write
+            )
+            for index, ((entry, _), ok) in enumerate(zip(ready, written, strict=True)):
                 if index in refused:  # writing its vector failed: recorded as a failure
                     failures.append(_failure(entry, refused[index], writing=True))
                 elif ok:
@@ -291,16 +302,17 @@ class Worker:
                 else:
                     self.stats.requeued += 1
             finish(connection, settled)
-            if failures:
-                self.stats.failed += len(failures)
-                self.stats.given_up += record_failures(
-                    connection,
-                    target,
-                    failures,
-                    max_attempts=self.max_attempts,
-                    backoff_seconds=self.backoff_seconds,
-                    backoff_cap_seconds=self.backoff_cap_seconds,
-                )
+            for failed, max_attempts in ((failures, self.max_attempts), (final, 1)):
+                if failed:
+                    self.stats.failed += len(failed)
+                    self.stats.given_up += record_failures(
+                        connection,
+                        target,
+                        failed,
+                        max_attempts=max_attempts,
+                        backoff_seconds=self.backoff_seconds,
+                        backoff_cap_seconds=self.backoff_cap_seconds,
+                    )
         self.stats.batches += 1
         self.stats.by_column[target.name] = self.stats.by_column.get(target.name, 0) + len(claimed)
         return len(claimed)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -91,15 +91,25 @@ SCHEMA_CHANGED: tuple[type[psycopg.Error], ...] = (
 )
 
 
+W = TypeVar("W")
+#: Writes a batch in the caller's transaction; True where a row was written (False: its
+#: text changed meanwhile). :func:`write_vectors`, or a chunked column's
+#: :func:`semdb.sync.chunking.write_rows`.
+BatchWriter = Callable[[psycopg.Connection[Any], SyncTarget, Sequence[W], str], list[bool]]
+
+
 def write_isolated(
     connection: psycopg.Connection[Any],
     target: SyncTarget,
-    writes: Sequence[VectorWrite],
+    writes: Sequence[W],
     model: str,
+    *,
+    write: BatchWriter[Any] = write_vectors,
 ) -> tuple[list[bool], dict[int, str]]:
-    """Write the vectors in a savepoint; if that fails, write them one by one, each in a
-    savepoint of its own, so that a row whose write fails (a check constraint, a trigger of
-    the user's, a lock timeout, a deadlock) fails alone.
+    """Write the batch with ``write`` in a savepoint; if that fails, write the rows one by
+    one, each in a savepoint of its own, so that a row whose write fails (a check
+    constraint, a trigger of the user's, a lock timeout, a deadlock) fails alone. Every
+    writer (unchunked and chunked columns; the worker and backfill) goes through here.
 
     Returns ``(written, failed)``: ``written[i]`` as :func:`write_vectors` (False for a row
     that failed too), ``failed`` the error of each failed write by its index in ``writes``.
@@ -107,7 +117,7 @@ def write_isolated(
     """
     try:
         with connection.transaction():
-            return write_vectors(connection, target, writes, model), {}
+            return write(connection, target, writes, model), {}
     except psycopg.Error as exc:
         if connection.broken or connection.closed or isinstance(exc, SCHEMA_CHANGED):
             raise
@@ -115,10 +125,10 @@ def write_isolated(
             return [False], {0: _describe(exc)}
     written: list[bool] = []
     failed: dict[int, str] = {}
-    for index, write in enumerate(writes):
+    for index, one in enumerate(writes):
         try:
             with connection.transaction():
-                written.extend(write_vectors(connection, target, [write], model))
+                written.extend(write(connection, target, [one], model))
         except psycopg.Error as exc:
             if connection.broken or connection.closed or isinstance(exc, SCHEMA_CHANGED):
                 raise
