@@ -157,6 +157,86 @@ def test_keyword_search_ranks_by_bm25_as_computed_from_postgres_lexemes(notes: s
         assert [h.score for h in tuned] == pytest.approx(sorted(want.values(), reverse=True)[:5])
 
 
+def postings(connection: sa.Connection, table: str = "keyword_notes") -> list[tuple[Any, ...]]:
+    """The column's postings (term, key, tf, length), sorted."""
+    from psycopg import sql
+
+    name = connection.execute(
+        sa.text(
+            "SELECT s.postings FROM semdb.bm25_stats s "
+            "JOIN semdb.vector_columns v ON v.id = s.column_id WHERE v.table_name = :t"
+        ),
+        {"t": table},
+    ).scalar_one()
+    query = sql.SQL("SELECT term, key_1, tf, length FROM {} ORDER BY 1, 2").format(
+        sql.Identifier("semdb", name)
+    )
+    return [tuple(row) for row in connection.exec_driver_sql(query.as_string(None)).all()]
+
+
+def test_postings_hold_each_rows_term_counts(notes: sa.Engine) -> None:
+    with notes.connect() as connection:
+        docs = lexemes(connection)
+        expected = sorted(
+            (term, id_, tf, len(doc)) for id_, doc in docs.items() for term, tf in doc.items()
+        )
+        assert postings(connection) == expected
+
+
+def test_the_ranking_reads_the_postings_index_not_the_text(notes: sa.Engine) -> None:
+    """EXPLAIN of the statements keyword_search and hybrid_search send (caught on their way
+    to the driver): the postings are read through their primary key (term first), and no
+    plan node computes a tsvector from the table's text."""
+    import json
+
+    sent: list[tuple[str, Any]] = []
+
+    def catch(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "bm25p_" in statement and not statement.startswith("EXPLAIN"):
+            sent.append((statement, parameters))
+
+    with notes.connect() as connection:
+        sa.event.listen(connection, "before_cursor_execute", catch)
+        try:
+            with connection.begin():
+                connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
+                semdb.keyword_search(connection, Note.embedding, "quiet violet engine", k=5)
+                semdb.hybrid_search(
+                    connection,
+                    Note.embedding,
+                    "quiet violet engine",
+                    vector=np.ones(DIM, np.float32),
+                    k=5,
+                )
+                semdb.keyword_search(
+                    connection, Note.embedding, "quiet violet", k=5, where=Note.grp == 1
+                )
+                assert len(sent) == 3
+                for statement, parameters in sent:
+                    explained = connection.exec_driver_sql(
+                        "EXPLAIN (FORMAT JSON) " + statement, parameters
+                    ).scalar_one()
+                    text = json.dumps(explained)
+                    nodes = list(_nodes(explained[0]["Plan"]))
+                    scans = [
+                        node["Node Type"]
+                        for node in nodes
+                        if str(node.get("Relation Name", "")).startswith("bm25p_")
+                    ]
+                    indexes = {node.get("Index Name") for node in nodes}
+                    assert scans and "Seq Scan" not in scans, text
+                    assert "bm25p_keyword_notes_embedding_4d45df18_pkey" in indexes, text
+                    assert "to_tsvector" not in text
+        finally:
+            sa.event.remove(connection, "before_cursor_execute", catch)
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
 def test_candidates_come_from_the_gin_index(notes: sa.Engine) -> None:
     with notes.connect() as connection:
         connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
@@ -269,26 +349,35 @@ def test_statistics_stay_exact_through_every_write(notes: sa.Engine) -> None:
 
     target = SyncTarget.from_column(Note.embedding)
 
-    def recount(connection: sa.Connection) -> tuple[Any, dict[str, int]]:
+    def recount(connection: sa.Connection) -> tuple[Any, ...]:
         with connection.begin_nested() as nested:
             for statement in rebuild_statements(target):
                 connection.exec_driver_sql(statement.as_string(None))
-            fresh = stats(connection)
+            fresh = (*stats(connection), postings(connection))
             nested.rollback()
         return fresh
 
+    def stats_and_postings(connection: sa.Connection) -> tuple[Any, ...]:
+        return (*stats(connection), postings(connection))
+
     with notes.connect() as connection, connection.begin() as transaction:
         before = stats(connection)
-        assert before == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
         connection.execute(
             sa.insert(Note), [{**row, "id": 1000 + row["id"]} for row in _texts(40, 2)]
         )
         assert stats(connection)[0][0] == before[0][0] + 40
-        assert stats(connection) == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
         connection.execute(
             sa.update(Note).where(Note.id < 50).values(body=Note.body + " printer printer")
         )
-        assert stats(connection) == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
+        connection.execute(  # new words, lost words, the same words: one statement
+            sa.update(Note)
+            .where(Note.id.between(50, 80))
+            .values(body=sa.case((Note.id % 2 == 0, "zebra quiet"), else_=Note.body + " x"))
+        )
+        assert stats_and_postings(connection) == recount(connection)
         unchanged = stats(connection)
         connection.execute(sa.update(Note).where(Note.id < 200).values(grp=Note.grp + 1))
         connection.execute(sa.update(Note).where(Note.id < 10).values(body=Note.body))
@@ -296,9 +385,9 @@ def test_statistics_stay_exact_through_every_write(notes: sa.Engine) -> None:
         connection.execute(sa.update(Note).where(Note.id == 3).values(id=5000, title="moved"))
         connection.execute(sa.delete(Note).where(Note.id.between(1000, 1019)))
         connection.execute(sa.delete(Note).where(Note.grp == 1))
-        assert stats(connection) == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
         connection.execute(sa.text("TRUNCATE keyword_notes"))
-        assert stats(connection) == ((0, 0), {})
+        assert stats_and_postings(connection) == ((0, 0), {}, [])
         transaction.rollback()
     with notes.connect() as connection:
         assert stats(connection) == before

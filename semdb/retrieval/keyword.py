@@ -39,13 +39,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
+from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 from sqlalchemy.orm import Session
 
 from semdb.db.schema import bm25_stats, bm25_terms, hybrid_fusion, vector_columns
 from semdb.errors import SearchError
 from semdb.orm.columns import VectorColumn, vector_column
-from semdb.orm.document import fulltext_document_sql, regconfig_sql
 from semdb.retrieval.nearest import connection_of
 from semdb.retrieval.plan import SearchPlan
 from semdb.retrieval.results import KeywordHit, SearchResult
@@ -66,6 +65,8 @@ class QueryTerms:
     terms: list[str]
     idfs: list[float]
     average_length: float
+    #: The column's postings table in schema semdb (semdb.sync.keyword_stats).
+    postings: str = ""
     #: The column's stored fusion for hybrid search (semdb.hybrid_fusion), if any.
     fusion: Any = None
 
@@ -137,6 +138,7 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
             bm25_stats.c.config,
             bm25_stats.c.documents,
             bm25_stats.c.total_length,
+            bm25_stats.c.postings,
             lexemes.c.term,
             bm25_terms.c.documents.label("df"),
             hybrid_fusion.c.method,
@@ -164,6 +166,12 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
             "semdb.install_keyword_stats(connection, column) once",
         )
     config, documents, total = rows[0].config, rows[0].documents, rows[0].total_length
+    if rows[0].postings is None:
+        raise SearchError(
+            f"{target.name} has BM25 statistics but no postings (made before semdb 0008)",
+            fix="run `semdb db upgrade` (it builds them), or call "
+            "semdb.install_keyword_stats(connection, column) once",
+        )
     terms, idfs = [], []
     for row in rows:
         if row.term is None or not row.df or row.df <= 0:
@@ -179,31 +187,29 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
         fusion = Fusion(
             first.method, first.semantic_weight, first.keyword_weight, first.rrf_k, "stored"
         )
-    return QueryTerms(config, terms, idfs, average, fusion)
+    return QueryTerms(config, terms, idfs, average, rows[0].postings, fusion)
 
 
-def keyword_document(target: VectorColumn, config: str) -> sa.ColumnElement[Any]:
-    """``to_tsvector(config, <text>)``: the GIN index's expression when its config matches."""
-    if target.spec.fulltext is not None and config == target.spec.fulltext:
-        return target.fulltext_document()
-    return sa.func.to_tsvector(regconfig_sql(config), fulltext_document_sql(target.sources))
+def postings_table(target: VectorColumn, name: str) -> sa.TableClause:
+    """The column's postings (``semdb.<name>``: term, key_1.., tf, length) as a table."""
+    keys = [sa.column(f"key_{i}", c.type) for i, c in enumerate(target.key, start=1)]
+    return sa.table(
+        name,
+        sa.column("term", sa.Text),
+        *keys,
+        sa.column("tf", sa.Integer),
+        sa.column("length", sa.Integer),
+        schema="semdb",
+    )
 
 
-def split_terms(terms: QueryTerms, k1: float) -> tuple[list[int], list[int]]:
-    """The query's terms split for pruning (indexes into ``terms.terms``): the essential ones
-    (the rarest) and the rest, the most common terms whose contributions together are at
-    most what the rarest term alone gives a typical row (its idf). A row holding only the
-    rest scores at most ``(k1 + 1) * sum(idf)`` over them."""
-    order = sorted(range(len(terms.terms)), key=lambda i: (-terms.idfs[i], terms.terms[i]))
-    rest: list[int] = []
-    bound = 0.0
-    for i in reversed(order[1:]):
-        if bound + (k1 + 1) * terms.idfs[i] > terms.idfs[order[0]]:
-            break
-        bound += (k1 + 1) * terms.idfs[i]
-        rest.append(i)
-    essential = [i for i in order if i not in rest]
-    return essential, rest
+def unfiltered(target: VectorColumn, base: sa.Select[Any], where: Any) -> bool:
+    """Whether ``base`` and ``where`` keep every row of the column's table (no filter, no
+    join): then the postings alone say which rows there are."""
+    if where is not None or base.whereclause is not None:
+        return False
+    froms = base.get_final_froms()
+    return len(froms) == 1 and froms[0] is target.table
 
 
 def bm25_ranking(
@@ -219,13 +225,12 @@ def bm25_ranking(
     """``(key..., score, rank)`` of the ``limit`` best rows by BM25 among those passing
     ``where`` in ``base``'s FROM (its joins filter too).
 
-    Exact top ``limit`` with pruning (MaxScore): the rows holding an essential term are
-    scored first; the rows holding only common terms are read only when their best possible
-    score could still enter the top ``limit`` (a one-time filter: PostgreSQL skips that
-    scan when the ``limit``-th score so far is above the bound). Each row's tsvector is
-    computed from its text once per scan, which is what a search costs.
+    Exact: every posting of the query's terms is read from the postings' primary key
+    (``term`` first, ``tf`` and ``length`` included: an index-only scan per term) and summed
+    per row; nothing is computed from a row's text. With a filter or a join, a scored row is
+    kept when ``base`` holds it (best first, until ``limit`` pass).
     """
-    document = keyword_document(target, terms.config)
+    postings = postings_table(target, terms.postings)
     term_array = sa.bindparam("semdb_terms", terms.terms, ARRAY(sa.Text))
     query = (
         sa.func.unnest(term_array, sa.bindparam("semdb_idfs", terms.idfs, ARRAY(sa.Float)))
@@ -236,75 +241,36 @@ def bm25_ranking(
     def number(value: float) -> sa.ColumnElement[float]:
         return sa.literal(value, sa.Float, literal_execute=True)
 
-    def tsquery(indexes: list[int], name: str) -> Any:
-        text = QueryTerms(terms.config, [terms.terms[i] for i in indexes], [], 0.0).tsquery
-        return sa.cast(sa.bindparam(name, text, sa.Text), TSQUERY)
-
-    def scored(indexes: list[int], name: str, gate: Any = None) -> sa.Select[Any]:
-        """The rows holding any of ``terms[indexes]``, each scored on every query term."""
-        candidates = base.with_only_columns(
-            *target.key, document.label("tv"), maintain_column_froms=True
-        ).where(document.op("@@")(tsquery(indexes, f"semdb_tsquery_{name}")))
-        if where is not None:
-            candidates = candidates.where(where)
-        if gate is not None:
-            candidates = candidates.where(gate)
-        cte = candidates.cte(f"bm25_{name}").prefix_with("MATERIALIZED")
-        tv = cte.c.tv
-        # The row's tsvector cut to the query's terms: the other terms deleted (all in C).
-        only_terms = sa.func.ts_delete(
-            tv, sa.func.tsvector_to_array(sa.func.ts_delete(tv, term_array))
-        )
-        postings = (
-            sa.func.unnest(only_terms).table_valued("lexeme", "positions", "weights").alias("u")
-        )
-        tf = sa.cast(sa.func.array_length(postings.c.positions, 1), sa.Float)
-        length = sa.cast(sa.func.length(tv), sa.Float)
-        norm = number(k1 * (1 - b)) + number(k1 * b / max(terms.average_length, 1e-9)) * length
-        score = sa.func.sum(query.c.idf * tf * number(k1 + 1) / (tf + norm), type_=sa.Float)
-        key = [cte.c[c.name] for c in target.key]
-        return (
-            sa.select(*key, score.label("score"))
-            .select_from(cte)
-            .join(postings, sa.true())
-            .join(query, postings.c.lexeme == query.c.term)
-            .group_by(*key)
-        )
-
-    essential, rest = split_terms(terms, k1)
-    top = sa.literal_column(str(limit), sa.Integer)
-    if not rest:
-        union = scored(essential, "all").subquery("bm25_scored")
-    else:
-        first = scored(essential, "essential").order_by(sa.desc("score")).limit(top)
-        first_cte = first.cte("bm25_first")
-        kth = (
-            sa.select(sa.func.min(first_cte.c.score))
-            .having(sa.func.count() >= limit)
-            .scalar_subquery()
-        )
-        bound = sum((k1 + 1) * terms.idfs[i] for i in rest)
-        # read the rows holding only common terms unless none of them can reach the top
-        gate = sa.or_(kth.is_(None), kth <= number(bound))
-        second = scored(rest, "rest", gate)
-        both = sa.union_all(sa.select(first_cte), second).subquery("bm25_both")
-        union = (
-            sa.select(
-                *[both.c[c.name] for c in target.key], sa.func.max(both.c.score).label("score")
-            )
-            .group_by(*[both.c[c.name] for c in target.key])
-            .subquery("bm25_scored")
-        )
-    key = [union.c[c.name] for c in target.key]
-    return (
+    tf = sa.cast(postings.c.tf, sa.Float)
+    length = sa.cast(postings.c.length, sa.Float)
+    norm = number(k1 * (1 - b)) + number(k1 * b / max(terms.average_length, 1e-9)) * length
+    score = sa.func.sum(query.c.idf * tf * number(k1 + 1) / (tf + norm), type_=sa.Float)
+    posting_keys = [postings.c[f"key_{i}"] for i in range(1, len(target.key) + 1)]
+    scored = (
         sa.select(
-            *key,
-            union.c.score,
-            sa.func.row_number().over(order_by=[union.c.score.desc(), *key]).label("rank"),
+            *[p.label(c.name) for p, c in zip(posting_keys, target.key, strict=True)],
+            score.label("score"),
         )
-        .order_by(union.c.score.desc(), *key)
-        .limit(top)
+        .select_from(query)
+        .join(postings, postings.c.term == query.c.term)
+        .group_by(*posting_keys)
+        .subquery("bm25_scored")
     )
+    key = [scored.c[c.name] for c in target.key]
+    ranked = sa.select(
+        *key,
+        scored.c.score,
+        sa.func.row_number().over(order_by=[scored.c.score.desc(), *key]).label("rank"),
+    )
+    if not unfiltered(target, base, where):
+        held = base.with_only_columns(sa.literal(1), maintain_column_froms=True).where(
+            *[c == scored.c[c.name] for c in target.key]
+        )
+        if where is not None:
+            held = held.where(where)
+        ranked = ranked.where(held.exists())
+    top = sa.literal_column(str(limit), sa.Integer)
+    return ranked.order_by(scored.c.score.desc(), *key).limit(top)
 
 
 def keyword_search(
@@ -333,7 +299,7 @@ def keyword_search(
     where = check_filter(where)
     base = base_statement(target, statement)
     connection = connection_of(bind)
-    plan = SearchPlan("exact", "BM25 of every row holding a query term (GIN index candidates)")
+    plan = SearchPlan("exact", "BM25 of every row holding a query term (postings index)")
     terms = query_terms(connection, target, text)
     if not terms.terms:
         return SearchResult([], SearchPlan("exact", "the text has no term any row holds", 0))

@@ -12,6 +12,12 @@ the table gives:
   and text: a worker writing vectors changes no text and costs two comparisons per row);
 - after TRUNCATE, the statistics are reset.
 
+The same statements keep the column's **postings** (``semdb.bm25p_<table>_<column>_<hash>``,
+named in ``semdb.bm25_stats.postings``): one row per (term, row) with the term's count in
+the row and the row's length, keyed by ``(term, key_1, ...)`` (the table's key columns, their
+types) with ``tf`` and ``length`` in the index, so a search reads only its terms' postings
+from that index and never computes a row's tsvector (:mod:`semdb.retrieval.keyword`).
+
 A document's terms are ``to_tsvector(config, coalesce(title, '') || ' ' || coalesce(body,
 ''))``, the GIN index's expression; its length is the number of distinct terms
 (``length(tsvector)``). Staleness: none. The statistics change in the transaction that
@@ -46,6 +52,20 @@ def function_name(target: SyncTarget) -> str:
     return f"bm25_{target.table_name[:24]}_{target.column_name[:16]}_{digest}"
 
 
+def postings_name(target: SyncTarget) -> str:
+    """The postings table's name (in schema semdb), at most 63 bytes for any names."""
+    return function_name(target).replace("bm25_", "bm25p_", 1)
+
+
+def postings_sql(target: SyncTarget) -> sql.Identifier:
+    return sql.Identifier("semdb", postings_name(target))
+
+
+def key_names(target: SyncTarget) -> list[str]:
+    """The postings' key columns: ``key_1, ...`` (the table's key columns, in order)."""
+    return [f"key_{i}" for i in range(1, len(target.key_columns) + 1)]
+
+
 def trigger_names(target: SyncTarget) -> list[str]:
     stem = f"semdb_bm25_{target.column_name[:32]}"
     return [f"{stem}_{event}" for event in ("insert", "update", "delete", "truncate")]
@@ -76,8 +96,62 @@ def _column_id(target: SyncTarget) -> sql.Composable:
     )
 
 
-def _apply(column_id: sql.Composable) -> sql.Composable:
-    """Add ``docs(sign, tv)`` to the statistics of ``column_id``."""
+def _doc_keys(target: SyncTarget, alias: str) -> sql.Composable:
+    """``n."id" AS key_1, ...``: a changed row's key, as the postings name it."""
+    return sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.Identifier(alias, key), sql.Identifier(name))
+        for key, name in zip(target.key_columns, key_names(target), strict=True)
+    )
+
+
+def _postings_apply(target: SyncTarget) -> sql.Composable:
+    """After ``_apply``'s CTEs: the postings of ``docs(sign, key_1.., tv)`` brought up to date.
+    A (term, row) pair of an old text that the new text does not hold is deleted; every pair
+    of a new text is inserted or updated (the two sets are disjoint, so one statement)."""
+    keys = sql.SQL(", ").join(sql.Identifier(name) for name in key_names(target))
+    d_keys = sql.SQL(", ").join(sql.Identifier("d", name) for name in key_names(target))
+    match = sql.SQL(" AND ").join(
+        sql.SQL("p.{0} = g.{0}").format(sql.Identifier(name))
+        for name in ["term", *key_names(target)]
+    )
+    updated = sql.SQL(", ").join(
+        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(name)) for name in ("tf", "length")
+    )
+    return sql.SQL(
+        """, gone AS (
+        DELETE FROM {postings} AS p USING (
+            SELECT u.term, {d_keys} FROM docs AS d, unnest(tsvector_to_array(d.tv)) AS u(term)
+            WHERE d.sign < 0
+            EXCEPT
+            SELECT u.term, {d_keys} FROM docs AS d, unnest(tsvector_to_array(d.tv)) AS u(term)
+            WHERE d.sign > 0) AS g
+        WHERE {match} RETURNING 1
+    )
+    INSERT INTO {postings} AS p (term, {keys}, tf, length)
+    SELECT u.lexeme, {d_keys}, array_length(u.positions, 1), length(d.tv)
+    FROM docs AS d, unnest(d.tv) AS u WHERE d.sign > 0
+    ON CONFLICT (term, {keys}) DO UPDATE SET {updated}"""
+    ).format(postings=postings_sql(target), keys=keys, d_keys=d_keys, match=match, updated=updated)
+
+
+def _apply(column_id: sql.Composable, target: SyncTarget | None = None) -> sql.Composable:
+    """Add ``docs(sign, tv)`` to the statistics of ``column_id`` (and, with ``target``, to
+    its postings)."""
+    if target is not None:
+        return sql.SQL(
+            """, totals AS (
+        UPDATE semdb.bm25_stats
+        SET documents = documents + (SELECT coalesce(sum(sign), 0) FROM docs),
+            total_length = total_length + (SELECT coalesce(sum(sign * length(tv)), 0) FROM docs)
+        WHERE column_id = {cid} RETURNING 1
+    ), terms AS (
+        INSERT INTO semdb.bm25_terms AS t (column_id, term, documents)
+        SELECT {cid}, term, sum(sign) FROM docs, unnest(tsvector_to_array(docs.tv)) AS term
+        GROUP BY term HAVING sum(sign) <> 0 ORDER BY term
+        ON CONFLICT (column_id, term) DO UPDATE SET documents = t.documents + excluded.documents
+        RETURNING 1
+    ){postings}"""
+        ).format(cid=column_id, postings=_postings_apply(target))
     return sql.SQL(
         """, totals AS (
         UPDATE semdb.bm25_stats
@@ -92,24 +166,32 @@ def _apply(column_id: sql.Composable) -> sql.Composable:
     ).format(cid=column_id)
 
 
-def install_statements(target: SyncTarget) -> list[sql.Composable]:
-    """The trigger function and triggers, then the statistics computed from the table as
-    it is (the triggers' lock on the table keeps writers out until the transaction ends)."""
+def install_statements(target: SyncTarget, *, postings: bool = True) -> list[sql.Composable]:
+    """The postings table, the trigger function and triggers, then the statistics and
+    postings computed from the table as it is (the triggers' lock on the table keeps writers
+    out until the transaction ends). ``postings=False``: revision 0005's statistics alone
+    (what downgrading 0008 reinstalls)."""
     cid = sql.Identifier("cid")
+    with_keys = postings
+    owned = target if postings else None
     same = sql.SQL(" AND ").join(
         [
             *(sql.SQL("o.{0} = n.{0}").format(sql.Identifier(key)) for key in target.key_columns),
             sql.SQL("({}) = ({})").format(_document(target, "o"), _document(target, "n")),
         ]
     )
+
+    def keys(alias: str) -> sql.Composable:
+        return sql.SQL("{}, ").format(_doc_keys(target, alias)) if with_keys else sql.SQL("")
+
     new_changed = sql.SQL(
-        "SELECT 1 AS sign, {tv} AS tv FROM semdb_new AS n "
+        "SELECT 1 AS sign, {keys}{tv} AS tv FROM semdb_new AS n "
         "WHERE NOT EXISTS (SELECT 1 FROM semdb_old AS o WHERE {same})"
-    ).format(tv=_tsvector(target, "n"), same=same)
+    ).format(keys=keys("n"), tv=_tsvector(target, "n"), same=same)
     old_changed = sql.SQL(
-        "SELECT -1 AS sign, {tv} AS tv FROM semdb_old AS o "
+        "SELECT -1 AS sign, {keys}{tv} AS tv FROM semdb_old AS o "
         "WHERE NOT EXISTS (SELECT 1 FROM semdb_new AS n WHERE {same})"
-    ).format(tv=_tsvector(target, "o"), same=same)
+    ).format(keys=keys("o"), tv=_tsvector(target, "o"), same=same)
     body = sql.SQL(
         """
 DECLARE
@@ -127,12 +209,12 @@ BEGIN
     PERFORM 1 FROM semdb.bm25_stats WHERE column_id = cid FOR UPDATE;
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE semdb.bm25_stats SET documents = 0, total_length = 0 WHERE column_id = cid;
-        DELETE FROM semdb.bm25_terms WHERE column_id = cid;
+        DELETE FROM semdb.bm25_terms WHERE column_id = cid;{truncate}
     ELSIF TG_OP = 'INSERT' THEN
-        WITH docs AS MATERIALIZED (SELECT 1 AS sign, {tv_new} AS tv FROM semdb_new AS n)
+        WITH docs AS MATERIALIZED (SELECT 1 AS sign, {keys_new}{tv_new} AS tv FROM semdb_new AS n)
         {apply};
     ELSIF TG_OP = 'DELETE' THEN
-        WITH docs AS MATERIALIZED (SELECT -1 AS sign, {tv_old} AS tv FROM semdb_old AS o)
+        WITH docs AS MATERIALIZED (SELECT -1 AS sign, {keys_old}{tv_old} AS tv FROM semdb_old AS o)
         {apply};
     ELSE
         WITH docs AS MATERIALIZED ({new_changed} UNION ALL {old_changed})
@@ -147,12 +229,18 @@ END
         old_changed=old_changed,
         tv_new=_tsvector(target, "n"),
         tv_old=_tsvector(target, "o"),
-        apply=_apply(cid),
+        keys_new=keys("n"),
+        keys_old=keys("o"),
+        truncate=sql.SQL("\n        TRUNCATE {};").format(postings_sql(target))
+        if postings
+        else sql.SQL(""),
+        apply=_apply(cid, owned),
     )
     function = sql.Identifier("semdb", function_name(target))
     insert, update, delete, truncate = (sql.Identifier(n) for n in trigger_names(target))
     table = target.table_sql
     return [
+        *(create_postings_statements(target) if postings else []),
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
             "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
@@ -174,18 +262,68 @@ END
         sql.SQL(
             "CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()"
         ).format(truncate, table, function),
-        *rebuild_statements(target),
+        *rebuild_statements(target, postings=postings),
     ]
 
 
-def rebuild_statements(target: SyncTarget) -> list[sql.Composable]:
-    """The statistics counted again from the whole table (the stats row locked meanwhile)."""
-    cid = _column_id(target)
+def create_postings_statements(target: SyncTarget) -> list[sql.Composable]:
+    """The postings table made afresh: ``term``, the key columns as ``key_1, ...`` (their
+    types taken from the table), ``tf`` and ``length``; its primary key ``(term, key_1, ...)``
+    carries ``tf`` and ``length`` so that a search reads its terms' postings from the index
+    alone."""
+    postings = postings_sql(target)
+    keys = [sql.Identifier(name) for name in key_names(target)]
     return [
+        sql.SQL("DROP TABLE IF EXISTS {}").format(postings),
         sql.SQL(
+            "CREATE TABLE {postings} AS SELECT ''::text AS term, {keys}, "
+            "0 AS tf, 0 AS length FROM {table} AS t WITH NO DATA"
+        ).format(postings=postings, keys=_doc_keys(target, "t"), table=target.table_sql),
+        sql.SQL("ALTER TABLE {} ALTER tf SET NOT NULL, ALTER length SET NOT NULL").format(postings),
+        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (term, {}) INCLUDE (tf, length)").format(
+            postings, sql.SQL(", ").join(keys)
+        ),
+    ]
+
+
+def rebuild_statements(target: SyncTarget, *, postings: bool = True) -> list[sql.Composable]:
+    """The statistics (and postings) counted again from the whole table (the stats row
+    locked meanwhile)."""
+    cid = _column_id(target)
+    if postings:
+        register = sql.SQL(
+            "INSERT INTO semdb.bm25_stats (column_id, config, postings) "
+            "SELECT {cid}, {config}, {name} ON CONFLICT (column_id) "
+            "DO UPDATE SET config = excluded.config, postings = excluded.postings"
+        ).format(
+            cid=cid, config=sql.Literal(config_of(target)), name=sql.Literal(postings_name(target))
+        )
+    else:
+        register = sql.SQL(
             "INSERT INTO semdb.bm25_stats (column_id, config) SELECT {cid}, {config} "
             "ON CONFLICT (column_id) DO UPDATE SET config = excluded.config"
-        ).format(cid=cid, config=sql.Literal(config_of(target))),
+        ).format(cid=cid, config=sql.Literal(config_of(target)))
+    refill = []
+    if postings:
+        keys = sql.SQL(", ").join(sql.Identifier(name) for name in key_names(target))
+        refill = [
+            sql.SQL("TRUNCATE {}").format(postings_sql(target)),
+            sql.SQL(
+                "INSERT INTO {postings} (term, {keys}, tf, length) "
+                "SELECT u.lexeme, {t_keys}, array_length(u.positions, 1), length(t.tv) "
+                "FROM (SELECT {doc_keys}, {tv} AS tv FROM {table} AS t) AS t, unnest(t.tv) AS u "
+                "ORDER BY 1, {keys}"
+            ).format(
+                postings=postings_sql(target),
+                keys=keys,
+                t_keys=sql.SQL(", ").join(sql.Identifier("t", name) for name in key_names(target)),
+                doc_keys=_doc_keys(target, "t"),
+                tv=_tsvector(target, "t"),
+                table=target.table_sql,
+            ),
+        ]
+    return [
+        register,
         sql.SQL("SELECT 1 FROM semdb.bm25_stats WHERE column_id = {} FOR UPDATE").format(cid),
         sql.SQL("DELETE FROM semdb.bm25_terms WHERE column_id = {}").format(cid),
         sql.SQL(
@@ -198,6 +336,7 @@ INSERT INTO semdb.bm25_terms (column_id, term, documents)
 SELECT {cid}, term, count(*) FROM docs, unnest(tsvector_to_array(docs.tv)) AS term
 GROUP BY term"""
         ).format(tv=_tsvector(target, "t"), table=target.table_sql, cid=cid),
+        *refill,
     ]
 
 
@@ -213,6 +352,7 @@ def uninstall_statements(target: SyncTarget, *, everything: bool = True) -> list
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
                 sql.Identifier("semdb", function_name(target))
             ),
+            sql.SQL("DROP TABLE IF EXISTS {}").format(postings_sql(target)),
             sql.SQL("DELETE FROM semdb.bm25_terms WHERE column_id = {}").format(cid),
             sql.SQL("DELETE FROM semdb.bm25_stats WHERE column_id = {}").format(cid),
             sql.SQL("DELETE FROM semdb.hybrid_fusion WHERE column_id = {}").format(cid),
