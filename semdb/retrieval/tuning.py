@@ -13,6 +13,7 @@ that hurts it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ def tune_hybrid(
     scores: dict[str, float] = {}
     best: tuple[float, Fusion] | None = None
     for fusion in grid:
-        value = mean(lambda q, f=fusion: fuse(*legs[q], f))
+        value = mean(functools.partial(_fused, legs, fusion))
         scores[describe(fusion)] = value
         if best is None or value > best[0] + 1e-12:
             best = (value, fusion)
@@ -167,6 +168,10 @@ def tune_hybrid(
     if store:
         store_fusion(bind, column, result)
     return result
+
+
+def _fused(legs: Mapping[str, tuple[Ranking, Ranking]], fusion: Fusion, query: str) -> list[Any]:
+    return fuse(*legs[query], fusion)
 
 
 def describe(fusion: Fusion) -> str:
