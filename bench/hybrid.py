@@ -270,9 +270,14 @@ def latency(engine: sa.Engine, samples: int, rounds: int = 3) -> dict[str, Any]:
     return result
 
 
-def upkeep(engine: sa.Engine, rows: int) -> dict[str, Any]:
+def upkeep(
+    engine: sa.Engine, rows: int, *, tables: tuple[bool, ...] = (True, False), repeats: int = 1
+) -> dict[str, Any]:
     """COPY and a worker-like vector UPDATE of ``rows`` rows, with and without the BM25
-    triggers, into a table with its declared indexes (HNSW, GIN) and without indexes."""
+    triggers (statistics and postings), into a table with its declared indexes (HNSW, GIN)
+    and without indexes; each pair measured back to back ``repeats`` times (medians)."""
+    import os
+
     import semdb
     from bench.data import table_rows
     from semdb.sync.registry import register
@@ -282,50 +287,60 @@ def upkeep(engine: sa.Engine, rows: int) -> dict[str, Any]:
     texts = [item.text for item in items[:rows]]
     vectors = matrix[:rows]
     ids = [str(i) for i in range(rows)]
-    out: dict[str, Any] = {"rows": rows}
-    for indexes in (True, False):
-        for stats in (False, True):
-            doc = _table("bench_hybrid_upkeep")
-            table = doc.__table__
-            with engine.begin() as connection:
-                table.drop(connection, checkfirst=True)
-                table.create(connection)
-                if not indexes:
-                    for index in table.indexes:
-                        index.drop(connection)
-                register(connection, SyncTarget.from_column(doc.embedding))
-                if stats:
-                    semdb.install_keyword_stats(connection, doc.embedding)
-            with engine.begin() as connection:
-                started = time.perf_counter()
-                semdb.copy_rows(
-                    connection,
-                    doc,
-                    {"id": ids, "body": texts, "embedding": vectors},
-                    model=f"{MODEL}@bench",
-                )
-                copy_s = time.perf_counter() - started
-            with engine.begin() as connection:
-                started = time.perf_counter()
-                connection.execute(sa.text("UPDATE bench_hybrid_upkeep SET embedding = embedding"))
-                update_s = time.perf_counter() - started
-            where = "indexed" if indexes else "no indexes"
-            label = f"{where}, {'with' if stats else 'without'} BM25 triggers"
-            out[label] = {
-                "copy_rows_per_s": rows / copy_s,
-                "vector_update_rows_per_s": rows / update_s,
-            }
-            print(f"  {label}: copy {rows / copy_s:,.0f} rows/s, ", end="")
-            print(f"vector update {rows / update_s:,.0f} rows/s")
-            with engine.begin() as connection:
-                if stats:
-                    semdb.uninstall_keyword_stats(connection, doc.embedding)
-                table.drop(connection)
-    for indexes in ("indexed", "no indexes"):
-        without = out[f"{indexes}, without BM25 triggers"]
-        with_ = out[f"{indexes}, with BM25 triggers"]
-        out[f"{indexes}: copy cost"] = 1 - with_["copy_rows_per_s"] / without["copy_rows_per_s"]
-        out[f"{indexes}: vector update cost"] = (
+    out: dict[str, Any] = {"rows": rows, "repeats": repeats, "load_average": os.getloadavg()}
+    runs: dict[str, dict[str, list[float]]] = {}
+    for indexes in tables:
+        for _ in range(repeats):
+            for stats in (False, True):
+                doc = _table("bench_hybrid_upkeep")
+                table = doc.__table__
+                with engine.begin() as connection:
+                    table.drop(connection, checkfirst=True)
+                    table.create(connection)
+                    if not indexes:
+                        for index in table.indexes:
+                            index.drop(connection)
+                    register(connection, SyncTarget.from_column(doc.embedding))
+                    if stats:
+                        semdb.install_keyword_stats(connection, doc.embedding)
+                with engine.begin() as connection:
+                    started = time.perf_counter()
+                    semdb.copy_rows(
+                        connection,
+                        doc,
+                        {"id": ids, "body": texts, "embedding": vectors},
+                        model=f"{MODEL}@bench",
+                    )
+                    copy_s = time.perf_counter() - started
+                with engine.begin() as connection:
+                    started = time.perf_counter()
+                    connection.execute(
+                        sa.text("UPDATE bench_hybrid_upkeep SET embedding = embedding")
+                    )
+                    update_s = time.perf_counter() - started
+                where = "indexed" if indexes else "no indexes"
+                label = f"{where}, {'with' if stats else 'without'} BM25 triggers"
+                run = runs.setdefault(label, {"copy": [], "update": []})
+                run["copy"].append(rows / copy_s)
+                run["update"].append(rows / update_s)
+                print(f"  {label}: copy {rows / copy_s:,.0f} rows/s, ", end="")
+                print(f"vector update {rows / update_s:,.0f} rows/s", flush=True)
+                with engine.begin() as connection:
+                    if stats:
+                        semdb.uninstall_keyword_stats(connection, doc.embedding)
+                    table.drop(connection)
+    for label, run in runs.items():
+        out[label] = {
+            "copy_rows_per_s": median(run["copy"]),
+            "vector_update_rows_per_s": median(run["update"]),
+            "copy_runs": run["copy"],
+        }
+    for indexes in tables:
+        where = "indexed" if indexes else "no indexes"
+        without = out[f"{where}, without BM25 triggers"]
+        with_ = out[f"{where}, with BM25 triggers"]
+        out[f"{where}: copy cost"] = 1 - with_["copy_rows_per_s"] / without["copy_rows_per_s"]
+        out[f"{where}: vector update cost"] = (
             1 - with_["vector_update_rows_per_s"] / without["vector_update_rows_per_s"]
         )
     return out
@@ -343,6 +358,11 @@ def main() -> None:
         "--latency-only", action="store_true", help="only the latency and upkeep measurements"
     )
     parser.add_argument("--skip-upkeep", action="store_true")
+    parser.add_argument("--skip-latency-search", action="store_true")
+    parser.add_argument(
+        "--upkeep-unindexed-only", action="store_true", help="upkeep into a table without indexes"
+    )
+    parser.add_argument("--upkeep-repeats", type=int, default=1)
     args = parser.parse_args()
     engine = bench_engine()
     results: dict[str, Any] = {"machine": machine(), "model": f"{MODEL} (semdb ONNX fp32)"}
@@ -360,10 +380,15 @@ def main() -> None:
             rows,
         )
     if not args.skip_latency:
-        results["latency"] = latency(engine, args.latency_queries)
-        print("latency:", results["latency"])
+        if not args.skip_latency_search:
+            results["latency"] = latency(engine, args.latency_queries)
+            print("latency:", results["latency"])
         if not args.skip_upkeep:
-            results["upkeep"] = upkeep(engine, args.upkeep_rows)
+            tables = (False,) if args.upkeep_unindexed_only else (True, False)
+            results["upkeep"] = upkeep(
+                engine, args.upkeep_rows, tables=tables, repeats=args.upkeep_repeats
+            )
+            print("upkeep:", {k: v for k, v in results["upkeep"].items() if "cost" in k})
     path = write_result("hybrid-latency" if args.latency_only else "hybrid", results)
     print(f"wrote {path}")
 

@@ -723,3 +723,65 @@ def test_semdb_tune_hybrid_on_a_beir_folder(
             semdb.uninstall_keyword_stats(connection, Page.embedding)
             connection.execute(unregister_statement(SyncTarget.from_column(Page.embedding)))
         Page.__table__.drop(engine)
+
+
+def test_upgrade_builds_postings_for_existing_keyword_columns(empty_database_url: Any) -> None:
+    """A column made keyword-searchable before 0008 (statistics, no postings): upgrading
+    builds its postings and triggers that keep them, and the SQL function gives the same rows
+    as Python; downgrading to 0007 drops them and 0005's triggers keep the statistics."""
+    from semdb.db.migrate import downgrade, upgrade
+    from semdb.sync.keyword_stats import install_statements
+
+    engine = semdb.create_engine(empty_database_url)
+    target = SyncTarget.from_column(Note.embedding)
+    try:
+        upgrade(engine, "0007_chunks")
+        Note.__table__.create(engine)
+        with engine.begin() as connection:
+            connection.execute(sa.insert(Note), _texts(60, 3))
+            register(connection, target)
+            for statement in install_statements(target, postings=False):  # as 0005 made them
+                connection.exec_driver_sql(statement.as_string(None))
+        with Session(engine) as session:
+            with pytest.raises(sa.exc.ProgrammingError):  # 0007's schema: no postings
+                semdb.keyword_search(session, Note.embedding, "red")
+        assert upgrade(engine) == head_revision()
+        with engine.begin() as connection:
+            connection.execute(sa.insert(Note), [{**r, "id": 100 + r["id"]} for r in _texts(5, 4)])
+        with Session(engine) as session:
+            docs = lexemes(session.connection())
+            assert postings(session.connection()) == sorted(
+                (t, i, tf, len(d)) for i, d in docs.items() for t, tf in d.items()
+            )
+            expected = reference_bm25(docs, ["red", "engin"])
+            want = sorted(expected, key=lambda i: (-expected[i], i))[:10]
+            hits = semdb.keyword_search(session, Note.embedding, "red engines", k=10)
+            assert [h.row.id for h in hits] == want
+            rows = session.execute(
+                sa.text(
+                    "SELECT (h.item).id FROM semdb.keyword_search(NULL::keyword_notes, "
+                    "'embedding', 'red engines', 10) AS h"
+                )
+            ).scalars()
+            assert list(rows) == want
+        assert downgrade(engine, "0007_chunks") == "0007_chunks"
+        with engine.begin() as connection:
+            connection.execute(sa.delete(Note).where(Note.id < 10))
+            assert stats(connection)[0][0] == 55
+            assert (
+                connection.execute(
+                    sa.text("SELECT count(*) FROM pg_class WHERE relname LIKE 'bm25p_%'")
+                ).scalar()
+                == 0
+            )
+            rows = connection.execute(
+                sa.text(
+                    "SELECT (h.item).id FROM semdb.keyword_search(NULL::keyword_notes, "
+                    "'embedding', 'red engines', 3) AS h"
+                )
+            ).scalars()
+            assert len(list(rows)) == 3
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE IF EXISTS keyword_notes"))
+        engine.dispose()

@@ -15,18 +15,18 @@ row matches when it holds **any** term; its score is Okapi BM25::
     idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
 
 with ``tf`` the term's occurrences in the row, ``length`` the row's number of distinct
-terms, ``N`` and ``df`` from ``semdb.bm25_stats`` / ``semdb.bm25_terms`` (kept exact by
-triggers, see :mod:`semdb.sync.keyword_stats`). Two statements: the query's terms with their
-document counts, then the ranking, whose candidates come from the GIN index on the
-column's ``to_tsvector`` expression (declare ``fulltext=`` to get it)::
+terms, ``N`` and ``df`` from ``semdb.bm25_stats`` / ``semdb.bm25_terms``, and ``tf`` and
+``length`` from the column's postings (all kept exact by triggers, see
+:mod:`semdb.sync.keyword_stats`). Two statements: the query's terms with their document
+counts, then the ranking, an aggregate over the query terms' postings read through the
+postings' primary key (``term`` first, ``tf`` and ``length`` included)::
 
-    WITH candidates AS MATERIALIZED (
-        SELECT id, to_tsvector('english', coalesce(body, '')) AS tv FROM docs
-        WHERE to_tsvector('english', coalesce(body, '')) @@ $tsquery AND <filter>)
-    SELECT id, sum(idf * tf * ...) AS score
-    FROM candidates, unnest(ts_delete(tv, <tv's other terms>)) AS u
-    JOIN unnest($terms, $idfs) AS q(term, idf) ON u.lexeme = q.term
-    GROUP BY id ORDER BY score DESC, id LIMIT k
+    SELECT key_1 AS id, sum(idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl)))
+    FROM unnest($terms, $idfs) AS q(term, idf) JOIN semdb.bm25p_docs_... AS p USING (term)
+    GROUP BY key_1 ORDER BY score DESC, key_1 LIMIT k
+
+With ``where=`` or a ``statement=`` that joins or filters, a scored row is kept only when
+that statement holds it (an EXISTS on the key), best first until k pass.
 
 A text with no term (empty, stopwords only, punctuation) finds nothing: an empty result.
 """
