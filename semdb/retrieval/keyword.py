@@ -257,20 +257,23 @@ def bm25_ranking(
         .subquery("bm25_scored")
     )
     key = [scored.c[c.name] for c in target.key]
-    ranked = sa.select(
-        *key,
-        scored.c.score,
-        sa.func.row_number().over(order_by=[scored.c.score.desc(), *key]).label("rank"),
-    )
+    best = sa.select(*key, scored.c.score)
     if not unfiltered(target, base, where):
         held = base.with_only_columns(sa.literal(1), maintain_column_froms=True).where(
             *[c == scored.c[c.name] for c in target.key]
         )
         if where is not None:
             held = held.where(where)
-        ranked = ranked.where(held.exists())
+        best = best.where(held.exists())
     top = sa.literal_column(str(limit), sa.Integer)
-    return ranked.order_by(scored.c.score.desc(), *key).limit(top)
+    # the best ``limit`` first (a top-N sort), then their ranks
+    best_q = best.order_by(scored.c.score.desc(), *key).limit(top).subquery("bm25_best")
+    best_key = [best_q.c[c.name] for c in target.key]
+    return sa.select(
+        *best_key,
+        best_q.c.score,
+        sa.func.row_number().over(order_by=[best_q.c.score.desc(), *best_key]).label("rank"),
+    ).order_by(best_q.c.score.desc(), *best_key)
 
 
 def keyword_search(
