@@ -5,6 +5,7 @@ write, hostile query texts, filters and k rows, the SQL functions against Python
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -235,6 +236,54 @@ def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from _nodes(child)
+
+
+def test_one_statement_text_serves_every_query_of_a_shape(notes: sa.Engine) -> None:
+    """The statements hybrid_search and keyword_search send are the same text for other
+    queries, vectors, weights, rrf_k, k1 and b (all bound as parameters, the vector too),
+    so they are built once per shape and SQLAlchemy compiles them once."""
+    sent: list[tuple[str, Any]] = []
+
+    def catch(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "bm25p_" in statement:
+            sent.append((statement, parameters))
+
+    rng = np.random.default_rng(11)
+    calls = [
+        ("quiet violet engine", (1.0, 1.0), 60, 0.9, 0.4),
+        ("amber square printer", (0.3, 0.7), 20, 1.2, 0.75),
+    ]
+    with notes.connect() as connection:
+        sa.event.listen(connection, "before_cursor_execute", catch)
+        try:
+            for method in ("rrf", "convex"):
+                for text, weights, rrf_k, k1, b in calls:
+                    vector = rng.normal(size=DIM).astype(np.float32)
+                    hits = semdb.hybrid_search(
+                        connection,
+                        Note.embedding,
+                        text,
+                        vector=vector,
+                        k=5,
+                        fusion=method,
+                        weights=weights,
+                        rrf_k=rrf_k,
+                        k1=k1,
+                        b=b,
+                    )
+                    assert len(hits) == 5
+            for text, _, _, k1, b in calls:
+                semdb.keyword_search(connection, Note.embedding, text, k=5, k1=k1, b=b)
+        finally:
+            sa.event.remove(connection, "before_cursor_execute", catch)
+    texts = [statement for statement, _ in sent]
+    assert len(texts) == 6
+    assert texts[0] == texts[1] and texts[2] == texts[3] and texts[4] == texts[5]
+    assert len({texts[0], texts[2], texts[4]}) == 3  # rrf, convex, keyword
+    for statement, parameters in sent:
+        assert "semdb_terms" in parameters
+        assert not re.search(r"\d\.\d", statement), statement  # no number written in
+    assert sent[0][1]["semdb_query_vector"] is not None
 
 
 def test_candidates_come_from_the_gin_index(notes: sa.Engine) -> None:

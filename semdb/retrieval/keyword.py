@@ -33,6 +33,7 @@ A text with no term (empty, stopwords only, punctuation) finds nothing: an empty
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ from sqlalchemy.orm import Session
 from semdb.db.schema import bm25_stats, bm25_terms, hybrid_fusion, vector_columns
 from semdb.errors import SearchError
 from semdb.orm.columns import VectorColumn, vector_column
-from semdb.retrieval.nearest import connection_of
+from semdb.retrieval.nearest import connection_of, kept
 from semdb.retrieval.plan import SearchPlan
 from semdb.retrieval.results import KeywordHit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
@@ -109,15 +110,16 @@ def check_bm25(k1: Any, b: Any) -> tuple[float, float]:
     return float(k1), float(b)
 
 
-def query_terms(connection: Connection, target: VectorColumn, text: str) -> QueryTerms:
-    """The query's terms that some row holds, with their idf (one round trip)."""
-    schema = target.table.schema or "public"
+@functools.cache
+def terms_statement() -> sa.Select[Any]:
+    """The statement of :func:`query_terms`, built once: the column named and the text bound
+    at execution (``semdb_schema``, ``semdb_table``, ``semdb_column``, ``semdb_text``)."""
     column_id = (
         sa.select(vector_columns.c.id)
         .where(
-            vector_columns.c.table_schema == schema,
-            vector_columns.c.table_name == target.table.name,
-            vector_columns.c.column_name == target.column.name,
+            vector_columns.c.table_schema == sa.bindparam("semdb_schema", type_=sa.Text),
+            vector_columns.c.table_name == sa.bindparam("semdb_table", type_=sa.Text),
+            vector_columns.c.column_name == sa.bindparam("semdb_column", type_=sa.Text),
         )
         .scalar_subquery()
     )
@@ -126,14 +128,14 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
             sa.func.tsvector_to_array(
                 sa.func.to_tsvector(
                     sa.cast(bm25_stats.c.config, REGCONFIG),
-                    sa.bindparam("semdb_text", text, sa.Text),
+                    sa.bindparam("semdb_text", type_=sa.Text),
                 )
             )
         )
         .table_valued("term")
         .render_derived("q")
     )
-    statement = (
+    return (
         sa.select(
             bm25_stats.c.config,
             bm25_stats.c.documents,
@@ -158,7 +160,17 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
         .outerjoin(hybrid_fusion, hybrid_fusion.c.column_id == bm25_stats.c.column_id)
         .where(bm25_stats.c.column_id == column_id)
     )
-    rows = connection.execute(statement).all()
+
+
+def query_terms(connection: Connection, target: VectorColumn, text: str) -> QueryTerms:
+    """The query's terms that some row holds, with their idf (one round trip)."""
+    values = {
+        "semdb_schema": target.table.schema or "public",
+        "semdb_table": target.table.name,
+        "semdb_column": target.column.name,
+        "semdb_text": text,
+    }
+    rows = connection.execute(terms_statement(), values).all()
     if not rows:
         raise SearchError(
             f"{target.name} has no BM25 statistics, so it cannot be keyword-searched",
@@ -212,39 +224,61 @@ def unfiltered(target: VectorColumn, base: sa.Select[Any], where: Any) -> bool:
     return len(froms) == 1 and froms[0] is target.table
 
 
+#: The names of the values :func:`bm25_ranking`'s statement is run with (:func:`bm25_values`).
+BM25_PARAMETERS = (
+    "semdb_terms",
+    "semdb_idfs",
+    "semdb_bm25_k1",
+    "semdb_bm25_norm",
+    "semdb_bm25_slope",
+)
+
+
+def bm25_values(terms: QueryTerms, k1: float, b: float) -> dict[str, Any]:
+    """The values of :func:`bm25_ranking`'s parameters for ``terms``, ``k1`` and ``b``."""
+    return dict(
+        zip(
+            BM25_PARAMETERS,
+            (
+                terms.terms,
+                terms.idfs,
+                k1 + 1,
+                k1 * (1 - b),
+                k1 * b / max(terms.average_length, 1e-9),
+            ),
+            strict=True,
+        )
+    )
+
+
 def bm25_ranking(
     target: VectorColumn,
     base: sa.Select[Any],
     where: Any,
-    terms: QueryTerms,
+    postings_name: str,
     *,
     limit: int,
-    k1: float,
-    b: float,
 ) -> sa.Select[Any]:
     """``(key..., score, rank)`` of the ``limit`` best rows by BM25 among those passing
-    ``where`` in ``base``'s FROM (its joins filter too).
+    ``where`` in ``base``'s FROM (its joins filter too). The query's terms, their idfs and
+    the BM25 constants are parameters (:func:`bm25_values`), so that one statement serves
+    every query of a column.
 
     Exact: every posting of the query's terms is read from the postings' primary key
     (``term`` first, ``tf`` and ``length`` included: an index-only scan per term) and summed
     per row; nothing is computed from a row's text. With a filter or a join, a scored row is
     kept when ``base`` holds it (best first, until ``limit`` pass).
     """
-    postings = postings_table(target, terms.postings)
-    term_array = sa.bindparam("semdb_terms", terms.terms, ARRAY(sa.Text))
-    query = (
-        sa.func.unnest(term_array, sa.bindparam("semdb_idfs", terms.idfs, ARRAY(sa.Float)))
-        .table_valued("term", "idf")
-        .render_derived("q")
-    )
-
-    def number(value: float) -> sa.ColumnElement[float]:
-        return sa.literal(value, sa.Float, literal_execute=True)
-
+    postings = postings_table(target, postings_name)
+    names = iter(BM25_PARAMETERS)
+    terms: sa.BindParameter[Any] = sa.bindparam(next(names), type_=ARRAY(sa.Text))
+    idfs: sa.BindParameter[Any] = sa.bindparam(next(names), type_=ARRAY(sa.Float))
+    k1_plus_1, norm_base, slope = (sa.bindparam(name, type_=sa.Float) for name in names)
+    query = sa.func.unnest(terms, idfs).table_valued("term", "idf").render_derived("q")
     tf = sa.cast(postings.c.tf, sa.Float)
     length = sa.cast(postings.c.length, sa.Float)
-    norm = number(k1 * (1 - b)) + number(k1 * b / max(terms.average_length, 1e-9)) * length
-    score = sa.func.sum(query.c.idf * tf * number(k1 + 1) / (tf + norm), type_=sa.Float)
+    norm = norm_base + slope * length
+    score = sa.func.sum(query.c.idf * tf * k1_plus_1 / (tf + norm), type_=sa.Float)
     posting_keys = [postings.c[f"key_{i}"] for i in range(1, len(target.key) + 1)]
     scored = (
         sa.select(
@@ -300,20 +334,29 @@ def keyword_search(
     check_k(k)
     k1, b = check_bm25(k1, b)
     where = check_filter(where)
-    base = base_statement(target, statement)
+    base = kept(
+        ("base", target.column, target.entity, statement), lambda: base_statement(target, statement)
+    )
     connection = connection_of(bind)
     plan = SearchPlan("exact", "BM25 of every row holding a query term (postings index)")
     terms = query_terms(connection, target, text)
     if not terms.terms:
         return SearchResult([], SearchPlan("exact", "the text has no term any row holds", 0))
-    ranked = bm25_ranking(target, base, where, terms, limit=k, k1=k1, b=b).subquery("bm25")
-    final = (
-        base.add_columns(ranked.c.score)
-        .join(ranked, sa.and_(*[c == ranked.c[c.name] for c in target.key]))
-        .order_by(ranked.c.score.desc(), *target.key)
-        .limit(k)
+
+    def build() -> sa.Select[Any]:
+        ranked = bm25_ranking(target, base, where, terms.postings, limit=k).subquery("bm25")
+        return (
+            base.add_columns(ranked.c.score)
+            .join(ranked, sa.and_(*[c == ranked.c[c.name] for c in target.key]))
+            .order_by(ranked.c.score.desc(), *target.key)
+            .limit(sa.literal_column(str(k), sa.Integer))
+        )
+
+    # built once per column, statement, filter object, k and postings table (see nearest.kept)
+    final = kept(
+        ("keyword", k, terms.postings, target.column, target.entity, statement, where), build
     )
-    rows = run_statement(bind, connection, final, None, {}, custom_plan=True)
+    rows = run_statement(bind, connection, final, bm25_values(terms, k1, b), {}, custom_plan=True)
     one_entity = isinstance(bind, Session) and selects_one_entity(base)
     hits = [KeywordHit(row[0] if one_entity else row, float(row[-1])) for row in rows]
     return SearchResult(hits, plan)
