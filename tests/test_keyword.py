@@ -337,6 +337,9 @@ def test_filters_joins_and_k_rows(notes: sa.Engine) -> None:
         ("red & ! ( circle", True),  # operators around words: the words still count
         ("red' | 'x", True),
         ("red\\' OR 1=1", True),
+        # written into SQL sent without parameters (with the settings' round trip)
+        ("100% red %(semdb_text)s %s %% {0} {semdb_text}", True),
+        ("$1 $$ red $$; SELECT 1", True),
     ],
 )
 def test_hostile_texts_are_only_words(notes: sa.Engine, text: str, words: bool) -> None:

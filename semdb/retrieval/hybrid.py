@@ -38,12 +38,13 @@ from semdb.retrieval.keyword import (
     bm25_values,
     check_bm25,
     check_text,
-    query_terms,
+    terms_from_rows,
+    terms_head,
 )
 from semdb.retrieval.nearest import KnnSearch, connection_of, kept
 from semdb.retrieval.plan import PlanRequest
 from semdb.retrieval.results import HybridHit, SearchResult
-from semdb.retrieval.settings import Bind, run_statement
+from semdb.retrieval.settings import Bind, bracket, execute
 from semdb.retrieval.statement import (
     QUERY_VECTOR,
     PlanPath,
@@ -175,26 +176,27 @@ def hybrid_search(
         embedder,
         argument="vector" if vector is not None else "query",
     )
-    terms = query_terms(connection, target, text)
-    chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
     chosen = knn.plan(connection, {})
-    # The keyword leg is empty when the text has no term, or when the fusion gives it no
-    # weight (then it could only add rows scored 0 after the others): not run.
-    keyword_leg = bool(terms.terms) and chosen_fusion.keyword_weight > 0
-    final = fused_statement(
-        knn, chosen.path, pool, k, chosen_fusion.method, terms.postings if keyword_leg else None
-    )
-    values: dict[str, Any] = {
-        QUERY_VECTOR: query_vec,
-        "semdb_semantic_weight": float(chosen_fusion.semantic_weight),
-        "semdb_keyword_weight": float(chosen_fusion.keyword_weight),
-        "semdb_rrf_k": float(chosen_fusion.rrf_k),
-    }
-    if keyword_leg:
-        values.update(bm25_values(terms, k1, b))
-    rows: list[Any] = run_statement(
-        bind, connection, final, values, chosen.settings, custom_plan=True
-    )
+    # The query's terms come back in the round trip that sets the plan's settings.
+    head = terms_head(connection, target, text)
+    with bracket(connection, chosen.settings, custom_plan=True, head=head) as head_rows:
+        terms = terms_from_rows(target, head_rows)
+        chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
+        # The keyword leg is empty when the text has no term, or when the fusion gives it
+        # no weight (then it could only add rows scored 0 after the others): not run.
+        keyword_leg = bool(terms.terms) and chosen_fusion.keyword_weight > 0
+        final = fused_statement(
+            knn, chosen.path, pool, k, chosen_fusion.method, terms.postings if keyword_leg else None
+        )
+        values: dict[str, Any] = {
+            QUERY_VECTOR: query_vec,
+            "semdb_semantic_weight": float(chosen_fusion.semantic_weight),
+            "semdb_keyword_weight": float(chosen_fusion.keyword_weight),
+            "semdb_rrf_k": float(chosen_fusion.rrf_k),
+        }
+        if keyword_leg:
+            values.update(bm25_values(terms, k1, b))
+        rows: list[Any] = execute(bind, final, values)
     one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
     hits = [
         HybridHit(

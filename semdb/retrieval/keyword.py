@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg import sql
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 from sqlalchemy.orm import Session
@@ -164,13 +167,44 @@ def terms_statement() -> sa.Select[Any]:
 
 def query_terms(connection: Connection, target: VectorColumn, text: str) -> QueryTerms:
     """The query's terms that some row holds, with their idf (one round trip)."""
-    values = {
+    rows = connection.execute(terms_statement(), terms_values(target, text)).all()
+    return terms_from_rows(target, rows)
+
+
+def terms_values(target: VectorColumn, text: str) -> dict[str, Any]:
+    return {
         "semdb_schema": target.table.schema or "public",
         "semdb_table": target.table.name,
         "semdb_column": target.column.name,
         "semdb_text": text,
     }
-    rows = connection.execute(terms_statement(), values).all()
+
+
+def terms_head(connection: Connection, target: VectorColumn, text: str) -> sql.Composable:
+    """:func:`terms_statement` with its values written in (psycopg's ``sql.Literal``), to
+    run in one round trip with other commands (:func:`semdb.retrieval.settings.bracket`)."""
+    template = _terms_template(connection.dialect)
+    values = {name: sql.Literal(value) for name, value in terms_values(target, text).items()}
+    return template.format(**values)
+
+
+@functools.lru_cache(maxsize=8)
+def _terms_template(dialect: sa.Dialect) -> sql.SQL:
+    """The compiled :func:`terms_statement` as a psycopg template: ``{semdb_text}`` where the
+    driver's placeholder ``%(semdb_text)s`` was."""
+    compiled = terms_statement().compile(dialect=dialect).string
+    if dialect.paramstyle != "pyformat":
+        raise SearchError(
+            f"hybrid search runs on psycopg (paramstyle pyformat), not {dialect.driver}",
+            fix="use a postgresql+psycopg:// URL",
+        )
+    escaped = compiled.replace("{", "{{").replace("}", "}}")
+    template = re.sub(r"%\((\w+)\)s", r"{\1}", escaped).replace("%%", "%")
+    return sql.SQL(template)
+
+
+def terms_from_rows(target: VectorColumn, rows: Sequence[Any]) -> QueryTerms:
+    """:class:`QueryTerms` from the rows of :func:`terms_statement`."""
     if not rows:
         raise SearchError(
             f"{target.name} has no BM25 statistics, so it cannot be keyword-searched",
