@@ -38,6 +38,8 @@ from semdb.retrieval.keyword import (
     bm25_values,
     check_bm25,
     check_text,
+    query_terms,
+    search_names,
     terms_from_rows,
     terms_head,
 )
@@ -54,6 +56,7 @@ from semdb.retrieval.statement import (
     selects_one_entity,
 )
 from semdb.retrieval.vectors import query_vector
+from semdb.sync.keyword_stats import fold_before_reading
 from semdb.sync.registry import check_query_model
 
 __all__ = ["DEFAULT_CANDIDATES", "FUSIONS", "MAX_QUERY_WORDS", "Fusion", "hybrid_search"]
@@ -179,8 +182,12 @@ def hybrid_search(
     chosen = knn.plan(connection, {})
     # The query's terms come back in the round trip that sets the plan's settings.
     head = terms_head(connection, target, text)
+    names = search_names(target)
+    fold_before_reading(connection, *names)  # a deferred column's upkeep
     with bracket(connection, chosen.settings, custom_plan=True, head=head) as head_rows:
         terms = terms_from_rows(target, head_rows)
+        if fold_before_reading(connection, *names, deferred=terms.deferred):
+            terms = query_terms(connection, target, text)
         chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
         # The keyword leg is empty when the text has no term, or when the fusion gives it
         # no weight (then it could only add rows scored 0 after the others): not run.

@@ -54,6 +54,7 @@ from semdb.retrieval.plan import SearchPlan
 from semdb.retrieval.results import KeywordHit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
 from semdb.retrieval.statement import base_statement, check_filter, check_k, selects_one_entity
+from semdb.sync.keyword_stats import fold_before_reading
 
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
@@ -73,6 +74,8 @@ class QueryTerms:
     postings: str = ""
     #: The column's stored fusion for hybrid search (semdb.hybrid_fusion), if any.
     fusion: Any = None
+    #: Is the column's upkeep deferred (semdb.sync.keyword_stats.deferred_statements)?
+    deferred: bool = False
 
     @property
     def tsquery(self) -> str:
@@ -150,6 +153,17 @@ def terms_statement() -> sa.Select[Any]:
             hybrid_fusion.c.semantic_weight,
             hybrid_fusion.c.keyword_weight,
             hybrid_fusion.c.rrf_k,
+            sa.func.to_regclass(  # its pending keys' table: semdb.bm25q_... (deferred upkeep)
+                sa.literal_column("'semdb.'").concat(
+                    sa.func.quote_ident(
+                        sa.literal_column("'bm25q'").concat(
+                            sa.func.substr(bm25_stats.c.postings, sa.literal_column("6"))
+                        )
+                    )
+                )
+            )
+            .isnot(None)
+            .label("deferred"),
         )
         .select_from(bm25_stats)
         .outerjoin(lexemes, sa.true())
@@ -169,6 +183,11 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
     """The query's terms that some row holds, with their idf (one round trip)."""
     rows = connection.execute(terms_statement(), terms_values(target, text)).all()
     return terms_from_rows(target, rows)
+
+
+def search_names(target: VectorColumn) -> tuple[str, str, str]:
+    """(schema, table, column) of a searched column, as semdb.vector_columns names it."""
+    return (target.table.schema or "public", target.table.name, target.column.name)
 
 
 def terms_values(target: VectorColumn, text: str) -> dict[str, Any]:
@@ -233,7 +252,9 @@ def terms_from_rows(target: VectorColumn, rows: Sequence[Any]) -> QueryTerms:
         fusion = Fusion(
             first.method, first.semantic_weight, first.keyword_weight, first.rrf_k, "stored"
         )
-    return QueryTerms(config, terms, idfs, average, rows[0].postings, fusion)
+    return QueryTerms(
+        config, terms, idfs, average, rows[0].postings, fusion, bool(rows[0].deferred)
+    )
 
 
 def postings_table(target: VectorColumn, name: str) -> sa.TableClause:
@@ -373,7 +394,11 @@ def keyword_search(
     )
     connection = connection_of(bind)
     plan = SearchPlan("exact", "BM25 of every row holding a query term (postings index)")
+    names = search_names(target)
+    fold_before_reading(connection, *names)
     terms = query_terms(connection, target, text)
+    if fold_before_reading(connection, *names, deferred=terms.deferred):
+        terms = query_terms(connection, target, text)
     if not terms.terms:
         return SearchResult([], SearchPlan("exact", "the text has no term any row holds", 0))
 

@@ -26,6 +26,14 @@ statement that changes a column's text first locks that column's row of ``semdb.
 until its transaction ends, so writers of one column's text run one after the other (always
 in that order, so they never deadlock on term rows). Terms whose count falls to 0 stay as
 rows with 0 (harmless; :func:`rebuild_statements` removes them).
+
+**Deferred upkeep** (``install_keyword_stats(connection, column, deferred=True)``): counting
+terms in the writer's statement costs most of a bulk COPY into a table without indexes
+(bench/README-hybrid.md). Deferred, the writer only appends the keys of the rows whose text
+it changed to a pending table (an UPDATE that sets no source and no key, such as a worker's
+vector write, fires nothing), and a fold applies them set based, later, in one statement;
+writers no longer queue on the statistics row. When it folds and how stale a search may
+read: :func:`refresh_keyword_stats`.
 """
 
 from __future__ import annotations
@@ -59,6 +67,12 @@ def postings_name(target: SyncTarget) -> str:
 
 def postings_sql(target: SyncTarget) -> sql.Identifier:
     return sql.Identifier("semdb", postings_name(target))
+
+
+def _named(target: SyncTarget, prefix: str) -> sql.Identifier:
+    """A deferred column's own objects in schema semdb: ``bm25q_`` its pending keys,
+    ``bm25d_`` its rows' tsvectors as last folded, ``bm25f_`` its fold function."""
+    return sql.Identifier("semdb", function_name(target).replace("bm25_", prefix, 1))
 
 
 def key_names(target: SyncTarget) -> list[str]:
@@ -166,11 +180,15 @@ def _apply(column_id: sql.Composable, target: SyncTarget | None = None) -> sql.C
     ).format(cid=column_id)
 
 
-def install_statements(target: SyncTarget, *, postings: bool = True) -> list[sql.Composable]:
+def install_statements(
+    target: SyncTarget, *, postings: bool = True, deferred: bool = False
+) -> list[sql.Composable]:
     """The postings table, the trigger function and triggers, then the statistics and
     postings computed from the table as it is (the triggers' lock on the table keeps writers
     out until the transaction ends). ``postings=False``: revision 0005's statistics alone
-    (what downgrading 0008 reinstalls)."""
+    (what downgrading 0008 reinstalls). ``deferred``: see :func:`deferred_statements`."""
+    if deferred:
+        return deferred_statements(target)
     cid = sql.Identifier("cid")
     with_keys = postings
     owned = target if postings else None
@@ -240,6 +258,7 @@ END
     insert, update, delete, truncate = (sql.Identifier(n) for n in trigger_names(target))
     table = target.table_sql
     return [
+        *_drop_deferred_statements(target),
         *(create_postings_statements(target) if postings else []),
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
@@ -353,11 +372,196 @@ def uninstall_statements(target: SyncTarget, *, everything: bool = True) -> list
                 sql.Identifier("semdb", function_name(target))
             ),
             sql.SQL("DROP TABLE IF EXISTS {}").format(postings_sql(target)),
+            *_drop_deferred_statements(target),
             sql.SQL("DELETE FROM semdb.bm25_terms WHERE column_id = {}").format(cid),
             sql.SQL("DELETE FROM semdb.bm25_stats WHERE column_id = {}").format(cid),
             sql.SQL("DELETE FROM semdb.hybrid_fusion WHERE column_id = {}").format(cid),
         ]
     return statements
+
+
+def _drop_deferred_statements(target: SyncTarget) -> list[sql.Composable]:
+    return [
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_named(target, "bm25f_")),
+        sql.SQL("DROP TABLE IF EXISTS {}").format(_named(target, "bm25q_")),
+        sql.SQL("DROP TABLE IF EXISTS {}").format(_named(target, "bm25d_")),
+    ]
+
+
+def deferred_statements(target: SyncTarget) -> list[sql.Composable]:
+    """Deferred upkeep: the writer's statement only appends the keys of the rows whose text
+    it changed to ``semdb.bm25q_...`` (its triggers cost a few percent of a COPY, where
+    counting terms in the writer costs most of it); ``semdb.bm25f_...()`` folds them, set
+    based, into the statistics, the postings and ``semdb.bm25d_...`` (each row's tsvector
+    as last folded, what a fold subtracts). See :func:`refresh_keyword_stats` for when it
+    runs and how stale a search may read."""
+    pending, docs, fold = (_named(target, p) for p in ("bm25q_", "bm25d_", "bm25f_"))
+    names = key_names(target)
+    keys = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+
+    def key_list(alias: str) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(alias, name) for name in names)
+
+    def matched(a: str, b: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(a, name), sql.Identifier(b, name))
+            for name in names
+        )
+
+    table_keys = sql.SQL(" AND ").join(
+        sql.SQL("t.{} = k.{}").format(sql.Identifier(key), sql.Identifier(name))
+        for key, name in zip(target.key_columns, names, strict=True)
+    )
+    trigger_body = sql.SQL(
+        """
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN  -- an UPDATE that changed a source or a key (its WHEN)
+        INSERT INTO {pending} ({keys}) VALUES ({old_row});
+        IF ({old_row}) IS DISTINCT FROM ({new_row}) THEN
+            INSERT INTO {pending} ({keys}) VALUES ({new_row});
+        END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        INSERT INTO {pending} ({keys}) SELECT {new_keys} FROM semdb_new AS n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {pending} ({keys}) SELECT {old_keys} FROM semdb_old AS o;
+    ELSE  -- TRUNCATE
+        PERFORM 1 FROM semdb.bm25_stats WHERE column_id = {lookup} FOR UPDATE;
+        UPDATE semdb.bm25_stats SET documents = 0, total_length = 0 WHERE column_id = {lookup};
+        DELETE FROM semdb.bm25_terms WHERE column_id = {lookup};
+        TRUNCATE {postings}, {docs}, {pending};
+    END IF;
+    RETURN NULL;
+END
+"""
+    ).format(
+        pending=pending,
+        docs=docs,
+        postings=postings_sql(target),
+        keys=keys,
+        new_keys=_doc_keys(target, "n"),
+        old_keys=_doc_keys(target, "o"),
+        old_row=sql.SQL(", ").join(sql.Identifier("old", key) for key in target.key_columns),
+        new_row=sql.SQL(", ").join(sql.Identifier("new", key) for key in target.key_columns),
+        lookup=_column_id(target),
+    )
+    watched = [*target.key_columns, *(s for s in target.sources if s not in target.key_columns)]
+    changed = sql.SQL(" OR ").join(
+        sql.SQL("OLD.{0} IS DISTINCT FROM NEW.{0}").format(sql.Identifier(name)) for name in watched
+    )
+    cid = sql.Identifier("cid")
+    fold_body = sql.SQL(
+        """
+DECLARE
+    cid integer;
+BEGIN
+    IF current_setting('transaction_read_only') = 'on'
+            OR NOT EXISTS (SELECT 1 FROM {pending}) THEN
+        RETURN false;
+    END IF;
+    -- one fold at a time; a fold running elsewhere is not waited for
+    SELECT s.column_id INTO cid FROM semdb.bm25_stats AS s
+    WHERE s.column_id = {lookup} FOR UPDATE SKIP LOCKED;
+    IF cid IS NULL THEN
+        RETURN false;
+    END IF;
+    WITH moved AS (DELETE FROM {pending} RETURNING {keys}),
+    k AS MATERIALIZED (SELECT DISTINCT {keys} FROM moved),
+    old AS MATERIALIZED (SELECT {k_keys}, d.tv FROM k JOIN {docs} AS d ON {k_d}),
+    new AS MATERIALIZED (
+        SELECT {k_keys}, {tv} AS tv FROM k JOIN {table} AS t ON {table_keys}
+    ),
+    docs AS MATERIALIZED (
+        SELECT -1 AS sign, {o_keys}, o.tv FROM old AS o
+        WHERE NOT EXISTS (SELECT 1 FROM new AS n WHERE {o_n} AND n.tv = o.tv)
+        UNION ALL
+        SELECT 1 AS sign, {n_keys}, n.tv FROM new AS n
+        WHERE NOT EXISTS (SELECT 1 FROM old AS o WHERE {o_n} AND n.tv = o.tv)
+    ),
+    docs_gone AS (
+        DELETE FROM {docs} AS d USING k
+        WHERE {k_d} AND NOT EXISTS (SELECT 1 FROM new AS n WHERE {k_n})
+        RETURNING 1
+    ),
+    docs_set AS (
+        INSERT INTO {docs} ({keys}, tv) SELECT {n_keys}, n.tv FROM new AS n
+        ON CONFLICT ({keys}) DO UPDATE SET tv = excluded.tv
+        RETURNING 1
+    ){apply};
+    RETURN true;
+END
+"""
+    ).format(
+        pending=pending,
+        docs=docs,
+        lookup=_column_id(target),
+        keys=keys,
+        k_keys=key_list("k"),
+        o_keys=key_list("o"),
+        n_keys=key_list("n"),
+        k_d=matched("k", "d"),
+        k_n=matched("k", "n"),
+        o_n=matched("o", "n"),
+        tv=_tsvector(target, "t"),
+        table=target.table_sql,
+        table_keys=table_keys,
+        apply=_apply(cid, target),
+    )
+    function = sql.Identifier("semdb", function_name(target))
+    insert, update, delete, truncate = (sql.Identifier(n) for n in trigger_names(target))
+    table = target.table_sql
+    return [
+        *_drop_deferred_statements(target),
+        *create_postings_statements(target),
+        sql.SQL(
+            "CREATE TABLE {docs} AS SELECT {keys}, NULL::tsvector AS tv "
+            "FROM {table} AS t WITH NO DATA"
+        ).format(docs=docs, keys=_doc_keys(target, "t"), table=table),
+        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(docs, keys),
+        sql.SQL("CREATE TABLE {pending} AS SELECT {keys} FROM {table} AS t WITH NO DATA").format(
+            pending=pending, keys=_doc_keys(target, "t"), table=table
+        ),
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+        ).format(name=function, body=sql.Literal(trigger_body.as_string(None))),
+        sql.SQL(
+            "CREATE FUNCTION {name}() RETURNS boolean LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+        ).format(name=fold, body=sql.Literal(fold_body.as_string(None))),
+        *uninstall_statements(target, everything=False),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER INSERT ON {} REFERENCING NEW TABLE AS semdb_new "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(insert, table, function),
+        # A row trigger on the sources and keys alone: an UPDATE that sets neither (a
+        # worker's vector) does not fire it; one that sets them to the same values only
+        # evaluates the WHEN, in the executor.
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {} FOR EACH ROW WHEN ({}) "
+            "EXECUTE FUNCTION {}()"
+        ).format(
+            update,
+            sql.SQL(", ").join(sql.Identifier(name) for name in watched),
+            table,
+            changed,
+            function,
+        ),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER DELETE ON {} REFERENCING OLD TABLE AS semdb_old "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(delete, table, function),
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(truncate, table, function),
+        *rebuild_statements(target),
+        sql.SQL("INSERT INTO {docs} ({keys}, tv) SELECT {t_keys}, {tv} FROM {table} AS t").format(
+            docs=docs,
+            keys=keys,
+            t_keys=sql.SQL(", ").join(sql.Identifier("t", key) for key in target.key_columns),
+            tv=_tsvector(target, "t"),
+            table=table,
+        ),
+    ]
 
 
 def _target(connection: Connection, column: Any) -> SyncTarget:
@@ -373,12 +577,91 @@ def _target(connection: Connection, column: Any) -> SyncTarget:
     return found
 
 
-def install_keyword_stats(connection: Connection, column: Any) -> None:
+def install_keyword_stats(connection: Connection, column: Any, *, deferred: bool = False) -> None:
     """Make a registered column keyword-searchable: its triggers installed and its
     statistics counted (``column``: ``Doc.embedding``, ``docs.c.embedding`` or a SyncTarget).
-    Migrations do the same with ``op.create_embedding_sync(..., keyword=True)``."""
-    for statement in install_statements(_target(connection, column)):
+    Migrations do the same with ``op.create_embedding_sync(..., keyword=True)``.
+
+    ``deferred=True``: writers only record the keys of the rows whose text they changed, and
+    the statistics and postings catch up when folded (:func:`refresh_keyword_stats`)."""
+    target = _target(connection, column)
+    for statement in install_statements(target, deferred=deferred):
         connection.exec_driver_sql(statement.as_string(None))
+    key = (target.table_schema, target.table_name, target.column_name)
+    if deferred:
+        _deferred.add(key)
+    else:
+        _deferred.discard(key)
+
+
+#: Columns (schema, table, column) seen deferred by this process: searches fold them first.
+_deferred: set[tuple[str, str, str]] = set()
+
+
+def refresh_keyword_stats(connection: Connection, column: Any) -> bool:
+    """Fold a deferred column's pending rows into its statistics and postings, in the
+    connection's transaction; False when there was nothing to fold, the column is not
+    deferred, the transaction is read-only, or another transaction is folding it (that
+    fold is not waited for).
+
+    How stale a deferred column reads: ``keyword_search`` and ``hybrid_search`` fold before
+    they read, so they see every row their transaction sees, unless the fold was skipped
+    (read-only transaction, or a fold running elsewhere: then rows written since the last
+    committed fold are missing or scored by their old text, and rows deleted since may
+    leave fewer than k hits). ``semdb worker`` folds its columns after each batch and when
+    idle; ``semdb keyword refresh`` folds from a shell. The SQL functions
+    ``semdb.keyword_search`` and ``semdb.hybrid_search`` read as of the last fold.
+    """
+    target = _target(connection, column)
+    name = _fold_identifier(target.table_schema, target.table_name, target.column_name)
+    exists = connection.exec_driver_sql(
+        sql.SQL("SELECT to_regproc({})").format(sql.Literal(name.as_string(None))).as_string(None)
+    ).scalar()
+    key = (target.table_schema, target.table_name, target.column_name)
+    if exists is None:
+        _deferred.discard(key)
+        return False
+    _deferred.add(key)
+    return bool(
+        connection.exec_driver_sql(sql.SQL("SELECT {}()").format(name).as_string(None)).scalar()
+    )
+
+
+def _fold_identifier(schema: str, table: str, column: str) -> sql.Identifier:
+    base = f"bm25_{schema}_{table}_{column}"
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return sql.Identifier("semdb", f"bm25f_{table[:24]}_{column[:16]}_{digest}")
+
+
+def fold_statement(schema: str, table: str, column: str) -> sql.Composed:
+    """``DO``: fold the column if it is deferred (its fold function exists), else nothing;
+    never an error, so that a search may send it on a guess."""
+    name = _fold_identifier(schema, table, column)
+    body = sql.SQL("BEGIN IF to_regproc({}) IS NOT NULL THEN PERFORM {}(); END IF; END").format(
+        sql.Literal(name.as_string(None)), name
+    )
+    return sql.SQL("DO {}").format(sql.Literal(body.as_string(None)))
+
+
+def fold_before_reading(
+    connection: Connection, schema: str, table: str, column: str, *, deferred: bool | None = None
+) -> bool:
+    """Before a search reads a column's statistics: fold it when this process has seen it
+    deferred (one round trip; none for a column kept in the writer's statement). With
+    ``deferred`` (what the search's terms query said), the process learns the column's
+    mode: True when it was deferred but not folded before (fold and read again)."""
+    key = (schema, table, column)
+    if deferred is None:
+        if key in _deferred:
+            connection.exec_driver_sql(fold_statement(*key).as_string(None))
+        return False
+    if deferred and key not in _deferred:
+        _deferred.add(key)
+        connection.exec_driver_sql(fold_statement(*key).as_string(None))
+        return True
+    if not deferred:
+        _deferred.discard(key)
+    return False
 
 
 def uninstall_keyword_stats(connection: Connection, column: Any) -> None:
