@@ -224,8 +224,8 @@ def fused_statement(
     leg, ``k`` rows, ``method``; no keyword leg when ``postings`` is None), built once per
     shape and filter object (:func:`semdb.retrieval.nearest.kept`, a bounded cache): every
     value is a parameter (the query vector, the terms and their idfs, the BM25 constants,
-    the weights and ``rrf_k``). Building and compiling it afresh cost about 5 ms of Python
-    per call (bench/hybrid.py --latency-only, 108,896 rows), more than the statement runs.
+    the weights and ``rrf_k``), so SQLAlchemy compiles it once too. (Building it, measured
+    alone: 15-18 ms of Python at load 11 on 2 cores; bench/README-hybrid.md.)
     """
     target = knn.target
     key = ("hybrid", path, pool, k, method, postings, target.column, target.entity, knn.given)
