@@ -225,7 +225,7 @@ def fused_statement(
     shape and filter object (:func:`semdb.retrieval.nearest.kept`, a bounded cache): every
     value is a parameter (the query vector, the terms and their idfs, the BM25 constants,
     the weights and ``rrf_k``), so SQLAlchemy compiles it once too. (Building it, measured
-    alone: 15-18 ms of Python at load 11 on 2 cores; bench/README-hybrid.md.)
+    alone: about 2 ms of Python on a quiet 2-core machine; bench/README-hybrid.md.)
     """
     target = knn.target
     key = ("hybrid", path, pool, k, method, postings, target.column, target.entity, knn.given)
