@@ -94,7 +94,19 @@ def load(
         timings["bm25_stats_s"] = time.perf_counter() - started
         connection.execute(sa.text(f"ANALYZE {table.name}"))
         connection.execute(sa.text(f"COMMENT ON TABLE {table.name} IS '{digest}'"))
+    vacuum_postings(engine, doc)
     return timings
+
+
+def vacuum_postings(engine: sa.Engine, doc: Any) -> None:
+    """VACUUM ANALYZE of the column's postings after a bulk load (what autovacuum does a
+    little later): sets the visibility map, so that reading postings is index-only."""
+    from semdb.sync.keyword_stats import postings_sql
+    from semdb.sync.target import SyncTarget
+
+    name = postings_sql(SyncTarget.from_column(doc.embedding)).as_string(None)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql(f"VACUUM (ANALYZE) {name}")
 
 
 def ndcg10(ranking: list[str], relevant: set[str]) -> float:
@@ -208,47 +220,66 @@ def _ranking(
     return [hit.row[0] for hit in hits]
 
 
-def latency(engine: sa.Engine, samples: int) -> dict[str, Any]:
-    """p50 of dense and hybrid search (k=10) on the 108,896 rows of bench/data.py."""
+def latency(engine: sa.Engine, samples: int, rounds: int = 3) -> dict[str, Any]:
+    """p50 of dense, hybrid and BM25 search (k=10) on the 108,896 rows of bench/data.py,
+    measured side by side: each query runs the three searches back to back, in an order that
+    rotates from query to query, ``rounds`` times over the sample (the first round warms
+    the cache and is not counted)."""
+    import os
+
     import semdb
     from bench.data import table_rows
+    from bench.hybrid_sets import embedder
 
     items, matrix = table_rows()
     doc = _table("bench_hybrid_latency")
     ids = [f"{i}" for i in range(len(items))]
     load(engine, doc, ids, [item.text for item in items], matrix)
     data = debdesc()
-    _, query_vectors = set_vectors(data)
     chosen = sorted(data.test)[:samples]
+    texts = [data.queries[q] for q in chosen]
+    vectors = embedder().embed(texts, kind="query")
     column = doc.embedding
-    dense, hybrid, keyword = [], [], []
-    with engine.connect() as connection:
-        for q in chosen * 2:  # the first pass warms the cache, the second is measured
-            text, vector = data.queries[q], query_vectors[q]
-            started = time.perf_counter()
-            semdb.search(connection, column, vector, k=10)
-            middle = time.perf_counter()
-            semdb.hybrid_search(connection, column, text, vector=vector, k=10)
-            end = time.perf_counter()
-            semdb.keyword_search(connection, column, text, k=10)
-            keyword.append(time.perf_counter() - end)
-            dense.append(middle - started)
-            hybrid.append(end - middle)
-    half = len(chosen)
-    result = {
-        "rows": len(items),
-        "queries": half,
-        "dense_p50_ms": 1000 * median(dense[half:]),
-        "hybrid_p50_ms": 1000 * median(hybrid[half:]),
-        "bm25_p50_ms": 1000 * median(keyword[half:]),
+    searches = {
+        "dense": lambda c, t, v: semdb.search(c, column, v, k=10),
+        "hybrid": lambda c, t, v: semdb.hybrid_search(c, column, t, vector=v, k=10),
+        "bm25": lambda c, t, v: semdb.keyword_search(c, column, t, k=10),
     }
+    names = list(searches)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    load_before = os.getloadavg()
+    with engine.connect() as connection:
+        for round_ in range(rounds):
+            for n, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+                order = names[n % 3 :] + names[: n % 3]
+                for name in order:
+                    started = time.perf_counter()
+                    searches[name](connection, text, vector)
+                    if round_ > 0:
+                        times[name].append(time.perf_counter() - started)
+    result: dict[str, Any] = {
+        "rows": len(items),
+        "queries": len(chosen),
+        "measured_rounds": rounds - 1,
+        "load_average_before_after": [load_before, os.getloadavg()],
+    }
+    for name in names:
+        result[f"{name}_p50_ms"] = 1000 * median(times[name])
+        result[f"{name}_p90_ms"] = 1000 * float(np.percentile(times[name], 90))
     result["hybrid_over_dense"] = result["hybrid_p50_ms"] / result["dense_p50_ms"]
     return result
 
 
-def upkeep(engine: sa.Engine, rows: int) -> dict[str, Any]:
-    """COPY and a worker-like vector UPDATE of ``rows`` rows, with and without the BM25
-    triggers, into a table with its declared indexes (HNSW, GIN) and without indexes."""
+def upkeep(
+    engine: sa.Engine, rows: int, *, tables: tuple[bool, ...] = (True, False), repeats: int = 1
+) -> dict[str, Any]:
+    """COPY and a worker-like vector UPDATE of ``rows`` rows without BM25 upkeep, with the
+    writer's triggers (statistics and postings) and with deferred upkeep (keys recorded;
+    the fold after the COPY timed apart), into a table with its declared indexes (HNSW,
+    GIN) and without indexes; each triple measured back to back ``repeats`` times
+    (medians)."""
+    import os
+
     import semdb
     from bench.data import table_rows
     from semdb.sync.registry import register
@@ -258,51 +289,85 @@ def upkeep(engine: sa.Engine, rows: int) -> dict[str, Any]:
     texts = [item.text for item in items[:rows]]
     vectors = matrix[:rows]
     ids = [str(i) for i in range(rows)]
-    out: dict[str, Any] = {"rows": rows}
-    for indexes in (True, False):
-        for stats in (False, True):
-            doc = _table("bench_hybrid_upkeep")
-            table = doc.__table__
-            with engine.begin() as connection:
-                table.drop(connection, checkfirst=True)
-                table.create(connection)
-                if not indexes:
-                    for index in table.indexes:
-                        index.drop(connection)
-                register(connection, SyncTarget.from_column(doc.embedding))
-                if stats:
-                    semdb.install_keyword_stats(connection, doc.embedding)
-            with engine.begin() as connection:
-                started = time.perf_counter()
-                semdb.copy_rows(
-                    connection,
-                    doc,
-                    {"id": ids, "body": texts, "embedding": vectors},
-                    model=f"{MODEL}@bench",
-                )
-                copy_s = time.perf_counter() - started
-            with engine.begin() as connection:
-                started = time.perf_counter()
-                connection.execute(sa.text("UPDATE bench_hybrid_upkeep SET embedding = embedding"))
-                update_s = time.perf_counter() - started
-            where = "indexed" if indexes else "no indexes"
-            label = f"{where}, {'with' if stats else 'without'} BM25 triggers"
-            out[label] = {
-                "copy_rows_per_s": rows / copy_s,
-                "vector_update_rows_per_s": rows / update_s,
-            }
-            print(f"  {label}: copy {rows / copy_s:,.0f} rows/s, ", end="")
-            print(f"vector update {rows / update_s:,.0f} rows/s")
-            with engine.begin() as connection:
-                if stats:
-                    semdb.uninstall_keyword_stats(connection, doc.embedding)
-                table.drop(connection)
-    for indexes in ("indexed", "no indexes"):
-        without = out[f"{indexes}, without BM25 triggers"]
-        with_ = out[f"{indexes}, with BM25 triggers"]
-        out[f"{indexes}: copy cost"] = 1 - with_["copy_rows_per_s"] / without["copy_rows_per_s"]
-        out[f"{indexes}: vector update cost"] = (
+    out: dict[str, Any] = {"rows": rows, "repeats": repeats, "load_average": os.getloadavg()}
+    runs: dict[str, dict[str, list[float]]] = {}
+    modes = {
+        "none": "without BM25 triggers",
+        "writer": "with BM25 triggers",
+        "deferred": "deferred",
+    }
+    for indexes in tables:
+        for _ in range(repeats):
+            for mode, name in modes.items():
+                doc = _table("bench_hybrid_upkeep")
+                table = doc.__table__
+                with engine.begin() as connection:
+                    table.drop(connection, checkfirst=True)
+                    table.create(connection)
+                    if not indexes:
+                        for index in table.indexes:
+                            index.drop(connection)
+                    register(connection, SyncTarget.from_column(doc.embedding))
+                    if mode != "none":
+                        semdb.install_keyword_stats(
+                            connection, doc.embedding, deferred=mode == "deferred"
+                        )
+                with engine.begin() as connection:
+                    started = time.perf_counter()
+                    semdb.copy_rows(
+                        connection,
+                        doc,
+                        {"id": ids, "body": texts, "embedding": vectors},
+                        model=f"{MODEL}@bench",
+                    )
+                    copy_s = time.perf_counter() - started
+                fold_s = None
+                if mode == "deferred":  # the work moved out of the writer
+                    with engine.begin() as connection:
+                        started = time.perf_counter()
+                        semdb.refresh_keyword_stats(connection, doc.embedding)
+                        fold_s = time.perf_counter() - started
+                with engine.begin() as connection:
+                    started = time.perf_counter()
+                    connection.execute(
+                        sa.text("UPDATE bench_hybrid_upkeep SET embedding = embedding")
+                    )
+                    update_s = time.perf_counter() - started
+                where = "indexed" if indexes else "no indexes"
+                label = f"{where}, {name}"
+                run = runs.setdefault(label, {"copy": [], "update": [], "fold": []})
+                run["copy"].append(rows / copy_s)
+                run["update"].append(rows / update_s)
+                if fold_s is not None:
+                    run["fold"].append(rows / fold_s)
+                print(f"  {label}: copy {rows / copy_s:,.0f} rows/s, ", end="")
+                print(f"vector update {rows / update_s:,.0f} rows/s", end="")
+                print("" if fold_s is None else f", fold {rows / fold_s:,.0f} rows/s", flush=True)
+                with engine.begin() as connection:
+                    if mode != "none":
+                        semdb.uninstall_keyword_stats(connection, doc.embedding)
+                    table.drop(connection)
+    for label, run in runs.items():
+        out[label] = {
+            "copy_rows_per_s": median(run["copy"]),
+            "vector_update_rows_per_s": median(run["update"]),
+            "copy_runs": run["copy"],
+            **({"fold_rows_per_s": median(run["fold"])} if run["fold"] else {}),
+        }
+    for indexes in tables:
+        where = "indexed" if indexes else "no indexes"
+        without = out[f"{where}, without BM25 triggers"]
+        with_ = out[f"{where}, with BM25 triggers"]
+        out[f"{where}: copy cost"] = 1 - with_["copy_rows_per_s"] / without["copy_rows_per_s"]
+        out[f"{where}: vector update cost"] = (
             1 - with_["vector_update_rows_per_s"] / without["vector_update_rows_per_s"]
+        )
+        deferred = out[f"{where}, deferred"]
+        out[f"{where}: deferred copy cost"] = (
+            1 - deferred["copy_rows_per_s"] / without["copy_rows_per_s"]
+        )
+        out[f"{where}: deferred vector update cost"] = (
+            1 - deferred["vector_update_rows_per_s"] / without["vector_update_rows_per_s"]
         )
     return out
 
@@ -315,11 +380,20 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--upkeep-rows", type=int, default=20000)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the latency and upkeep measurements"
+    )
+    parser.add_argument("--skip-upkeep", action="store_true")
+    parser.add_argument("--skip-latency-search", action="store_true")
+    parser.add_argument(
+        "--upkeep-unindexed-only", action="store_true", help="upkeep into a table without indexes"
+    )
+    parser.add_argument("--upkeep-repeats", type=int, default=1)
     args = parser.parse_args()
     engine = bench_engine()
     results: dict[str, Any] = {"machine": machine(), "model": f"{MODEL} (semdb ONNX fp32)"}
     sets = {"debdesc": debdesc, "stdlib": lambda: stdlib(engine)}
-    for name in args.sets.split(","):
+    for name in [] if args.latency_only else args.sets.split(","):
         results[name] = evaluate_set(engine, sets[name](), args.queries, args.validation)
         rows = [
             (method, v["ndcg@10"], v["recall@100"], v["p50_ms_k100"])
@@ -332,10 +406,16 @@ def main() -> None:
             rows,
         )
     if not args.skip_latency:
-        results["latency"] = latency(engine, args.latency_queries)
-        print("latency:", results["latency"])
-        results["upkeep"] = upkeep(engine, args.upkeep_rows)
-    path = write_result("hybrid", results)
+        if not args.skip_latency_search:
+            results["latency"] = latency(engine, args.latency_queries)
+            print("latency:", results["latency"])
+        if not args.skip_upkeep:
+            tables = (False,) if args.upkeep_unindexed_only else (True, False)
+            results["upkeep"] = upkeep(
+                engine, args.upkeep_rows, tables=tables, repeats=args.upkeep_repeats
+            )
+            print("upkeep:", {k: v for k, v in results["upkeep"].items() if "cost" in k})
+    path = write_result("hybrid-latency" if args.latency_only else "hybrid", results)
     print(f"wrote {path}")
 
 

@@ -31,7 +31,11 @@ from semdb.retrieval import (
     search,
 )
 from semdb.sync import Worker, backfill, embed_on_flush
-from semdb.sync.keyword_stats import install_keyword_stats, uninstall_keyword_stats
+from semdb.sync.keyword_stats import (
+    install_keyword_stats,
+    refresh_keyword_stats,
+    uninstall_keyword_stats,
+)
 
 if TYPE_CHECKING:
     from semdb.embed import Embedder
@@ -66,6 +70,7 @@ __all__ = [
     "query_log",
     "resolve_url",
     "search",
+    "refresh_keyword_stats",
     "uninstall_keyword_stats",
     "wait_for_replay",
 ]

@@ -5,6 +5,7 @@ write, hostile query texts, filters and k rows, the SQL functions against Python
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -157,6 +158,134 @@ def test_keyword_search_ranks_by_bm25_as_computed_from_postgres_lexemes(notes: s
         assert [h.score for h in tuned] == pytest.approx(sorted(want.values(), reverse=True)[:5])
 
 
+def postings(connection: sa.Connection, table: str = "keyword_notes") -> list[tuple[Any, ...]]:
+    """The column's postings (term, key, tf, length), sorted."""
+    from psycopg import sql
+
+    name = connection.execute(
+        sa.text(
+            "SELECT s.postings FROM semdb.bm25_stats s "
+            "JOIN semdb.vector_columns v ON v.id = s.column_id WHERE v.table_name = :t"
+        ),
+        {"t": table},
+    ).scalar_one()
+    query = sql.SQL("SELECT term, key_1, tf, length FROM {} ORDER BY 1, 2").format(
+        sql.Identifier("semdb", name)
+    )
+    return [tuple(row) for row in connection.exec_driver_sql(query.as_string(None)).all()]
+
+
+def test_postings_hold_each_rows_term_counts(notes: sa.Engine) -> None:
+    with notes.connect() as connection:
+        docs = lexemes(connection)
+        expected = sorted(
+            (term, id_, tf, len(doc)) for id_, doc in docs.items() for term, tf in doc.items()
+        )
+        assert postings(connection) == expected
+
+
+def test_the_ranking_reads_the_postings_index_not_the_text(notes: sa.Engine) -> None:
+    """EXPLAIN of the statements keyword_search and hybrid_search send (caught on their way
+    to the driver): the postings are read through their primary key (term first), and no
+    plan node computes a tsvector from the table's text."""
+    import json
+
+    sent: list[tuple[str, Any]] = []
+
+    def catch(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "bm25p_" in statement and not statement.startswith("EXPLAIN"):
+            sent.append((statement, parameters))
+
+    with notes.connect() as connection:
+        sa.event.listen(connection, "before_cursor_execute", catch)
+        try:
+            with connection.begin():
+                connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
+                semdb.keyword_search(connection, Note.embedding, "quiet violet engine", k=5)
+                semdb.hybrid_search(
+                    connection,
+                    Note.embedding,
+                    "quiet violet engine",
+                    vector=np.ones(DIM, np.float32),
+                    k=5,
+                )
+                semdb.keyword_search(
+                    connection, Note.embedding, "quiet violet", k=5, where=Note.grp == 1
+                )
+                assert len(sent) == 3
+                for statement, parameters in sent:
+                    explained = connection.exec_driver_sql(
+                        "EXPLAIN (FORMAT JSON) " + statement, parameters
+                    ).scalar_one()
+                    text = json.dumps(explained)
+                    nodes = list(_nodes(explained[0]["Plan"]))
+                    scans = [
+                        node["Node Type"]
+                        for node in nodes
+                        if str(node.get("Relation Name", "")).startswith("bm25p_")
+                    ]
+                    indexes = {node.get("Index Name") for node in nodes}
+                    assert scans and "Seq Scan" not in scans, text
+                    assert "bm25p_keyword_notes_embedding_4d45df18_pkey" in indexes, text
+                    assert "to_tsvector" not in text
+        finally:
+            sa.event.remove(connection, "before_cursor_execute", catch)
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
+def test_one_statement_text_serves_every_query_of_a_shape(notes: sa.Engine) -> None:
+    """The statements hybrid_search and keyword_search send are the same text for other
+    queries, vectors, weights, rrf_k, k1 and b (all bound as parameters, the vector too),
+    so they are built once per shape and SQLAlchemy compiles them once."""
+    sent: list[tuple[str, Any]] = []
+
+    def catch(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "bm25p_" in statement:
+            sent.append((statement, parameters))
+
+    rng = np.random.default_rng(11)
+    calls = [
+        ("quiet violet engine", (1.0, 1.0), 60, 0.9, 0.4),
+        ("amber square printer", (0.3, 0.7), 20, 1.2, 0.75),
+    ]
+    with notes.connect() as connection:
+        sa.event.listen(connection, "before_cursor_execute", catch)
+        try:
+            for method in ("rrf", "convex"):
+                for text, weights, rrf_k, k1, b in calls:
+                    vector = rng.normal(size=DIM).astype(np.float32)
+                    hits = semdb.hybrid_search(
+                        connection,
+                        Note.embedding,
+                        text,
+                        vector=vector,
+                        k=5,
+                        fusion=method,
+                        weights=weights,
+                        rrf_k=rrf_k,
+                        k1=k1,
+                        b=b,
+                    )
+                    assert len(hits) == 5
+            for text, _, _, k1, b in calls:
+                semdb.keyword_search(connection, Note.embedding, text, k=5, k1=k1, b=b)
+        finally:
+            sa.event.remove(connection, "before_cursor_execute", catch)
+    texts = [statement for statement, _ in sent]
+    assert len(texts) == 6
+    assert texts[0] == texts[1] and texts[2] == texts[3] and texts[4] == texts[5]
+    assert len({texts[0], texts[2], texts[4]}) == 3  # rrf, convex, keyword
+    for statement, parameters in sent:
+        assert "semdb_terms" in parameters
+        assert not re.search(r"\d\.\d", statement), statement  # no number written in
+    assert sent[0][1]["semdb_query_vector"] is not None
+
+
 def test_candidates_come_from_the_gin_index(notes: sa.Engine) -> None:
     with notes.connect() as connection:
         connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
@@ -208,6 +337,9 @@ def test_filters_joins_and_k_rows(notes: sa.Engine) -> None:
         ("red & ! ( circle", True),  # operators around words: the words still count
         ("red' | 'x", True),
         ("red\\' OR 1=1", True),
+        # written into SQL sent without parameters (with the settings' round trip)
+        ("100% red %(semdb_text)s %s %% {0} {semdb_text}", True),
+        ("$1 $$ red $$; SELECT 1", True),
     ],
 )
 def test_hostile_texts_are_only_words(notes: sa.Engine, text: str, words: bool) -> None:
@@ -269,26 +401,35 @@ def test_statistics_stay_exact_through_every_write(notes: sa.Engine) -> None:
 
     target = SyncTarget.from_column(Note.embedding)
 
-    def recount(connection: sa.Connection) -> tuple[Any, dict[str, int]]:
+    def recount(connection: sa.Connection) -> tuple[Any, ...]:
         with connection.begin_nested() as nested:
             for statement in rebuild_statements(target):
                 connection.exec_driver_sql(statement.as_string(None))
-            fresh = stats(connection)
+            fresh = (*stats(connection), postings(connection))
             nested.rollback()
         return fresh
 
+    def stats_and_postings(connection: sa.Connection) -> tuple[Any, ...]:
+        return (*stats(connection), postings(connection))
+
     with notes.connect() as connection, connection.begin() as transaction:
         before = stats(connection)
-        assert before == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
         connection.execute(
             sa.insert(Note), [{**row, "id": 1000 + row["id"]} for row in _texts(40, 2)]
         )
         assert stats(connection)[0][0] == before[0][0] + 40
-        assert stats(connection) == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
         connection.execute(
             sa.update(Note).where(Note.id < 50).values(body=Note.body + " printer printer")
         )
-        assert stats(connection) == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
+        connection.execute(  # new words, lost words, the same words: one statement
+            sa.update(Note)
+            .where(Note.id.between(50, 80))
+            .values(body=sa.case((Note.id % 2 == 0, "zebra quiet"), else_=Note.body + " x"))
+        )
+        assert stats_and_postings(connection) == recount(connection)
         unchanged = stats(connection)
         connection.execute(sa.update(Note).where(Note.id < 200).values(grp=Note.grp + 1))
         connection.execute(sa.update(Note).where(Note.id < 10).values(body=Note.body))
@@ -296,9 +437,9 @@ def test_statistics_stay_exact_through_every_write(notes: sa.Engine) -> None:
         connection.execute(sa.update(Note).where(Note.id == 3).values(id=5000, title="moved"))
         connection.execute(sa.delete(Note).where(Note.id.between(1000, 1019)))
         connection.execute(sa.delete(Note).where(Note.grp == 1))
-        assert stats(connection) == recount(connection)
+        assert stats_and_postings(connection) == recount(connection)
         connection.execute(sa.text("TRUNCATE keyword_notes"))
-        assert stats(connection) == ((0, 0), {})
+        assert stats_and_postings(connection) == ((0, 0), {}, [])
         transaction.rollback()
     with notes.connect() as connection:
         assert stats(connection) == before
@@ -634,3 +775,65 @@ def test_semdb_tune_hybrid_on_a_beir_folder(
             semdb.uninstall_keyword_stats(connection, Page.embedding)
             connection.execute(unregister_statement(SyncTarget.from_column(Page.embedding)))
         Page.__table__.drop(engine)
+
+
+def test_upgrade_builds_postings_for_existing_keyword_columns(empty_database_url: Any) -> None:
+    """A column made keyword-searchable before 0008 (statistics, no postings): upgrading
+    builds its postings and triggers that keep them, and the SQL function gives the same rows
+    as Python; downgrading to 0007 drops them and 0005's triggers keep the statistics."""
+    from semdb.db.migrate import downgrade, upgrade
+    from semdb.sync.keyword_stats import install_statements
+
+    engine = semdb.create_engine(empty_database_url)
+    target = SyncTarget.from_column(Note.embedding)
+    try:
+        upgrade(engine, "0008_chunks_search")
+        Note.__table__.create(engine)
+        with engine.begin() as connection:
+            connection.execute(sa.insert(Note), _texts(60, 3))
+            register(connection, target)
+            for statement in install_statements(target, postings=False):  # as 0005 made them
+                connection.exec_driver_sql(statement.as_string(None))
+        with Session(engine) as session:
+            with pytest.raises(sa.exc.ProgrammingError):  # 0007's schema: no postings
+                semdb.keyword_search(session, Note.embedding, "red")
+        assert upgrade(engine) == head_revision()
+        with engine.begin() as connection:
+            connection.execute(sa.insert(Note), [{**r, "id": 100 + r["id"]} for r in _texts(5, 4)])
+        with Session(engine) as session:
+            docs = lexemes(session.connection())
+            assert postings(session.connection()) == sorted(
+                (t, i, tf, len(d)) for i, d in docs.items() for t, tf in d.items()
+            )
+            expected = reference_bm25(docs, ["red", "engin"])
+            want = sorted(expected, key=lambda i: (-expected[i], i))[:10]
+            hits = semdb.keyword_search(session, Note.embedding, "red engines", k=10)
+            assert [h.row.id for h in hits] == want
+            rows = session.execute(
+                sa.text(
+                    "SELECT (h.item).id FROM semdb.keyword_search(NULL::keyword_notes, "
+                    "'embedding', 'red engines', 10) AS h"
+                )
+            ).scalars()
+            assert list(rows) == want
+        assert downgrade(engine, "0008_chunks_search") == "0008_chunks_search"
+        with engine.begin() as connection:
+            connection.execute(sa.delete(Note).where(Note.id < 10))
+            assert stats(connection)[0][0] == 55
+            assert (
+                connection.execute(
+                    sa.text("SELECT count(*) FROM pg_class WHERE relname LIKE 'bm25p_%'")
+                ).scalar()
+                == 0
+            )
+            rows = connection.execute(
+                sa.text(
+                    "SELECT (h.item).id FROM semdb.keyword_search(NULL::keyword_notes, "
+                    "'embedding', 'red engines', 3) AS h"
+                )
+            ).scalars()
+            assert len(list(rows)) == 3
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE IF EXISTS keyword_notes"))
+        engine.dispose()

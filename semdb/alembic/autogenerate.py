@@ -11,8 +11,9 @@
    alembic#1603), and are reversible;
 3. finds drift Alembic does not see: a vector index whose method, operator class or
    WITH options differ from the declaration is dropped and recreated;
-4. compares declared embedding columns with ``semdb.vector_columns`` and the sync
-   triggers, and emits ``op.create_embedding_sync`` / ``op.drop_embedding_sync``.
+4. compares declared embedding columns with ``semdb.vector_columns``, the sync triggers and
+   the BM25 statistics (``keyword=True``), and emits ``op.create_embedding_sync`` (with
+   ``keyword=True``, or ``keyword=False`` to remove them) / ``op.drop_embedding_sync``.
 
 So that ``alembic check`` shows no drift right after ``alembic upgrade head``.
 """
@@ -386,6 +387,7 @@ def _sync_drift(
     registered = _registered(connection)
     if not declared and not registered:
         return
+    keyword = _keyword_columns(connection)
     dropped_tables = {
         (op.schema or default_schema, op.table_name)
         for op in _walk(upgrade_ops)
@@ -396,12 +398,17 @@ def _sync_drift(
     drops: list[ops.MigrateOperation] = []
     for key, (table, target) in declared.items():
         existing = registered.get(key)
+        spec = spec_of(table.c[target.column_name])
+        want, have = bool(spec is not None and spec.keyword), key in keyword
         up_to_date = existing is not None and existing.as_row() == target.as_row()
         if up_to_date and target.sync == "queued":
             up_to_date = _triggers_present(connection, target)
-        if not up_to_date:
-            create = CreateEmbeddingSyncOp.from_target(target, schema=table.schema)
-            creates.append(_with_reverse(create, existing, table.schema))
+        if not up_to_date or want != have:
+            create = CreateEmbeddingSyncOp.from_target(
+                target, schema=table.schema, keyword=want if (want or have) else None
+            )
+            previous = have if (want or have) else None
+            creates.append(_with_reverse(create, existing, table.schema, previous))
     for key, existing in registered.items():
         schema_table = (existing.table_schema, existing.table_name)
         if key in declared or (
@@ -415,6 +422,7 @@ def _sync_drift(
                 existing.column_name,
                 schema=schema,
                 **_target_options(existing),
+                **({"keyword": True} if key in keyword else {}),
             )
         )
     if creates or drops:
@@ -433,15 +441,41 @@ class _ReplaceSyncOp(CreateEmbeddingSyncOp):
 
 
 def _with_reverse(
-    create: CreateEmbeddingSyncOp, existing: SyncTarget | None, schema: str | None
+    create: CreateEmbeddingSyncOp,
+    existing: SyncTarget | None,
+    schema: str | None,
+    keyword: bool | None = None,
 ) -> CreateEmbeddingSyncOp:
+    """``create`` over an existing registration: its reverse restores the registration and
+    the keyword statistics (``keyword``: whether they were installed; None: untouched)."""
     if existing is None:
         return create
     replacement = _ReplaceSyncOp(
-        create.table_name, create.column_name, schema=schema, **_target_options(create.target)
+        create.table_name, create.column_name, schema=schema, **create.options()
     )
-    replacement.previous = CreateEmbeddingSyncOp.from_target(existing, schema=schema)
+    replacement.previous = CreateEmbeddingSyncOp.from_target(
+        existing, schema=schema, keyword=keyword
+    )
     return replacement
+
+
+def _keyword_columns(connection: sa.Connection) -> set[tuple[str, str, str]]:
+    """The registered columns with BM25 statistics and postings (``keyword=True``)."""
+    exists = connection.execute(
+        sa.text("SELECT to_regclass('semdb.bm25_stats') IS NOT NULL")
+    ).scalar()
+    if not exists:
+        return set()
+    from semdb.db.schema import bm25_stats, vector_columns
+
+    rows = connection.execute(
+        sa.select(
+            vector_columns.c.table_schema, vector_columns.c.table_name, vector_columns.c.column_name
+        )
+        .join(bm25_stats, bm25_stats.c.column_id == vector_columns.c.id)
+        .where(bm25_stats.c.postings.is_not(None))
+    ).all()
+    return {(row[0], row[1], row[2]) for row in rows}
 
 
 def _registered(connection: sa.Connection) -> dict[tuple[str, str, str], SyncTarget]:
@@ -526,7 +560,7 @@ def _render_drop_vector_index(autogen_context: AutogenContext, op: DropVectorInd
 @renderers.dispatch_for(CreateEmbeddingSyncOp)
 @renderers.dispatch_for(_ReplaceSyncOp)
 def _render_create_sync(autogen_context: AutogenContext, op: CreateEmbeddingSyncOp) -> str:
-    options = _target_options(op.target)
+    options = op.options()  # keyword=True / False when the statistics change
     if op.schema is not None:
         options["schema"] = op.schema
     return _call(autogen_context, "create_embedding_sync", [op.table_name, op.column_name], options)

@@ -304,7 +304,7 @@ class CreateEmbeddingSyncOp(MigrateOperation):
         fulltext: str | None = None,
         model_column: str | None = None,
         hash_column: str | None = None,
-        keyword: bool = False,
+        keyword: bool | None = None,
         schema: str | None = None,
         chunking: dict[str, Any] | None = None,
     ) -> None:
@@ -335,13 +335,21 @@ class CreateEmbeddingSyncOp(MigrateOperation):
         )
 
     @classmethod
-    def from_target(cls, target: SyncTarget, *, schema: str | None) -> CreateEmbeddingSyncOp:
-        return cls(target.table_name, target.column_name, schema=schema, **_target_options(target))
+    def from_target(
+        cls, target: SyncTarget, *, schema: str | None, keyword: bool | None = None
+    ) -> CreateEmbeddingSyncOp:
+        return cls(
+            target.table_name,
+            target.column_name,
+            schema=schema,
+            keyword=keyword,
+            **_target_options(target),
+        )
 
     def options(self) -> dict[str, Any]:
         options = _target_options(self.target)
-        if self.keyword:
-            options["keyword"] = True
+        if self.keyword is not None:
+            options["keyword"] = self.keyword
         return options
 
     @classmethod
@@ -421,6 +429,8 @@ def _create_embedding_sync(operations: Operations, operation: CreateEmbeddingSyn
         statements = uninstall_statements(target)
     if operation.keyword:  # BM25 statistics kept by triggers (semdb.sync.keyword_stats)
         statements += keyword_stats.install_statements(target)
+    elif operation.keyword is False:  # (None: as they are)
+        statements += keyword_stats.uninstall_statements(target)
     for statement in statements:
         _run_composed(operations, statement)
 

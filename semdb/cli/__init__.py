@@ -44,6 +44,7 @@ def _register() -> None:
     from semdb.cli.backfill import backfill
     from semdb.cli.db import db
     from semdb.cli.embed import embed
+    from semdb.cli.keyword import keyword
     from semdb.cli.model import model
     from semdb.cli.monitor import monitor
     from semdb.cli.quickstart import quickstart
@@ -61,6 +62,7 @@ def _register() -> None:
     cli.add_command(backfill)
     cli.add_command(sql_command)
     cli.add_command(tune_hybrid_command)
+    cli.add_command(keyword)
     for command in TRAINING_COMMANDS:
         cli.add_command(command)
 

@@ -170,6 +170,9 @@ bm25_stats = Table(
     Column("config", Text, nullable=False),
     Column("documents", BigInteger, nullable=False, server_default=text("0")),
     Column("total_length", BigInteger, nullable=False, server_default=text("0")),
+    # The column's postings table in schema semdb (term, key_1.., tf, length), kept by the
+    # same triggers (migration 0009_bm25_postings); NULL: statistics without postings.
+    Column("postings", Text, nullable=True),
 )
 bm25_terms = Table(
     "bm25_terms",

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 Rankings = Mapping[str, Sequence[str]]
-Qrels = Mapping[str, Mapping[str, int]]
+Qrels = Mapping[str, Mapping[str, float]]  # grades: ints in BEIR, any number works
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 
@@ -36,7 +36,7 @@ def _ranked(ranking: Sequence[str], k: int) -> list[tuple[int, str]]:
     return top
 
 
-def ndcg_at_k(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def ndcg_at_k(ranking: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     """nDCG@k of one query."""
     dcg = sum(
         relevant.get(document_id, 0) / math.log2(rank + 1)
@@ -47,7 +47,7 @@ def ndcg_at_k(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> fl
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def reciprocal_rank_at_k(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def reciprocal_rank_at_k(ranking: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     """1 / rank of the first relevant document in the top k (0 when there is none)."""
     for rank, document_id in _ranked(ranking, k):
         if relevant.get(document_id, 0) > 0:
@@ -55,7 +55,7 @@ def reciprocal_rank_at_k(ranking: Sequence[str], relevant: Mapping[str, int], k:
     return 0.0
 
 
-def recall_at_k(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def recall_at_k(ranking: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     """Share of the query's relevant documents found in the top k."""
     wanted = {d for d, grade in relevant.items() if grade > 0}
     if not wanted:

@@ -63,6 +63,7 @@ class EmbeddingSpec:
     model_column: str | None = None  # default: <column>_model
     hash_column: str | None = None  # default: <column>_hash
     chunking: Chunks | None = None  # long texts split into chunks (see semdb.orm.chunks)
+    keyword: bool = False  # BM25 statistics and postings (semdb.keyword_search, hybrid)
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -134,13 +135,21 @@ def embedding_column(
     model_column: str | None = None,
     hash_column: str | None = None,
     chunking: Chunks | None = None,
+    keyword: bool = False,
     **column_kwargs: Any,
 ) -> MappedColumn[FloatArray | None]:
     """A pgvector column holding the embedding of ``sources`` made by ``model``.
 
     ``dimension`` defaults to the dimension in the model bundle's manifest (the bundle must
     then be installed where the models are declared); give it to declare without the bundle.
+    ``keyword=True``: the column's text is keyword-searchable (BM25 statistics and postings
+    kept by triggers, for :func:`semdb.keyword_search` and :func:`semdb.hybrid_search`);
+    Alembic's autogenerate writes it into ``op.create_embedding_sync``.
     """
+    if not isinstance(keyword, bool):
+        raise DeclarationError(
+            f"keyword must be True or False, got {keyword!r}", fix="keyword=True"
+        )
     if dimension is None:
         model, dimension = _from_manifest(model)
     else:
@@ -157,6 +166,7 @@ def embedding_column(
         model_column=model_column,
         hash_column=hash_column,
         chunking=chunking,
+        keyword=keyword,
     )
     info = dict(column_kwargs.pop("info", None) or {})
     info[INFO_KEY] = spec

@@ -39,22 +39,28 @@ from semdb.retrieval.keyword import (
     DEFAULT_K1,
     MAX_QUERY_WORDS,
     bm25_ranking,
+    bm25_values,
     check_bm25,
     check_text,
     query_terms,
+    search_names,
+    terms_from_rows,
+    terms_head,
 )
-from semdb.retrieval.nearest import KnnSearch, connection_of
+from semdb.retrieval.nearest import KnnSearch, connection_of, kept
 from semdb.retrieval.plan import PlanRequest
 from semdb.retrieval.results import HybridHit, SearchResult
-from semdb.retrieval.settings import Bind, run_statement
+from semdb.retrieval.settings import Bind, bracket, execute
 from semdb.retrieval.statement import (
     QUERY_VECTOR,
+    PlanPath,
     check_k,
     knn_statement,
     query_parameter,
     selects_one_entity,
 )
 from semdb.retrieval.vectors import query_vector
+from semdb.sync.keyword_stats import fold_before_reading
 from semdb.sync.registry import check_query_model
 
 __all__ = ["DEFAULT_CANDIDATES", "FUSIONS", "MAX_QUERY_WORDS", "Fusion", "hybrid_search"]
@@ -177,32 +183,87 @@ def hybrid_search(
         embedder,
         argument="vector" if vector is not None else "query",
     )
-    terms = query_terms(connection, target, text)
-    chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
     chosen = knn.plan(connection, {})
+    # The query's terms come back in the round trip that sets the plan's settings.
+    head = terms_head(connection, target, text)
+    names = search_names(target)
+    fold_before_reading(connection, *names)  # a deferred column's upkeep
+    with bracket(connection, chosen.settings, custom_plan=True, head=head) as head_rows:
+        terms = terms_from_rows(target, head_rows)
+        if fold_before_reading(connection, *names, deferred=terms.deferred):
+            terms = query_terms(connection, target, text)
+        chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
+        # The keyword leg is empty when the text has no term, or when the fusion gives it
+        # no weight (then it could only add rows scored 0 after the others): not run.
+        keyword_leg = bool(terms.terms) and chosen_fusion.keyword_weight > 0
+        final = fused_statement(
+            knn, chosen.path, pool, k, chosen_fusion.method, terms.postings if keyword_leg else None
+        )
+        values: dict[str, Any] = {
+            QUERY_VECTOR: query_vec,
+            "semdb_semantic_weight": float(chosen_fusion.semantic_weight),
+            "semdb_keyword_weight": float(chosen_fusion.keyword_weight),
+            "semdb_rrf_k": float(chosen_fusion.rrf_k),
+        }
+        if keyword_leg:
+            values.update(bm25_values(terms, k1, b))
+        rows: list[Any] = execute(bind, final, values)
+    one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
+    hits = [
+        HybridHit(
+            row[0] if one_entity else row,
+            float(row[-3]),
+            None if row[-2] is None else int(row[-2]),
+            None if row[-1] is None else int(row[-1]),
+        )
+        for row in rows
+    ]
+    return SearchResult(hits, chosen, fusion=chosen_fusion)
+
+
+def fused_statement(
+    knn: KnnSearch, path: PlanPath, pool: int, k: int, method: str, postings: str | None
+) -> sa.Select[Any]:
+    """The fused statement of a search shaped as ``knn`` on ``path`` (``pool`` candidates per
+    leg, ``k`` rows, ``method``; no keyword leg when ``postings`` is None), built once per
+    shape and filter object (:func:`semdb.retrieval.nearest.kept`, a bounded cache): every
+    value is a parameter (the query vector, the terms and their idfs, the BM25 constants,
+    the weights and ``rrf_k``), so SQLAlchemy compiles it once too. (Building it, measured
+    alone: about 2 ms of Python on a quiet 2-core machine; bench/README-hybrid.md.)
+    """
+    target = knn.target
+    key = (
+        ("hybrid", path, pool, k, method, postings)
+        + (target.column, target.entity, knn.given, knn.chunked)
+    )
+    return kept((*key, knn.where), lambda: _build_fused(knn, path, pool, k, method, postings))
+
+
+def _build_fused(
+    knn: KnnSearch, path: PlanPath, pool: int, k: int, method: str, postings: str | None
+) -> sa.Select[Any]:
+    target = knn.target
     keys = [c.name for c in target.key]
 
     # The semantic leg: the statement search() would run, keys and distances only (over a
     # chunked column: the parents ranked by their best chunk, each once).
     keys_only = knn.base.with_only_columns(*target.key, maintain_column_froms=True)
-    parameters: dict[str, Any] | None = None
     if knn.chunked:
         from semdb.retrieval.chunked import ChunkedStatements
 
         top = (
             ChunkedStatements(target, keys_only, knn.where, pool)
-            .build(chosen.path, 0)
+            .build(path, 0)
             .subquery("semantic_top")
         )
-        parameters = {QUERY_VECTOR: query_vec}
     else:
         top = knn_statement(
             target,
             keys_only,
-            path=chosen.path,
+            path=path,
             k=pool,
             where=knn.where,
-            query=query_parameter(target, chosen.path, query_vec),
+            query=query_parameter(target, path),
         ).subquery("semantic_top")
     distance = top.c.distance
     semantic = sa.select(
@@ -211,10 +272,9 @@ def hybrid_search(
         _normalised(-distance).label("norm"),
     ).cte("semantic")
 
-    # The keyword leg: BM25 of the same rows (empty when the text has no term, or when the
-    # fusion gives it no weight: then it could only add rows scored 0 after the others).
-    if terms.terms and chosen_fusion.keyword_weight > 0:
-        ranked = bm25_ranking(target, knn.base, knn.where, terms, limit=pool, k1=k1, b=b)
+    # The keyword leg: BM25 of the same rows.
+    if postings is not None:
+        ranked = bm25_ranking(target, knn.base, knn.where, postings, limit=pool)
         ranked_q = ranked.subquery("keyword_top")
         keyword = sa.select(
             *[ranked_q.c[n] for n in keys],
@@ -233,45 +293,34 @@ def hybrid_search(
         )
 
     s, f = semantic.c, keyword.c
-    ws = sa.literal(float(chosen_fusion.semantic_weight), sa.Float, literal_execute=True)
-    wk = sa.literal(float(chosen_fusion.keyword_weight), sa.Float, literal_execute=True)
-    if chosen_fusion.method == "rrf":
-        constant = sa.literal(float(chosen_fusion.rrf_k), sa.Float, literal_execute=True)
+    ws = sa.bindparam("semdb_semantic_weight", type_=sa.Float)
+    wk = sa.bindparam("semdb_keyword_weight", type_=sa.Float)
+    if method == "rrf":
+        constant = sa.bindparam("semdb_rrf_k", type_=sa.Float)
         score = ws * sa.func.coalesce(1.0 / (constant + s.rank), 0.0) + wk * sa.func.coalesce(
             1.0 / (constant + f.rank), 0.0
         )
     else:
         score = ws * sa.func.coalesce(s.norm, 0.0) + wk * sa.func.coalesce(f.norm, 0.0)
+    limit = sa.literal_column(str(k), sa.Integer)
+    fused_key = [sa.func.coalesce(s[n], f[n]).label(n) for n in keys]
+    # The k best keys first (at most 2 x pool rows fused), then their rows: the table is
+    # read for k rows, not for every candidate.
+    fused_score = score.label("score")
+    semantic_rank = s.rank.label("semantic_rank")
     fused = (
-        sa.select(
-            *[sa.func.coalesce(s[n], f[n]).label(n) for n in keys],
-            score.label("score"),
-            s.rank.label("semantic_rank"),
-            f.rank.label("keyword_rank"),
-        )
+        sa.select(*fused_key, fused_score, semantic_rank, f.rank.label("keyword_rank"))
         .select_from(semantic.join(keyword, sa.and_(*[s[n] == f[n] for n in keys]), full=True))
+        .order_by(fused_score.desc(), semantic_rank.asc().nulls_last(), *fused_key)
+        .limit(limit)
         .subquery("fused")
     )
-    final = (
+    return (
         knn.base.add_columns(fused.c.score, fused.c.semantic_rank, fused.c.keyword_rank)
         .join(fused, sa.and_(*[c == fused.c[c.name] for c in target.key]))
         .order_by(fused.c.score.desc(), fused.c.semantic_rank.asc().nulls_last(), *target.key)
-        .limit(k)
+        .limit(limit)
     )
-    rows: list[Any] = run_statement(
-        bind, connection, final, parameters, chosen.settings, custom_plan=True
-    )
-    one_entity = isinstance(bind, Session) and selects_one_entity(knn.base)
-    hits = [
-        HybridHit(
-            row[0] if one_entity else row,
-            float(row[-3]),
-            None if row[-2] is None else int(row[-2]),
-            None if row[-1] is None else int(row[-1]),
-        )
-        for row in rows
-    ]
-    return SearchResult(hits, chosen, fusion=chosen_fusion)
 
 
 def _normalised(value: Any) -> sa.ColumnElement[float]:

@@ -15,42 +15,46 @@ row matches when it holds **any** term; its score is Okapi BM25::
     idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
 
 with ``tf`` the term's occurrences in the row, ``length`` the row's number of distinct
-terms, ``N`` and ``df`` from ``semdb.bm25_stats`` / ``semdb.bm25_terms`` (kept exact by
-triggers, see :mod:`semdb.sync.keyword_stats`). Two statements: the query's terms with their
-document counts, then the ranking, whose candidates come from the GIN index on the
-column's ``to_tsvector`` expression (declare ``fulltext=`` to get it)::
+terms, ``N`` and ``df`` from ``semdb.bm25_stats`` / ``semdb.bm25_terms``, and ``tf`` and
+``length`` from the column's postings (all kept exact by triggers, see
+:mod:`semdb.sync.keyword_stats`). Two statements: the query's terms with their document
+counts, then the ranking, an aggregate over the query terms' postings read through the
+postings' primary key (``term`` first, ``tf`` and ``length`` included)::
 
-    WITH candidates AS MATERIALIZED (
-        SELECT id, to_tsvector('english', coalesce(body, '')) AS tv FROM docs
-        WHERE to_tsvector('english', coalesce(body, '')) @@ $tsquery AND <filter>)
-    SELECT id, sum(idf * tf * ...) AS score
-    FROM candidates, unnest(ts_delete(tv, <tv's other terms>)) AS u
-    JOIN unnest($terms, $idfs) AS q(term, idf) ON u.lexeme = q.term
-    GROUP BY id ORDER BY score DESC, id LIMIT k
+    SELECT key_1 AS id, sum(idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl)))
+    FROM unnest($terms, $idfs) AS q(term, idf) JOIN semdb.bm25p_docs_... AS p USING (term)
+    GROUP BY key_1 ORDER BY score DESC, key_1 LIMIT k
+
+With ``where=`` or a ``statement=`` that joins or filters, a scored row is kept only when
+that statement holds it (an EXISTS on the key), best first until k pass.
 
 A text with no term (empty, stopwords only, punctuation) finds nothing: an empty result.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg import sql
 from sqlalchemy import Connection
-from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
+from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 from sqlalchemy.orm import Session
 
 from semdb.db.schema import bm25_stats, bm25_terms, hybrid_fusion, vector_columns
 from semdb.errors import SearchError
 from semdb.orm.columns import VectorColumn, vector_column
-from semdb.orm.document import fulltext_document_sql, regconfig_sql
-from semdb.retrieval.nearest import connection_of
+from semdb.retrieval.nearest import connection_of, kept
 from semdb.retrieval.plan import SearchPlan
 from semdb.retrieval.results import KeywordHit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
 from semdb.retrieval.statement import base_statement, check_filter, check_k, selects_one_entity
+from semdb.sync.keyword_stats import fold_before_reading
 
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
@@ -66,8 +70,12 @@ class QueryTerms:
     terms: list[str]
     idfs: list[float]
     average_length: float
+    #: The column's postings table in schema semdb (semdb.sync.keyword_stats).
+    postings: str = ""
     #: The column's stored fusion for hybrid search (semdb.hybrid_fusion), if any.
     fusion: Any = None
+    #: Is the column's upkeep deferred (semdb.sync.keyword_stats.deferred_statements)?
+    deferred: bool = False
 
     @property
     def tsquery(self) -> str:
@@ -108,15 +116,16 @@ def check_bm25(k1: Any, b: Any) -> tuple[float, float]:
     return float(k1), float(b)
 
 
-def query_terms(connection: Connection, target: VectorColumn, text: str) -> QueryTerms:
-    """The query's terms that some row holds, with their idf (one round trip)."""
-    schema = target.table.schema or "public"
+@functools.cache
+def terms_statement() -> sa.Select[Any]:
+    """The statement of :func:`query_terms`, built once: the column named and the text bound
+    at execution (``semdb_schema``, ``semdb_table``, ``semdb_column``, ``semdb_text``)."""
     column_id = (
         sa.select(vector_columns.c.id)
         .where(
-            vector_columns.c.table_schema == schema,
-            vector_columns.c.table_name == target.table.name,
-            vector_columns.c.column_name == target.column.name,
+            vector_columns.c.table_schema == sa.bindparam("semdb_schema", type_=sa.Text),
+            vector_columns.c.table_name == sa.bindparam("semdb_table", type_=sa.Text),
+            vector_columns.c.column_name == sa.bindparam("semdb_column", type_=sa.Text),
         )
         .scalar_subquery()
     )
@@ -125,24 +134,36 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
             sa.func.tsvector_to_array(
                 sa.func.to_tsvector(
                     sa.cast(bm25_stats.c.config, REGCONFIG),
-                    sa.bindparam("semdb_text", text, sa.Text),
+                    sa.bindparam("semdb_text", type_=sa.Text),
                 )
             )
         )
         .table_valued("term")
         .render_derived("q")
     )
-    statement = (
+    return (
         sa.select(
             bm25_stats.c.config,
             bm25_stats.c.documents,
             bm25_stats.c.total_length,
+            bm25_stats.c.postings,
             lexemes.c.term,
             bm25_terms.c.documents.label("df"),
             hybrid_fusion.c.method,
             hybrid_fusion.c.semantic_weight,
             hybrid_fusion.c.keyword_weight,
             hybrid_fusion.c.rrf_k,
+            sa.func.to_regclass(  # its pending keys' table: semdb.bm25q_... (deferred upkeep)
+                sa.literal_column("'semdb.'").concat(
+                    sa.func.quote_ident(
+                        sa.literal_column("'bm25q'").concat(
+                            sa.func.substr(bm25_stats.c.postings, sa.literal_column("6"))
+                        )
+                    )
+                )
+            )
+            .isnot(None)
+            .label("deferred"),
         )
         .select_from(bm25_stats)
         .outerjoin(lexemes, sa.true())
@@ -156,7 +177,53 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
         .outerjoin(hybrid_fusion, hybrid_fusion.c.column_id == bm25_stats.c.column_id)
         .where(bm25_stats.c.column_id == column_id)
     )
-    rows = connection.execute(statement).all()
+
+
+def query_terms(connection: Connection, target: VectorColumn, text: str) -> QueryTerms:
+    """The query's terms that some row holds, with their idf (one round trip)."""
+    rows = connection.execute(terms_statement(), terms_values(target, text)).all()
+    return terms_from_rows(target, rows)
+
+
+def search_names(target: VectorColumn) -> tuple[str, str, str]:
+    """(schema, table, column) of a searched column, as semdb.vector_columns names it."""
+    return (target.table.schema or "public", target.table.name, target.column.name)
+
+
+def terms_values(target: VectorColumn, text: str) -> dict[str, Any]:
+    return {
+        "semdb_schema": target.table.schema or "public",
+        "semdb_table": target.table.name,
+        "semdb_column": target.column.name,
+        "semdb_text": text,
+    }
+
+
+def terms_head(connection: Connection, target: VectorColumn, text: str) -> sql.Composable:
+    """:func:`terms_statement` with its values written in (psycopg's ``sql.Literal``), to
+    run in one round trip with other commands (:func:`semdb.retrieval.settings.bracket`)."""
+    template = _terms_template(connection.dialect)
+    values = {name: sql.Literal(value) for name, value in terms_values(target, text).items()}
+    return template.format(**values)
+
+
+@functools.lru_cache(maxsize=8)
+def _terms_template(dialect: sa.Dialect) -> sql.SQL:
+    """The compiled :func:`terms_statement` as a psycopg template: ``{semdb_text}`` where the
+    driver's placeholder ``%(semdb_text)s`` was."""
+    compiled = terms_statement().compile(dialect=dialect).string
+    if dialect.paramstyle != "pyformat":
+        raise SearchError(
+            f"hybrid search runs on psycopg (paramstyle pyformat), not {dialect.driver}",
+            fix="use a postgresql+psycopg:// URL",
+        )
+    escaped = compiled.replace("{", "{{").replace("}", "}}")
+    template = re.sub(r"%\((\w+)\)s", r"{\1}", escaped).replace("%%", "%")
+    return sql.SQL(template)
+
+
+def terms_from_rows(target: VectorColumn, rows: Sequence[Any]) -> QueryTerms:
+    """:class:`QueryTerms` from the rows of :func:`terms_statement`."""
     if not rows:
         raise SearchError(
             f"{target.name} has no BM25 statistics, so it cannot be keyword-searched",
@@ -164,6 +231,12 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
             "semdb.install_keyword_stats(connection, column) once",
         )
     config, documents, total = rows[0].config, rows[0].documents, rows[0].total_length
+    if rows[0].postings is None:
+        raise SearchError(
+            f"{target.name} has BM25 statistics but no postings (made before semdb 0008)",
+            fix="run `semdb db upgrade` (it builds them), or call "
+            "semdb.install_keyword_stats(connection, column) once",
+        )
     terms, idfs = [], []
     for row in rows:
         if row.term is None or not row.df or row.df <= 0:
@@ -179,132 +252,117 @@ def query_terms(connection: Connection, target: VectorColumn, text: str) -> Quer
         fusion = Fusion(
             first.method, first.semantic_weight, first.keyword_weight, first.rrf_k, "stored"
         )
-    return QueryTerms(config, terms, idfs, average, fusion)
+    return QueryTerms(
+        config, terms, idfs, average, rows[0].postings, fusion, bool(rows[0].deferred)
+    )
 
 
-def keyword_document(target: VectorColumn, config: str) -> sa.ColumnElement[Any]:
-    """``to_tsvector(config, <text>)``: the GIN index's expression when its config matches."""
-    if target.spec.fulltext is not None and config == target.spec.fulltext:
-        return target.fulltext_document()
-    return sa.func.to_tsvector(regconfig_sql(config), fulltext_document_sql(target.sources))
+def postings_table(target: VectorColumn, name: str) -> sa.TableClause:
+    """The column's postings (``semdb.<name>``: term, key_1.., tf, length) as a table."""
+    keys = [sa.column(f"key_{i}", c.type) for i, c in enumerate(target.key, start=1)]
+    return sa.table(
+        name,
+        sa.column("term", sa.Text),
+        *keys,
+        sa.column("tf", sa.Integer),
+        sa.column("length", sa.Integer),
+        schema="semdb",
+    )
 
 
-def split_terms(terms: QueryTerms, k1: float) -> tuple[list[int], list[int]]:
-    """The query's terms split for pruning (indexes into ``terms.terms``): the essential ones
-    (the rarest) and the rest, the most common terms whose contributions together are at
-    most what the rarest term alone gives a typical row (its idf). A row holding only the
-    rest scores at most ``(k1 + 1) * sum(idf)`` over them."""
-    order = sorted(range(len(terms.terms)), key=lambda i: (-terms.idfs[i], terms.terms[i]))
-    rest: list[int] = []
-    bound = 0.0
-    for i in reversed(order[1:]):
-        if bound + (k1 + 1) * terms.idfs[i] > terms.idfs[order[0]]:
-            break
-        bound += (k1 + 1) * terms.idfs[i]
-        rest.append(i)
-    essential = [i for i in order if i not in rest]
-    return essential, rest
+def unfiltered(target: VectorColumn, base: sa.Select[Any], where: Any) -> bool:
+    """Whether ``base`` and ``where`` keep every row of the column's table (no filter, no
+    join): then the postings alone say which rows there are."""
+    if where is not None or base.whereclause is not None:
+        return False
+    froms = base.get_final_froms()
+    return len(froms) == 1 and froms[0] is target.table
+
+
+#: The names of the values :func:`bm25_ranking`'s statement is run with (:func:`bm25_values`).
+BM25_PARAMETERS = (
+    "semdb_terms",
+    "semdb_idfs",
+    "semdb_bm25_k1",
+    "semdb_bm25_norm",
+    "semdb_bm25_slope",
+)
+
+
+def bm25_values(terms: QueryTerms, k1: float, b: float) -> dict[str, Any]:
+    """The values of :func:`bm25_ranking`'s parameters for ``terms``, ``k1`` and ``b``."""
+    return dict(
+        zip(
+            BM25_PARAMETERS,
+            (
+                terms.terms,
+                terms.idfs,
+                k1 + 1,
+                k1 * (1 - b),
+                k1 * b / max(terms.average_length, 1e-9),
+            ),
+            strict=True,
+        )
+    )
 
 
 def bm25_ranking(
     target: VectorColumn,
     base: sa.Select[Any],
     where: Any,
-    terms: QueryTerms,
+    postings_name: str,
     *,
     limit: int,
-    k1: float,
-    b: float,
 ) -> sa.Select[Any]:
     """``(key..., score, rank)`` of the ``limit`` best rows by BM25 among those passing
-    ``where`` in ``base``'s FROM (its joins filter too).
+    ``where`` in ``base``'s FROM (its joins filter too). The query's terms, their idfs and
+    the BM25 constants are parameters (:func:`bm25_values`), so that one statement serves
+    every query of a column.
 
-    Exact top ``limit`` with pruning (MaxScore): the rows holding an essential term are
-    scored first; the rows holding only common terms are read only when their best possible
-    score could still enter the top ``limit`` (a one-time filter: PostgreSQL skips that
-    scan when the ``limit``-th score so far is above the bound). Each row's tsvector is
-    computed from its text once per scan, which is what a search costs.
+    Exact: every posting of the query's terms is read from the postings' primary key
+    (``term`` first, ``tf`` and ``length`` included: an index-only scan per term) and summed
+    per row; nothing is computed from a row's text. With a filter or a join, a scored row is
+    kept when ``base`` holds it (best first, until ``limit`` pass).
     """
-    document = keyword_document(target, terms.config)
-    term_array = sa.bindparam("semdb_terms", terms.terms, ARRAY(sa.Text))
-    query = (
-        sa.func.unnest(term_array, sa.bindparam("semdb_idfs", terms.idfs, ARRAY(sa.Float)))
-        .table_valued("term", "idf")
-        .render_derived("q")
-    )
-
-    def number(value: float) -> sa.ColumnElement[float]:
-        return sa.literal(value, sa.Float, literal_execute=True)
-
-    def tsquery(indexes: list[int], name: str) -> Any:
-        text = QueryTerms(terms.config, [terms.terms[i] for i in indexes], [], 0.0).tsquery
-        return sa.cast(sa.bindparam(name, text, sa.Text), TSQUERY)
-
-    def scored(indexes: list[int], name: str, gate: Any = None) -> sa.Select[Any]:
-        """The rows holding any of ``terms[indexes]``, each scored on every query term."""
-        candidates = base.with_only_columns(
-            *target.key, document.label("tv"), maintain_column_froms=True
-        ).where(document.op("@@")(tsquery(indexes, f"semdb_tsquery_{name}")))
-        if where is not None:
-            candidates = candidates.where(where)
-        if gate is not None:
-            candidates = candidates.where(gate)
-        cte = candidates.cte(f"bm25_{name}").prefix_with("MATERIALIZED")
-        tv = cte.c.tv
-        # The row's tsvector cut to the query's terms: the other terms deleted (all in C).
-        only_terms = sa.func.ts_delete(
-            tv, sa.func.tsvector_to_array(sa.func.ts_delete(tv, term_array))
-        )
-        postings = (
-            sa.func.unnest(only_terms).table_valued("lexeme", "positions", "weights").alias("u")
-        )
-        tf = sa.cast(sa.func.array_length(postings.c.positions, 1), sa.Float)
-        length = sa.cast(sa.func.length(tv), sa.Float)
-        norm = number(k1 * (1 - b)) + number(k1 * b / max(terms.average_length, 1e-9)) * length
-        score = sa.func.sum(query.c.idf * tf * number(k1 + 1) / (tf + norm), type_=sa.Float)
-        key = [cte.c[c.name] for c in target.key]
-        return (
-            sa.select(*key, score.label("score"))
-            .select_from(cte)
-            .join(postings, sa.true())
-            .join(query, postings.c.lexeme == query.c.term)
-            .group_by(*key)
-        )
-
-    essential, rest = split_terms(terms, k1)
-    top = sa.literal_column(str(limit), sa.Integer)
-    if not rest:
-        union = scored(essential, "all").subquery("bm25_scored")
-    else:
-        first = scored(essential, "essential").order_by(sa.desc("score")).limit(top)
-        first_cte = first.cte("bm25_first")
-        kth = (
-            sa.select(sa.func.min(first_cte.c.score))
-            .having(sa.func.count() >= limit)
-            .scalar_subquery()
-        )
-        bound = sum((k1 + 1) * terms.idfs[i] for i in rest)
-        # read the rows holding only common terms unless none of them can reach the top
-        gate = sa.or_(kth.is_(None), kth <= number(bound))
-        second = scored(rest, "rest", gate)
-        both = sa.union_all(sa.select(first_cte), second).subquery("bm25_both")
-        union = (
-            sa.select(
-                *[both.c[c.name] for c in target.key], sa.func.max(both.c.score).label("score")
-            )
-            .group_by(*[both.c[c.name] for c in target.key])
-            .subquery("bm25_scored")
-        )
-    key = [union.c[c.name] for c in target.key]
-    return (
+    postings = postings_table(target, postings_name)
+    names = iter(BM25_PARAMETERS)
+    terms: sa.BindParameter[Any] = sa.bindparam(next(names), type_=ARRAY(sa.Text))
+    idfs: sa.BindParameter[Any] = sa.bindparam(next(names), type_=ARRAY(sa.Float))
+    k1_plus_1, norm_base, slope = (sa.bindparam(name, type_=sa.Float) for name in names)
+    query = sa.func.unnest(terms, idfs).table_valued("term", "idf").render_derived("q")
+    tf = sa.cast(postings.c.tf, sa.Float)
+    length = sa.cast(postings.c.length, sa.Float)
+    norm = norm_base + slope * length
+    score = sa.func.sum(query.c.idf * tf * k1_plus_1 / (tf + norm), type_=sa.Float)
+    posting_keys = [postings.c[f"key_{i}"] for i in range(1, len(target.key) + 1)]
+    scored = (
         sa.select(
-            *key,
-            union.c.score,
-            sa.func.row_number().over(order_by=[union.c.score.desc(), *key]).label("rank"),
+            *[p.label(c.name) for p, c in zip(posting_keys, target.key, strict=True)],
+            score.label("score"),
         )
-        .order_by(union.c.score.desc(), *key)
-        .limit(top)
+        .select_from(query)
+        .join(postings, postings.c.term == query.c.term)
+        .group_by(*posting_keys)
+        .subquery("bm25_scored")
     )
+    key = [scored.c[c.name] for c in target.key]
+    best = sa.select(*key, scored.c.score)
+    if not unfiltered(target, base, where):
+        held = base.with_only_columns(sa.literal(1), maintain_column_froms=True).where(
+            *[c == scored.c[c.name] for c in target.key]
+        )
+        if where is not None:
+            held = held.where(where)
+        best = best.where(held.exists())
+    top = sa.literal_column(str(limit), sa.Integer)
+    # the best ``limit`` first (a top-N sort), then their ranks
+    best_q = best.order_by(scored.c.score.desc(), *key).limit(top).subquery("bm25_best")
+    best_key = [best_q.c[c.name] for c in target.key]
+    return sa.select(
+        *best_key,
+        best_q.c.score,
+        sa.func.row_number().over(order_by=[best_q.c.score.desc(), *best_key]).label("rank"),
+    ).order_by(best_q.c.score.desc(), *best_key)
 
 
 def keyword_search(
@@ -331,20 +389,33 @@ def keyword_search(
     check_k(k)
     k1, b = check_bm25(k1, b)
     where = check_filter(where)
-    base = base_statement(target, statement)
+    base = kept(
+        ("base", target.column, target.entity, statement), lambda: base_statement(target, statement)
+    )
     connection = connection_of(bind)
-    plan = SearchPlan("exact", "BM25 of every row holding a query term (GIN index candidates)")
+    plan = SearchPlan("exact", "BM25 of every row holding a query term (postings index)")
+    names = search_names(target)
+    fold_before_reading(connection, *names)
     terms = query_terms(connection, target, text)
+    if fold_before_reading(connection, *names, deferred=terms.deferred):
+        terms = query_terms(connection, target, text)
     if not terms.terms:
         return SearchResult([], SearchPlan("exact", "the text has no term any row holds", 0))
-    ranked = bm25_ranking(target, base, where, terms, limit=k, k1=k1, b=b).subquery("bm25")
-    final = (
-        base.add_columns(ranked.c.score)
-        .join(ranked, sa.and_(*[c == ranked.c[c.name] for c in target.key]))
-        .order_by(ranked.c.score.desc(), *target.key)
-        .limit(k)
+
+    def build() -> sa.Select[Any]:
+        ranked = bm25_ranking(target, base, where, terms.postings, limit=k).subquery("bm25")
+        return (
+            base.add_columns(ranked.c.score)
+            .join(ranked, sa.and_(*[c == ranked.c[c.name] for c in target.key]))
+            .order_by(ranked.c.score.desc(), *target.key)
+            .limit(sa.literal_column(str(k), sa.Integer))
+        )
+
+    # built once per column, statement, filter object, k and postings table (see nearest.kept)
+    final = kept(
+        ("keyword", k, terms.postings, target.column, target.entity, statement, where), build
     )
-    rows = run_statement(bind, connection, final, None, {}, custom_plan=True)
+    rows = run_statement(bind, connection, final, bm25_values(terms, k1, b), {}, custom_plan=True)
     one_entity = isinstance(bind, Session) and selects_one_entity(base)
     hits = [KeywordHit(row[0] if one_entity else row, float(row[-1])) for row in rows]
     return SearchResult(hits, plan)

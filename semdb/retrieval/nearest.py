@@ -105,7 +105,7 @@ class KnnSearch:
     ) -> KnnSearch:
         target = vector_column(column)
         where = check_filter(where)
-        base = _kept(
+        base = kept(
             ("base", target.column, target.entity, statement),
             lambda: base_statement(target, statement),
         )
@@ -129,7 +129,7 @@ class KnnSearch:
         from semdb.retrieval.chunked import ChunkedStatements
 
         key = ("chunked", path, level, self.k, self.target.column, self.target.entity)
-        return _kept(
+        return kept(
             (*key, self.given, self.where),
             lambda: ChunkedStatements(self.target, self.base, self.where, self.k).build(
                 path, level
@@ -144,9 +144,9 @@ class KnnSearch:
         if known is None:
             target, k, where = self.target, self.k, self.where
             key = (path, k, target.column, target.entity, self.given)
-            template = _kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
+            template = kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
             if where is not None:  # the same filter object again: its statement again
-                known = _kept((*key, where), lambda: template.where(where))
+                known = kept((*key, where), lambda: template.where(where))
             else:
                 known = template
             self._statements[path] = known
@@ -172,7 +172,7 @@ class KnnSearch:
                 return None
             return key
 
-        return _kept(("estimate key", self.target.table, where), build)
+        return kept(("estimate key", self.target.table, where), build)
 
     def filter_statement(self, values: Mapping[str, Any]) -> sa.Select[Any]:
         """``SELECT 1 FROM <the statement's tables> WHERE <filters>``: what the row estimate
@@ -310,7 +310,7 @@ _templates_lock = threading.Lock()
 TEMPLATES_KEPT = 512
 
 
-def _kept(key: Any, build: Callable[[], T]) -> T:
+def kept(key: Any, build: Callable[[], T]) -> T:
     known: T | None = _templates.get(key)
     if known is None:
         known = build()

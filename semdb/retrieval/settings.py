@@ -46,9 +46,26 @@ def run_statement(
     custom_plan: bool,
 ) -> list[sa.Row[Any]]:
     """The rows of ``statement`` run through ``bind`` under ``settings`` (see the module)."""
+    with bracket(connection, settings, custom_plan=custom_plan):
+        return execute(bind, statement, parameters)
+
+
+@contextlib.contextmanager
+def bracket(
+    connection: Connection,
+    settings: Mapping[str, str],
+    *,
+    custom_plan: bool,
+    head: sql.Composable | None = None,
+) -> Iterator[list[sa.Row[Any]]]:
+    """``settings`` apply to the statements run inside (see the module); the bracket is
+    closed after them, or rolled back if one fails. ``head``, a statement whose values are
+    written in (psycopg's ``sql.Literal``), runs first, in the same round trip as the
+    bracket's opening: its rows are what the block receives (none without a head)."""
     with custom_plans(connection, custom_plan or bool(settings)):
         if not settings:
-            return _execute(bind, statement, parameters)
+            yield [] if head is None else _head_rows(connection, head, [])
+            return
         assignments = sql.SQL("SELECT {}").format(
             sql.SQL(", ").join(
                 sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
@@ -56,24 +73,38 @@ def run_statement(
             )
         )
         if _outside_transaction(connection):  # autocommit, no transaction: one of our own
-            opening = sql.SQL("BEGIN; {}").format(assignments)
+            opening: list[sql.Composable] = [sql.SQL("BEGIN"), assignments]
             closing: sql.Composable = sql.SQL("COMMIT")
             failed: sql.Composable = sql.SQL("ROLLBACK")
         else:
-            opening = sql.SQL("SAVEPOINT {}; {}").format(_SAVEPOINT, assignments)
+            opening = [sql.SQL("SAVEPOINT {}").format(_SAVEPOINT), assignments]
             closing = failed = _ROLLBACK_TO
-        connection.exec_driver_sql(opening.as_string(None))
+        if head is None:
+            connection.exec_driver_sql(sql.SQL("; ").join(opening).as_string(None))
+            rows = []
+        else:
+            rows = _head_rows(connection, head, opening)
         try:
-            rows = _execute(bind, statement, parameters)
+            yield rows
         except BaseException:
             with contextlib.suppress(sa.exc.DBAPIError):  # the first error is the one to see
                 connection.exec_driver_sql(failed.as_string(None))
             raise
         connection.exec_driver_sql(closing.as_string(None))
-        return rows
 
 
-def _execute(
+def _head_rows(
+    connection: Connection, head: sql.Composable, then: list[sql.Composable]
+) -> list[sa.Row[Any]]:
+    """``head``'s rows, the statements ``then`` run after it in the same round trip (a
+    simple query: the driver is given no parameters, so that a ``%`` in a written value
+    stays a character)."""
+    text = sql.SQL("; ").join([head, *then]).as_string(None)
+    result = connection.exec_driver_sql(text, execution_options={"no_parameters": True})
+    return list(result)
+
+
+def execute(
     bind: Bind, statement: sa.Executable, parameters: Mapping[str, Any] | None
 ) -> list[sa.Row[Any]]:
     if isinstance(bind, Session):

@@ -3,16 +3,19 @@
 Each validation query runs both legs once through semdb's own statements (BM25 and vector
 search, ``candidates`` rows each, the rows ``hybrid_search`` would fuse); every fusion of
 :data:`GRID` is then scored on those rankings in Python, with the formula and tie-breaking
-of the SQL (:mod:`.hybrid`), by nDCG@10 against the query's judged rows. The best one is
-stored in ``semdb.hybrid_fusion``, with its score and the score of each leg alone, and
-``hybrid_search`` uses it from then on. The grid holds both legs alone (a weight of 0), so
-that a set where one leg is far better gets that leg rather than a fusion that hurts it.
+of the SQL (:mod:`.hybrid`), by nDCG@10 against the query's judged rows (semdb's one
+evaluator, :func:`semdb.evaluation.metrics.evaluate_rankings`, as ``semdb eval`` scores).
+The best one is stored in ``semdb.hybrid_fusion``, with its score and the score of each
+leg alone, and ``hybrid_search`` uses it from then on. The grid holds both legs alone (a
+weight of 0), so that a set where one leg is far better gets that leg rather than a fusion
+that hurts it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from semdb.db.schema import hybrid_fusion
 from semdb.errors import SearchError
+from semdb.evaluation.metrics import evaluate_rankings
 from semdb.orm.columns import vector_column
 from semdb.protocols import TextEmbedder
 from semdb.retrieval.hybrid import DEFAULT_CANDIDATES, Fusion
@@ -50,13 +54,6 @@ class Tuning:
     keyword_ndcg: float
     queries: int
     scores: dict[str, float] = field(default_factory=dict)
-
-
-def ndcg_at_10(ranking: list[Any], relevant: Mapping[Any, float]) -> float:
-    dcg = sum(relevant.get(key, 0) / math.log2(rank + 2) for rank, key in enumerate(ranking[:10]))
-    ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:10]
-    best = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
-    return dcg / best if best > 0 else 0.0
 
 
 def fuse(semantic: Ranking, keyword: Ranking, fusion: Fusion, k: int = 10) -> list[Any]:
@@ -142,13 +139,17 @@ def tune_hybrid(
         q: leg_rankings(bind, column, queries[q], vectors[q], candidates=candidates) for q in judged
     }
 
-    def mean(ranking_of: Any) -> float:
-        return float(np.mean([ndcg_at_10(ranking_of(q), qrels[q]) for q in judged]))
+    judged_qrels = {q: qrels[q] for q in judged}
+
+    def mean(ranking_of: Callable[[str], list[Any]]) -> float:
+        """Mean nDCG@10 over the judged queries (semdb.evaluation, as ``semdb eval``)."""
+        rankings = {q: ranking_of(q) for q in judged}
+        return evaluate_rankings(rankings, judged_qrels, ("ndcg@10",))["ndcg@10"]
 
     scores: dict[str, float] = {}
     best: tuple[float, Fusion] | None = None
     for fusion in grid:
-        value = mean(lambda q, f=fusion: fuse(*legs[q], f))
+        value = mean(functools.partial(_fused, legs, fusion))
         scores[describe(fusion)] = value
         if best is None or value > best[0] + 1e-12:
             best = (value, fusion)
@@ -167,6 +168,10 @@ def tune_hybrid(
     if store:
         store_fusion(bind, column, result)
     return result
+
+
+def _fused(legs: Mapping[str, tuple[Ranking, Ranking]], fusion: Fusion, query: str) -> list[Any]:
+    return fuse(*legs[query], fusion)
 
 
 def describe(fusion: Fusion) -> str:

@@ -65,6 +65,17 @@ class WorkerStats:
     by_column: dict[str, int] = field(default_factory=dict)
 
 
+def fold_keyword_stats(connection: psycopg.Connection[Any], target: SyncTarget) -> None:
+    """Fold the column's deferred BM25 upkeep, if it has any (one statement; nothing
+    happens for a column without keyword statistics or kept in the writer's statement)."""
+    from semdb.sync.keyword_stats import fold_statement
+
+    with connection.transaction():
+        connection.execute(
+            fold_statement(target.table_schema, target.table_name, target.column_name)
+        )
+
+
 class Worker:
     """Embeds the queued rows of the registered columns of one model.
 
@@ -251,6 +262,7 @@ class Worker:
                 before, started = snapshot(self.stats), time.perf_counter()
                 claimed = self._batch(connection, target)
                 total += claimed
+                fold_keyword_stats(connection, target)
                 if claimed:
                     elapsed = time.perf_counter() - started
                     after_batch(self, connection, target, claimed, before, elapsed)
