@@ -104,9 +104,11 @@ class Embedder:
         # runs the current one; on a CPU both would share the same cores, so it is off there.
         self.prefetch = (self.provider == "cuda") if prefetch is None else prefetch
         # CPU streams: batches run side by side, each on one intra-op thread of a shared
-        # session. On 2 cores two streams embedded 1.2-1.4x more texts per second than one
-        # run on two intra-op threads (bench/embed.py --sweep): no thread pool to wake and
-        # join at every operator, and nothing spins while a core waits.
+        # session. Measured with MiniLM on 2 cores (bench/embed.py, /work notes): on an idle
+        # machine one batch at a time on 2 intra-op threads is 6-8% faster (170 against 158
+        # texts/s int8), on a machine whose cores are shared with other busy processes two
+        # streams are 1.1-1.3x faster (no thread pool to wake and join at every operator).
+        # Default: one stream.
         self.streams = streams
         self.precision_choice = precision_choice
         self._pool: ThreadPoolExecutor | None = None
@@ -142,12 +144,13 @@ class Embedder:
         accurate (see :mod:`semdb.embed.precision`; the measurement is in
         :attr:`precision_choice`), else fp32. ``SEMDB_CPU_PRECISION`` pins the CPU's for every
         process that asks for none (workers on several machines then write the same graph's
-        vectors). ``int8`` is CPU only. ``threads``: CPU threads
-        (default: the cores this process may use). ``streams``: on the CPU, batches run side by
-        side, each on one intra-op thread (default: one per thread); ``streams=1`` runs one
-        batch at a time on ``threads`` intra-op threads. ``token_budget``: padded tokens per
-        batch. ``io_binding``: None uses it on CUDA only. ``prefetch``: tokenise and pad the
-        next batches in a thread while the model runs; None does it on CUDA only.
+        vectors). ``int8`` is CPU only. ``threads``: CPU threads (default: the cores this
+        process may use). ``streams``: on the CPU, how many batches run side by side, each on
+        one intra-op thread (default 1: one batch at a time on ``threads`` intra-op threads;
+        ``streams=threads`` pays off where other processes keep the cores busy).
+        ``token_budget``: padded tokens per batch. ``io_binding``: None uses it on CUDA only.
+        ``prefetch``: tokenise and pad the next batches in a thread while the model runs; None
+        does it on CUDA only.
         """
         request = providers.check_request(provider)
         if precision == "auto":
@@ -187,8 +190,8 @@ class Embedder:
                     raise providers.cuda_error()
                 log.info("CUDA is listed but not running (%s); using the CPU", session.provider)
         total = threads or usable_cores()
-        cpu_streams = streams or total
-        intra_op = 1 if cpu_streams > 1 else threads
+        cpu_streams = streams or 1
+        intra_op = 1 if cpu_streams > 1 else total
         choice = None
         pinned = cpu_precision_setting()
         if precision is not None:
@@ -197,7 +200,7 @@ class Embedder:
             check_precision(pinned)
             chosen = pinned
         elif "int8" in bundle.available_precisions:
-            choice = choose_cpu_precision(bundle, intra_op_threads=intra_op or total)
+            choice = choose_cpu_precision(bundle, intra_op_threads=intra_op)
             chosen = choice.precision
         else:
             chosen = providers.default_precision("cpu", bundle.available_precisions)

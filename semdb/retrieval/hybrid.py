@@ -232,9 +232,11 @@ def fused_statement(
     alone: about 2 ms of Python on a quiet 2-core machine; bench/README-hybrid.md.)
     """
     target = knn.target
-    key = (
-        ("hybrid", path, pool, k, method, postings)
-        + (target.column, target.entity, knn.given, knn.chunked)
+    key = ("hybrid", path, pool, k, method, postings) + (
+        target.column,
+        target.entity,
+        knn.given,
+        knn.chunked,
     )
     return kept((*key, knn.where), lambda: _build_fused(knn, path, pool, k, method, postings))
 
