@@ -47,7 +47,12 @@ from semdb.retrieval.statement import (
     selects_one_entity,
 )
 from semdb.retrieval.vectors import query_vector
-from semdb.sync.registry import check_query_model
+from semdb.sync.registry import (
+    check_query_model,
+    has_registry,
+    model_agrees,
+    query_model_values,
+)
 
 T = TypeVar("T")
 
@@ -217,14 +222,16 @@ class KnnSearch:
         """The hits for ``query`` with the filter's parameters set to ``values``."""
         started = time.perf_counter()
         connection = connection_of(bind)
-        if isinstance(query, str) and embedder is not None:
-            # The model the column holds now (an activation may have switched it).
-            check_query_model(connection, self.target, embedder)
         parameters = {**values, QUERY_VECTOR: query_vector(self.target, query, embedder)}
+        # A text: the first statement also checks the model the column holds now (an
+        # activation may have switched it), see model_agrees.
+        model = embedder if isinstance(query, str) and has_registry(connection) else None
+        if model is not None:
+            parameters.update(query_model_values(model))
         if estimate_key is None and not values and self.filtered and self.request == "auto":
             estimate_key = self.estimate_key(connection)
         plan = self.plan(connection, values, estimate_key)
-        rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters)
+        rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters, model)
         if plan.plain_first and len(rows) < self.k:
             shortfall = len(rows)
             rows = self._rows(bind, connection, "index", plan.settings, parameters)
@@ -267,15 +274,20 @@ class KnnSearch:
         path: PlanPath,
         settings: Mapping[str, str],
         parameters: dict[str, Any],
+        model: TextEmbedder | None = None,
     ) -> list[sa.Row[Any]]:
+        statement = self.statement(path)
+        if model is not None:
+            schema = connection.dialect.default_schema_name or "public"
+            statement = _kept(
+                ("model", statement, schema),
+                lambda: statement.where(model_agrees(self.target, schema)),
+            )
         rows = run_statement(
-            bind,
-            connection,
-            self.statement(path),
-            parameters,
-            settings,
-            custom_plan=self.filtered,
+            bind, connection, statement, parameters, settings, custom_plan=self.filtered
         )
+        if model is not None and len(rows) < self.k:  # the model check's error, if it failed
+            check_query_model(connection, self.target, model)
         if self.chunked and path == "index" and len(rows) < self.k:
             from semdb.retrieval.chunked import wider_rows
 
