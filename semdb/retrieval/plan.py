@@ -39,7 +39,7 @@ from semdb.errors import SearchError
 from semdb.orm.columns import VectorColumn
 from semdb.orm.indexes import HNSW
 from semdb.retrieval.explain import Explain, plan_root
-from semdb.retrieval.settings import custom_plans, savepoint
+from semdb.retrieval.settings import run_statement
 from semdb.retrieval.statement import PlanPath
 
 PlanRequest = Literal["auto", "index", "exact"]
@@ -286,8 +286,15 @@ def estimate_rows(
     if query is None:
         query = statement()
     try:
-        with custom_plans(connection), savepoint(connection):
-            explained = connection.execute(Explain(query)).scalar()
+        explained = run_statement(
+            connection,
+            connection,
+            Explain(query),
+            None,
+            NO_SETTINGS,
+            custom_plan=True,
+            protect=True,
+        )[0][0]
     except sa.exc.DBAPIError as exc:
         cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         raise SearchError(
@@ -308,19 +315,10 @@ def _describe(statement: sa.Select[Any]) -> str:
 
 
 def table_rows(connection: Connection, target: VectorColumn) -> float:
-    """The planner's row count of the vector column's table (``pg_class.reltuples``), kept
-    for :data:`ESTIMATE_TTL_SECONDS`."""
-    key = (_engine_token(connection), "table", target.table)
-    known = _estimates.get(key)
-    if known is not None:
-        return known
-    name = str(connection.dialect.identifier_preparer.format_table(target.table))
-    rows = connection.execute(
-        sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
-    ).scalar()
-    if rows is None or rows < 0:  # never analysed: ask the planner
-        rows = estimate_rows(
-            connection, lambda: sa.select(sa.literal_column("1")).select_from(target.table)
-        )
-    _estimates.put(key, float(rows))
-    return float(rows)
+    """The planner's row count of the vector column's table, kept as estimates are."""
+    table = target.table
+    return estimate_rows(
+        connection,
+        lambda: sa.select(sa.literal_column("1")).select_from(table),
+        key=("table", table),
+    )

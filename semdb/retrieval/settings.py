@@ -1,30 +1,28 @@
 """Running one search statement under planner settings that apply to it alone.
 
 ``hnsw.ef_search``, ``hnsw.iterative_scan`` and ``enable_sort`` are set with
-``set_config(name, value, true)`` (``SET LOCAL``) inside a savepoint that is rolled back
-after the statement, which restores the previous values exactly and keeps the caller's
-transaction usable if the search fails. That is three round trips, all through public APIs::
+``set_config(name, value, true)`` (``SET LOCAL``) in a savepoint rolled back after the
+statement, which restores the previous values exactly and keeps the caller's transaction
+usable if the statement fails. One round trip before the statement, one after::
 
-    SAVEPOINT semdb_search; SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), ...
+    SAVEPOINT semdb_search; SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)
     <the search statement, through SQLAlchemy>
     ROLLBACK TO SAVEPOINT semdb_search; RELEASE SAVEPOINT semdb_search
 
-On a connection in autocommit mode the bracket is ``BEGIN; SELECT set_config(...)`` ...
-``COMMIT``. SQLAlchemy's own ``begin_nested()`` would do the same in more round trips
-(measured: 1.2 ms against 0.6 ms for this bracket on a loaded 2-core machine).
+(``BEGIN`` ... ``COMMIT`` on a connection in autocommit mode.) SQLAlchemy's
+``begin_nested()`` takes more round trips (1.2 ms against 0.6 ms, loaded 2-core machine).
 
 A filtered statement is planned for its actual values: psycopg's public
-``prepare_threshold`` is None while it runs (a prepared statement's generic plan cannot know
-how selective ``bucket < $1`` is). The bracket's commands run the same way, which also keeps
-them out of psycopg's prepared-statement bookkeeping: psycopg takes the ``ROLLBACK`` status
-of ``ROLLBACK TO SAVEPOINT`` as a sign to deallocate every prepared statement, the caller's
-included.
+``prepare_threshold`` is None while it runs (a generic plan cannot know how selective
+``bucket < $1`` is), and while the bracket's commands run: psycopg takes the ``ROLLBACK``
+status of ``ROLLBACK TO SAVEPOINT`` as a sign to deallocate every prepared statement.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +32,9 @@ from sqlalchemy.orm import Session
 
 Bind = Session | Connection
 _SAVEPOINT = sql.Identifier("semdb_search")
+_ROLLBACK_TO = (
+    sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT).as_string(None)
+)
 
 
 def run_statement(
@@ -44,33 +45,55 @@ def run_statement(
     settings: Mapping[str, str],
     *,
     custom_plan: bool,
+    protect: bool = False,
 ) -> list[sa.Row[Any]]:
-    """The rows of ``statement`` run through ``bind`` under ``settings`` (see the module)."""
-    with custom_plans(connection, custom_plan or bool(settings)):
-        if not settings:
-            return _execute(bind, statement, parameters)
-        assignments = sql.SQL("SELECT {}").format(
-            sql.SQL(", ").join(
-                sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-                for name, value in settings.items()
-            )
+    """The rows of ``statement`` run through ``bind`` under ``settings`` (see the module);
+    ``protect``: in a savepoint even without settings (an error leaves the caller's
+    transaction usable)."""
+    driver = connection.connection.dbapi_connection
+    threshold = getattr(driver, "prepare_threshold", None)  # None: a driver without one
+    changed = threshold is not None and bool(custom_plan or settings or protect)
+    if changed:
+        driver.prepare_threshold = None  # type: ignore[union-attr]
+    try:
+        outside = bool(
+            getattr(driver, "autocommit", False) and driver.info.transaction_status.name == "IDLE"  # type: ignore[union-attr]
         )
-        if _outside_transaction(connection):  # autocommit, no transaction: one of our own
-            opening = sql.SQL("BEGIN; {}").format(assignments)
-            closing: sql.Composable = sql.SQL("COMMIT")
-            failed: sql.Composable = sql.SQL("ROLLBACK")
-        else:
-            opening = sql.SQL("SAVEPOINT {}; {}").format(_SAVEPOINT, assignments)
-            closing = failed = _ROLLBACK_TO
-        connection.exec_driver_sql(opening.as_string(None))
+        if not settings and (not protect or outside):  # outside: nothing to protect
+            return _execute(bind, statement, parameters)
+        opening, closing, failed = _bracket(tuple(settings.items()), outside)
+        connection.exec_driver_sql(opening)
         try:
             rows = _execute(bind, statement, parameters)
         except BaseException:
             with contextlib.suppress(sa.exc.DBAPIError):  # the first error is the one to see
-                connection.exec_driver_sql(failed.as_string(None))
+                connection.exec_driver_sql(failed)
             raise
-        connection.exec_driver_sql(closing.as_string(None))
+        connection.exec_driver_sql(closing)
         return rows
+    finally:
+        if changed:
+            driver.prepare_threshold = threshold  # type: ignore[union-attr]
+
+
+@functools.lru_cache(maxsize=64)
+def _bracket(settings: tuple[tuple[str, str], ...], autocommit: bool) -> tuple[str, str, str]:
+    """The commands before and after the statement (and after it fails). Composing them
+    cost about 60 us a search, a tenth of a selective search's own time (bench/search.py)."""
+    commands = [sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)]
+    if settings:
+        commands.append(
+            sql.SQL("SELECT {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("set_config({}, {}, true)").format(
+                        sql.Literal(name), sql.Literal(value)
+                    )
+                    for name, value in settings
+                )
+            )
+        )
+    opening = sql.SQL("; ").join(commands).as_string(None)
+    return (opening, "COMMIT", "ROLLBACK") if autocommit else (opening, _ROLLBACK_TO, _ROLLBACK_TO)
 
 
 def _execute(
@@ -81,50 +104,3 @@ def _execute(
         with bind.no_autoflush:
             return list(bind.execute(statement, parameters))
     return list(bind.execute(statement, parameters))
-
-
-@contextlib.contextmanager
-def custom_plans(connection: Connection, wanted: bool = True) -> Iterator[None]:
-    """Statements inside are planned for their actual values: psycopg prepares none of them
-    (``prepare_threshold`` None meanwhile; a driver without one is left alone)."""
-    driver = connection.connection.dbapi_connection
-    threshold = getattr(driver, "prepare_threshold", None)
-    if not wanted or threshold is None:
-        yield
-        return
-    driver.prepare_threshold = None  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        driver.prepare_threshold = threshold  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def savepoint(connection: Connection) -> Iterator[None]:
-    """Inside a transaction, an error in the block rolls back to a savepoint taken before
-    it, so that the caller's transaction stays usable (outside one, nothing to protect)."""
-    if _outside_transaction(connection):
-        yield
-        return
-    with custom_plans(connection):
-        connection.exec_driver_sql(sql.SQL("SAVEPOINT {}").format(_SAVEPOINT).as_string(None))
-        try:
-            yield
-        except BaseException:
-            with contextlib.suppress(sa.exc.DBAPIError):
-                connection.exec_driver_sql(_ROLLBACK_TO.as_string(None))
-            raise
-        connection.exec_driver_sql(
-            sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT).as_string(None)
-        )
-
-
-_ROLLBACK_TO = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
-
-
-def _outside_transaction(connection: Connection) -> bool:
-    """Is the driver in autocommit mode with no transaction open (nothing to roll back to)?"""
-    driver = connection.connection.dbapi_connection
-    if not getattr(driver, "autocommit", False):
-        return False
-    return bool(driver.info.transaction_status.name == "IDLE")  # type: ignore[union-attr]
