@@ -203,61 +203,41 @@ def index_settings(
 
 # -- what the database says, kept for a while ------------------------------------------------
 
-_iterative_scan: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
-
-
-def supports_iterative_scan(connection: Connection) -> bool:
-    """pgvector 0.8+ in this database (looked up once per engine)."""
-    known = _iterative_scan.get(connection.engine)
-    if known is None:
-        version = connection.execute(
-            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        ).scalar()
-        known = version is not None and parse_version(str(version)) >= (0, 8, 0)
-        _iterative_scan[connection.engine] = known
-    return known
-
-
 #: How long a row estimate (and a table's row count) is reused. The planner's estimate only
 #: changes when the table's statistics do (ANALYZE, autovacuum); asking again costs a round
 #: trip and a planning (about 0.3 ms, as much as a selective search itself).
 ESTIMATE_TTL_SECONDS = 60.0
-#: At most this many estimates are kept (the oldest go first): a bound on memory for
-#: applications whose filters take many values.
+#: At most this many estimates are kept per engine (the oldest go first): a bound on memory
+#: for applications whose filters take many values.
 ESTIMATES_KEPT = 4096
 
 
-class _Recent:
-    """Values kept for :data:`ESTIMATE_TTL_SECONDS`, at most :data:`ESTIMATES_KEPT`."""
+class _Known:
+    """What searches learned of one engine's database: pgvector's version, row estimates."""
 
     def __init__(self) -> None:
-        self._items: OrderedDict[Any, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> float | None:
-        item = self._items.get(key)
-        if item is not None and time.monotonic() - item[1] < ESTIMATE_TTL_SECONDS:
-            return item[0]
-        return None
-
-    def put(self, key: Any, value: float) -> None:
-        with self._lock:
-            self._items[key] = (value, time.monotonic())
-            self._items.move_to_end(key)
-            while len(self._items) > ESTIMATES_KEPT:
-                self._items.popitem(last=False)
+        self.iterative: bool | None = None
+        self.estimates: OrderedDict[Any, tuple[float, float]] = OrderedDict()
+        self.lock = threading.Lock()
 
 
-_estimates = _Recent()
-_engines: weakref.WeakKeyDictionary[Engine, object] = weakref.WeakKeyDictionary()
+_known: weakref.WeakKeyDictionary[Engine, _Known] = weakref.WeakKeyDictionary()
 
 
-def _engine_token(connection: Connection) -> object:
-    """A token per engine for cache keys (never reused, unlike ``id()``)."""
-    token = _engines.get(connection.engine)
-    if token is None:
-        token = _engines.setdefault(connection.engine, object())
-    return token
+def _known_of(connection: Connection) -> _Known:
+    known = _known.get(connection.engine)
+    return _known.setdefault(connection.engine, _Known()) if known is None else known
+
+
+def supports_iterative_scan(connection: Connection) -> bool:
+    """pgvector 0.8+ in this database (looked up once per engine)."""
+    known = _known_of(connection)
+    if known.iterative is None:
+        version = connection.execute(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        ).scalar()
+        known.iterative = version is not None and parse_version(str(version)) >= (0, 8, 0)
+    return known.iterative
 
 
 def estimate_rows(
@@ -265,9 +245,9 @@ def estimate_rows(
 ) -> float:
     """The planner's estimate of how many rows ``statement()`` returns (not executed).
 
-    Kept per (engine, ``key``), ``key`` being by default the statement's SQL and values.
-    An error (a filter on a column the table lacks) is raised as a :class:`SearchError`
-    naming the filter; the caller's transaction stays usable (a savepoint).
+    Kept per engine and ``key``, by default the statement's SQL and values. An error (a
+    filter on a column the table lacks) is raised as a :class:`SearchError` naming the
+    filter; the caller's transaction stays usable (a savepoint).
     """
     query = None
     if key is None:
@@ -278,13 +258,11 @@ def estimate_rows(
             hash(key)
         except TypeError:  # a value that cannot be a key (a list, a dict): not kept
             key = None
-    cache_key = None if key is None else (_engine_token(connection), key)
-    if cache_key is not None:
-        known = _estimates.get(cache_key)
-        if known is not None:
-            return known
-    if query is None:
-        query = statement()
+    known = _known_of(connection)
+    item = None if key is None else known.estimates.get(key)
+    if item is not None and time.monotonic() - item[1] < ESTIMATE_TTL_SECONDS:
+        return item[0]
+    query = statement() if query is None else query
     try:
         explained = run_statement(
             connection,
@@ -303,8 +281,12 @@ def estimate_rows(
             "migration not applied?) and its values must suit their columns",
         ) from exc
     rows = float(plan_root(explained)["Plan Rows"])
-    if cache_key is not None:
-        _estimates.put(cache_key, rows)
+    if key is not None:
+        with known.lock:
+            known.estimates[key] = (rows, time.monotonic())
+            known.estimates.move_to_end(key)
+            while len(known.estimates) > ESTIMATES_KEPT:
+                known.estimates.popitem(last=False)
     return rows
 
 
