@@ -161,7 +161,7 @@ def wider_rows(
     return run_statement(
         bind,
         connection,
-        search.chunked_statement("index", 1),
+        search.statement("index", 1),
         parameters,
         wider,
         custom_plan=search.filtered,

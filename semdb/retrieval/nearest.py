@@ -48,6 +48,7 @@ from semdb.retrieval.statement import (
 )
 from semdb.retrieval.vectors import query_vector
 from semdb.sync.registry import (
+    QUERY_MODEL,
     check_query_model,
     has_registry,
     model_agrees,
@@ -94,7 +95,7 @@ class KnnSearch:
     ef_search: int | None = None
     exact_below: int | None = None
     given: sa.Select[Any] | None = None  # the statement given, if any
-    _statements: dict[PlanPath, sa.Select[Any]] = field(default_factory=dict)
+    _statements: dict[tuple[PlanPath, int], sa.Select[Any]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -130,31 +131,27 @@ class KnnSearch:
         """Is the column chunked (parents ranked by their best chunk: .chunked)?"""
         return self.target.spec.chunking is not None
 
-    def chunked_statement(self, path: PlanPath, level: int) -> sa.Select[Any]:
-        from semdb.retrieval.chunked import ChunkedStatements
-
-        key = ("chunked", path, level, self.k, self.target.column, self.target.entity)
-        return _kept(
-            (*key, self.given, self.where),
-            lambda: ChunkedStatements(self.target, self.base, self.where, self.k).build(
-                path, level
-            ),
-        )
-
-    def statement(self, path: PlanPath) -> sa.Select[Any]:
-        """The statement of ``path`` (built once), the query vector bound at execution."""
-        known = self._statements.get(path)
-        if known is None and self.chunked:
-            known = self._statements[path] = self.chunked_statement(path, 0)
+    def statement(self, path: PlanPath, level: int = 0) -> sa.Select[Any]:
+        """The statement of ``path`` (built once), the query vector bound at execution;
+        ``level``: a chunked search's wider candidate lists."""
+        known = self._statements.get((path, level))
         if known is None:
             target, k, where = self.target, self.k, self.where
-            key = (path, k, target.column, target.entity, self.given)
-            template = _kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
-            if where is not None:  # the same filter object again: its statement again
-                known = _kept((*key, where), lambda: template.where(where))
+            key = (path, level, k, target.column, target.entity, self.given)
+            if self.chunked:
+                from semdb.retrieval.chunked import ChunkedStatements
+
+                chunked = ChunkedStatements(target, self.base, where, k)
+                known = _kept((*key, where), lambda: chunked.build(path, level))
             else:
-                known = template
-            self._statements[path] = known
+                template = _kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
+                # the same filter object again: its statement again
+                known = (
+                    template
+                    if where is None
+                    else _kept((*key, where), lambda: template.where(where))
+                )
+            self._statements[(path, level)] = known
         return known
 
     def estimate_key(self, connection: Connection) -> Any:
@@ -434,9 +431,9 @@ class PreparedSearch:
         named = [bind for bind in named if not bind.unique]  # bindparam("lang"), not values
         #: The filter's parameters a run may name (``bindparam("lang")``), and those it must.
         self.parameters = frozenset(bind.key for bind in named)
-        if QUERY_VECTOR in self.parameters:
+        if reserved := sorted(self.parameters & {QUERY_VECTOR, *QUERY_MODEL}):
             raise SearchError(
-                f"the filter names a parameter {QUERY_VECTOR!r}, which semdb uses itself",
+                f"the filter names a parameter {reserved[0]!r}, which semdb uses itself",
                 fix="give the filter's parameter another name",
             )
         self.required = frozenset(
@@ -454,15 +451,13 @@ class PreparedSearch:
         """The hits for ``query`` (text with ``embedder``, or a vector) with the filter's
         named parameters set to ``values``."""
         if not (self.parameters.issuperset(values) and self.required.issubset(values)):
-            unknown = sorted(values.keys() - self.parameters)
-            missing = sorted(self.required - values.keys())
+            unknown = ", ".join(sorted(values.keys() - self.parameters))
+            missing = ", ".join(sorted(self.required - values.keys()))
+            problems = [f"has no parameter {unknown}"] if unknown else []
+            problems += [f"needs a value for {missing}"] if missing else []
             named = ", ".join(sorted(self.parameters)) or "none"
             raise SearchError(
-                "this search's filter "
-                + (f"has no parameter {', '.join(unknown)}" if unknown else "")
-                + ("; " if unknown and missing else "")
-                + (f"needs a value for {', '.join(missing)}" if missing else "")
-                + f" (its parameters: {named})",
+                f"this search's filter {'; '.join(problems)} (its parameters: {named})",
                 fix="name the filter's values with sqlalchemy.bindparam('name') and pass "
                 "name=value to each run",
             )
