@@ -40,7 +40,7 @@ from semdb.retrieval.keyword import (
     query_terms,
 )
 from semdb.retrieval.nearest import KnnSearch, connection_of
-from semdb.retrieval.plan import PlanRequest
+from semdb.retrieval.plan import PlanRequest, choose_plan
 from semdb.retrieval.results import HybridHit, SearchResult
 from semdb.retrieval.settings import Bind, run_statement
 from semdb.retrieval.statement import check_k, knn_statement, query_parameter, selects_one_entity
@@ -169,7 +169,7 @@ def hybrid_search(
     )
     terms = query_terms(connection, target, text)
     chosen_fusion = resolve_fusion(terms.fusion, fusion, weights, rrf_k)
-    chosen = knn.plan(connection, {})
+    chosen = choose_plan(connection, knn, {})
     keys = [c.name for c in target.key]
 
     # The semantic leg: the statement search() would run, keys and distances only.

@@ -186,28 +186,6 @@ class KnnSearch:
             counted = counted.where(self.where)
         return counted.params(dict(values)) if values else counted
 
-    def plan(
-        self,
-        connection: Connection,
-        values: Mapping[str, Any],
-        estimate_key: Any = None,
-    ) -> SearchPlan:
-        if self.chunked:
-            from semdb.retrieval.chunked import chunked_plan
-
-            return chunked_plan(self, connection, values, estimate_key)
-        return choose_plan(
-            connection,
-            self.target,
-            k=self.k,
-            filtered=self.filtered,
-            filter_statement=lambda: self.filter_statement(values),
-            estimate_key=estimate_key,
-            request=self.request,
-            ef_search=self.ef_search,
-            exact_below=self.exact_below,
-        )
-
     def run(
         self,
         bind: Bind,
@@ -227,7 +205,7 @@ class KnnSearch:
             parameters.update(query_model_values(model))
         if estimate_key is None and not values and self.filtered and self.request == "auto":
             estimate_key = self.estimate_key(connection)
-        plan = self.plan(connection, values, estimate_key)
+        plan = choose_plan(connection, self, values, estimate_key)
         rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters, model)
         if plan.plain_first and len(rows) < self.k:
             shortfall = len(rows)
@@ -296,7 +274,7 @@ class KnnSearch:
     ) -> tuple[SearchPlan, dict[str, Any]]:
         connection = connection_of(bind)
         parameters = {QUERY_VECTOR: query_vector(self.target, query, embedder)}
-        plan = self.plan(connection, {})
+        plan = choose_plan(connection, self, {})
         rows = run_statement(
             connection,
             connection,

@@ -1,22 +1,18 @@
 """Which path a search runs, decided before it runs, and the settings that make it run.
 
-The choice: no filter -> the index (see :mod:`semdb.retrieval.statement` for the two
-paths). With a filter, the planner's own row estimate for it (``EXPLAIN`` of ``SELECT 1 FROM
-... WHERE filter``) is compared with ``exact_below`` rows, by default
-:data:`EXACT_BELOW_FACTOR` x sqrt(table rows): an exact search over that many rows is as
-fast as the iterative index scan (measured in ``bench/search.py``). Without iterative scans
-(pgvector < 0.8) a filtered search is always exact: the index would return fewer than k.
+No filter: the index (the two paths: :mod:`semdb.retrieval.statement`). A filter: the
+planner's row estimate for it (``EXPLAIN`` of ``SELECT 1 FROM ... WHERE filter``) against
+``exact_below`` rows, by default :data:`EXACT_BELOW_FACTOR` x sqrt(table rows), where an
+exact search is as fast as the iterative index scan (``bench/search.py``). Without iterative
+scans (pgvector < 0.8) a filtered search is exact: the index would return fewer than k.
 
-On the index path the search sets, for its statement alone: ``hnsw.ef_search`` (at least k),
-``hnsw.iterative_scan = relaxed_order`` when a filter is present (the scan goes on until k
-rows pass) and ``enable_sort = off`` (the planner keeps the vector index instead of sorting
-what a btree found). Values equal to pgvector's defaults are not sent.
-
-When so many rows pass the filter that a plain HNSW scan (pgvector's defaults) finds k of
-them among its 40 candidates but for a small chance (:data:`PLAIN_SCAN_SHORTFALL`), that
-plain scan runs first, with no settings. If any index scan returns fewer than k rows, the
-search runs again the next way (iterative, then exact): k rows come back whenever k rows
-pass the filter.
+The index path sets, for its statement alone: ``hnsw.ef_search`` (at least k),
+``hnsw.iterative_scan = relaxed_order`` under a filter (the scan goes on until k rows pass)
+and ``enable_sort = off`` (the planner keeps the index instead of sorting what a btree
+found); values equal to pgvector's defaults are not sent. When a plain HNSW scan finds k
+passing rows among its 40 candidates but for a small chance (:data:`PLAIN_SCAN_SHORTFALL`),
+it runs first, with no settings. An index scan that returns fewer than k rows is followed by
+the next way (iterative, then exact): k rows come back whenever k rows pass the filter.
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -41,6 +37,9 @@ from semdb.orm.indexes import HNSW
 from semdb.retrieval.explain import Explain, plan_root
 from semdb.retrieval.settings import run_statement
 from semdb.retrieval.statement import PlanPath
+
+if TYPE_CHECKING:
+    from semdb.retrieval.nearest import KnnSearch
 
 PlanRequest = Literal["auto", "index", "exact"]
 
@@ -95,18 +94,19 @@ class SearchPlan:
 
 def choose_plan(
     connection: Connection,
-    target: VectorColumn,
-    *,
-    k: int,
-    filtered: bool,
-    filter_statement: Callable[[], sa.Select[Any]],
+    search: KnnSearch,
+    values: Mapping[str, Any],
     estimate_key: Any = None,
-    request: PlanRequest = "auto",
-    ef_search: int | None = None,
-    exact_below: int | None = None,
 ) -> SearchPlan:
-    """Decide the path of one search (see the module). ``estimate_key`` identifies the
-    filter statement with its values when the caller knows it cheaply (else it is compiled)."""
+    """Decide the path of ``search`` with its filter's ``values`` (see the module).
+    ``estimate_key`` identifies the filter statement with its values when the caller knows
+    it cheaply (else it is compiled)."""
+    target, k, filtered = search.target, search.k, search.filtered
+    request, ef_search, exact_below = search.request, search.ef_search, search.exact_below
+    if search.chunked:  # the index's candidates: as many as the chunks fetched
+        from semdb.retrieval.chunked import candidates_for
+
+        k = candidates_for(k, 0)
     if request not in ("auto", "index", "exact"):
         raise SearchError(
             f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"
@@ -130,7 +130,7 @@ def choose_plan(
         return SearchPlan("index", "no filter", None, settings)
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
-    estimated = estimate_rows(connection, filter_statement, key=estimate_key)
+    estimated = estimate_rows(connection, lambda: search.filter_statement(values), key=estimate_key)
     rows = table_rows(connection, target)
     threshold = exact_below_rows(rows) if exact_below is None else exact_below
     if estimated <= threshold:
