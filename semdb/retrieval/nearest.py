@@ -154,27 +154,21 @@ class KnnSearch:
             self._statements[(path, level)] = known
         return known
 
-    def estimate_key(self, connection: Connection) -> Any:
-        """What identifies the filter statement with its values, from the filter alone when
-        the statement reads the vector's table alone (cheaper than compiling the whole
-        statement); None: the statement is compiled to know."""
-        where = self.where
-        if where is None or (
-            self.base.whereclause is not None
-            or list(self.base.columns_clause_froms) != [self.target.table]
-        ):
-            return None
+    def estimate_key(self, connection: Connection, values: Mapping[str, Any]) -> Any:
+        """What identifies the filter statement with its values among the row estimates: its
+        SQL and parameters (compiled once per filter object), and ``values``."""
 
         def build() -> Any:
-            compiled = where.compile(dialect=connection.dialect)
-            key = (self.target.table, compiled.string, tuple(sorted(compiled.params.items())))
-            try:
-                hash(key)
-            except TypeError:  # a value that cannot be a key (a list): compiled to know
-                return None
-            return key
+            compiled = self.filter_statement({}).compile(dialect=connection.dialect)
+            return compiled.string, tuple(sorted(compiled.params.items()))
 
-        return _kept(("estimate key", self.target.table, where), build)
+        compiled = _kept(("estimate key", self.base, self.where), build)
+        key = (compiled, tuple(sorted((k, type(v), v) for k, v in values.items())))
+        try:
+            hash(key)
+        except TypeError:  # a value that cannot be a key (a list): not kept
+            return None
+        return key
 
     def filter_statement(self, values: Mapping[str, Any]) -> sa.Select[Any]:
         """``SELECT 1 FROM <the statement's tables> WHERE <filters>``: what the row estimate
@@ -192,7 +186,6 @@ class KnnSearch:
         query: Any,
         embedder: TextEmbedder | None,
         values: Mapping[str, Any],
-        estimate_key: Any = None,
     ) -> SearchResult:
         """The hits for ``query`` with the filter's parameters set to ``values``."""
         started = time.perf_counter()
@@ -203,9 +196,7 @@ class KnnSearch:
         model = embedder if isinstance(query, str) and has_registry(connection) else None
         if model is not None:
             parameters.update(query_model_values(model))
-        if estimate_key is None and not values and self.filtered and self.request == "auto":
-            estimate_key = self.estimate_key(connection)
-        plan = choose_plan(connection, self, values, estimate_key)
+        plan = choose_plan(connection, self, values)
         rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters, model)
         if plan.plain_first and len(rows) < self.k:
             shortfall = len(rows)
@@ -417,8 +408,6 @@ class PreparedSearch:
         self.required = frozenset(
             bind.key for bind in named if bind.required and bind.callable is None
         )
-        #: What stands for this search's filter statement in the row estimates' keys.
-        self._token = object()
         # Both paths built now: a run only binds values.
         self._search.statement("index")
         self._search.statement("exact")
@@ -439,14 +428,7 @@ class PreparedSearch:
                 fix="name the filter's values with sqlalchemy.bindparam('name') and pass "
                 "name=value to each run",
             )
-        key: Any = None
-        if self._search.filtered:
-            key = (self._token, tuple(sorted((k, type(v), v) for k, v in values.items())))
-            try:
-                hash(key)
-            except TypeError:  # a list of values: the statement is compiled to know
-                key = None
-        return self._search.run(bind, query, embedder, values, key).within(self.max_distance)
+        return self._search.run(bind, query, embedder, values).within(self.max_distance)
 
 
 def _max_distance(value: Any) -> float | None:

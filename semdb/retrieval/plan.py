@@ -96,11 +96,8 @@ def choose_plan(
     connection: Connection,
     search: KnnSearch,
     values: Mapping[str, Any],
-    estimate_key: Any = None,
 ) -> SearchPlan:
-    """Decide the path of ``search`` with its filter's ``values`` (see the module).
-    ``estimate_key`` identifies the filter statement with its values when the caller knows
-    it cheaply (else it is compiled)."""
+    """Decide the path of ``search`` with its filter's ``values`` (see the module)."""
     target, k, filtered = search.target, search.k, search.filtered
     request, ef_search, exact_below = search.request, search.ef_search, search.exact_below
     if search.chunked:  # the index's candidates: as many as the chunks fetched
@@ -130,7 +127,11 @@ def choose_plan(
         return SearchPlan("index", "no filter", None, settings)
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
-    estimated = estimate_rows(connection, lambda: search.filter_statement(values), key=estimate_key)
+    estimated = estimate_rows(
+        connection,
+        lambda: search.filter_statement(values),
+        key=search.estimate_key(connection, values),
+    )
     rows = table_rows(connection, target)
     threshold = exact_below_rows(rows) if exact_below is None else exact_below
     if estimated <= threshold:
@@ -241,28 +242,19 @@ def supports_iterative_scan(connection: Connection) -> bool:
 
 
 def estimate_rows(
-    connection: Connection, statement: Callable[[], sa.Select[Any]], *, key: Any = None
+    connection: Connection, statement: Callable[[], sa.Select[Any]], *, key: Any
 ) -> float:
     """The planner's estimate of how many rows ``statement()`` returns (not executed).
 
-    Kept per engine and ``key``, by default the statement's SQL and values. An error (a
-    filter on a column the table lacks) is raised as a :class:`SearchError` naming the
-    filter; the caller's transaction stays usable (a savepoint).
+    Kept per engine and ``key`` (None: not kept). An error (a filter on a column the table
+    lacks) is raised as a :class:`SearchError` naming the filter; the caller's transaction
+    stays usable (a savepoint).
     """
-    query = None
-    if key is None:
-        query = statement()
-        compiled = query.compile(dialect=connection.dialect)
-        try:
-            key = (compiled.string, tuple(sorted(compiled.params.items())))
-            hash(key)
-        except TypeError:  # a value that cannot be a key (a list, a dict): not kept
-            key = None
     known = _known_of(connection)
     item = None if key is None else known.estimates.get(key)
     if item is not None and time.monotonic() - item[1] < ESTIMATE_TTL_SECONDS:
         return item[0]
-    query = statement() if query is None else query
+    query = statement()
     try:
         explained = run_statement(
             connection,
