@@ -47,13 +47,6 @@ def query_parameter(target: VectorColumn, path: PlanPath, value: Any = None) -> 
     return sa.bindparam(QUERY_VECTOR, value, type_=type_)
 
 
-def distance_to(target: VectorColumn, path: PlanPath, query: Any) -> sa.ColumnElement[float]:
-    """The distance from each row's vector to ``query``, in the form ``path`` runs."""
-    if path == "index":
-        return target.index_distance(query)
-    return target.exact_distance(query)
-
-
 def knn_statement(
     target: VectorColumn,
     base: sa.Select[Any],
@@ -68,7 +61,7 @@ def knn_statement(
     :func:`query_parameter` of ``path``, given its value at execution."""
     if query is None:
         query = query_parameter(target, path)
-    distance = distance_to(target, path, query)
+    distance = target.index_distance(query) if path == "index" else target.exact_distance(query)
     statement = base.add_columns(distance.label("distance"))
     if where is not None:
         statement = statement.where(where)
