@@ -260,22 +260,6 @@ class KnnSearch:
             rows = wider_rows(self, bind, connection, settings, parameters)
         return rows
 
-    def explain(
-        self, bind: Bind, query: Any, embedder: TextEmbedder | None, *, analyze: bool = False
-    ) -> tuple[SearchPlan, dict[str, Any]]:
-        connection = connection_of(bind)
-        parameters = {QUERY_VECTOR: query_vector(self.target, query, embedder)}
-        plan = choose_plan(connection, self, {})
-        rows = run_statement(
-            connection,
-            connection,
-            Explain(self.statement(plan.path), analyze=analyze),
-            parameters,
-            plan.first_settings,
-            custom_plan=True,
-        )
-        return plan, plan_root(rows[0][0])
-
 
 #: Statements by (path, k, column, entity, statement given[, filter object]), and the row
 #: estimate keys of filter objects. Building a statement costs about 130 us of Python, a
@@ -352,7 +336,14 @@ def explain_search(
     embedder = options.pop("embedder", None)
     options.pop("max_distance", None)
     knn = KnnSearch.build(column, k=options.pop("k", 10), **options)
-    return knn.explain(bind, query, embedder, analyze=analyze)
+    connection = connection_of(bind)
+    parameters = {QUERY_VECTOR: query_vector(knn.target, query, embedder)}
+    plan = choose_plan(connection, knn, {})
+    explained = Explain(knn.statement(plan.path), analyze=analyze)
+    rows = run_statement(
+        connection, connection, explained, parameters, plan.first_settings, custom_plan=True
+    )
+    return plan, plan_root(rows[0][0])
 
 
 class PreparedSearch:

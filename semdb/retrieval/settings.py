@@ -53,17 +53,14 @@ def run_statement(
     """The rows of ``statement`` run through ``bind`` under ``settings`` (see the module);
     ``protect``: in a savepoint even without settings (an error leaves the caller's
     transaction usable)."""
-    if not settings and not protect:
-        with _custom_plans(connection, custom_plan):
-            return _execute(bind, statement, parameters)
     driver: Any = connection.connection.dbapi_connection
-    own = _own_transaction(connection, driver)
+    own = bool(settings or protect) and _own_transaction(connection, driver)
     switch = own and not driver.autocommit  # a transaction of its own: autocommit meanwhile
-    if not settings and own and not switch:  # autocommit: nothing to protect
-        with _custom_plans(connection, custom_plan):
+    bracket = bool(settings) or (protect and (switch or not own))  # autocommit: no need
+    with _custom_plans(connection, custom_plan or bracket):
+        if not bracket:
             return _execute(bind, statement, parameters)
-    opening, closing, failed = _bracket(tuple(settings.items()), own)
-    with _custom_plans(connection, True):
+        opening, closing, failed = _bracket(tuple(settings.items()), own)
         if switch:
             driver.autocommit = True
         try:
