@@ -400,6 +400,35 @@ def test_search_on_a_session_checks_the_model_too(docs: sa.Engine, models: dict[
             semdb.search(session, Doc.embedding, "document number 2", embedder=models["tiny@2"])
 
 
+def test_a_text_search_checks_the_model_in_its_own_statement(
+    docs: sa.Engine, models: dict[str, Any]
+) -> None:
+    """No round trip of its own: the search statement reads the registry row, and a mismatch
+    (the column is bound to tiny@1 by its first worker) still gets the error naming the
+    column and the fix, the session usable afterwards."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    nearest(docs, Doc.embedding, "document number 2", models["tiny@1"])  # per-engine lookups
+    sa.event.listen(docs, "before_cursor_execute", record)
+    try:
+        with Session(docs) as session:
+            hits = semdb.search(
+                session, Doc.embedding, "document number 2", embedder=models["tiny@1"]
+            )
+            assert hits[0].row.id == 2
+            assert len(statements) == 1 and "semdb.vector_columns" in statements[0]
+            with pytest.raises(SearchError) as caught:
+                semdb.search(session, Doc.embedding, "document number 2", embedder=models["tiny@2"])
+            assert COLUMN in caught.value.message and "not comparable" in caught.value.message
+            assert caught.value.fix == "load the model tiny@1: semdb.Embedder.load('tiny@1')"
+            assert session.execute(sa.select(sa.func.count()).select_from(rows_table)).scalar()
+    finally:
+        sa.event.remove(docs, "before_cursor_execute", record)
+
+
 def autogenerate(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
     """What Alembic's autogenerate (with semdb.alembic) wants to change on act_docs."""
     from alembic.autogenerate import produce_migrations

@@ -298,6 +298,50 @@ def test_autocommit_connections_work(items: sa.Engine) -> None:
         assert connection.execute(sa.text("SHOW enable_sort")).scalar() == "on"
 
 
+def test_a_search_that_begins_its_transaction_runs_in_one_of_its_own(items: sa.Engine) -> None:
+    """The first statement of a read-committed transaction: its settings go in a transaction
+    of its own (BEGIN; set_config ... COMMIT), no savepoint: as many round trips as a
+    hand-written search on a connection whose settings are set once. Nothing is left behind,
+    and the caller's transaction goes on (a failing search included)."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    where = Item.c10 == 3
+    with items.connect() as connection:
+        search(connection, Item.embedding, QUERIES[0], k=10, where=where, exact_below=100)
+        connection.rollback()  # the row estimates are known now
+        sa.event.listen(connection, "before_cursor_execute", record)
+        hits = search(connection, Item.embedding, QUERIES[0], k=10, where=where, exact_below=100)
+        assert len(hits) == 10 and hits.plan.settings
+        assert [s.split(";")[0].split()[0] for s in statements] == ["BEGIN", "SELECT", "COMMIT"]
+        assert planner_settings_now(connection) == ("40", "on", "off")
+        connection.rollback()
+        with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
+            search(connection, Item.embedding, QUERIES[0], where=(Item.c10 / 0) > 1, plan="index")
+        assert connection.execute(sa.select(sa.func.count()).select_from(Item)).scalar() == N
+
+
+def test_a_repeatable_read_transaction_keeps_the_snapshot_of_its_first_search(
+    items: sa.Engine,
+) -> None:
+    """Its search is the first statement: later statements see the rows the search saw (the
+    search ran in the caller's transaction, under a savepoint), not a row written since."""
+    with items.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
+        hits = search(connection, Item.embedding, QUERIES[0], k=5, where=Item.c2 == 0, plan="index")
+        assert len(hits) == 5 and hits.plan.settings
+        with items.begin() as other:
+            other.execute(sa.update(Item).where(Item.id == 0).values(body="changed meanwhile"))
+        try:
+            seen = connection.execute(sa.select(Item.body).where(Item.id == 0)).scalar()
+            assert seen != "changed meanwhile"
+        finally:
+            connection.rollback()
+            with items.begin() as other:
+                other.execute(sa.update(Item).where(Item.id == 0).values(body="item 0 red circle"))
+
+
 @pytest.mark.parametrize("path", ["index", "exact"])
 def test_autocommit_search_errors_leave_no_settings_behind(
     items: sa.Engine, column: Any, path: str

@@ -31,7 +31,7 @@ from semdb import HNSW, copy_rows, embedding_column
 from semdb.errors import SemdbError
 from semdb.orm.columns import VectorColumn, vector_column
 from semdb.orm.types import VectorType
-from semdb.retrieval.explain import Explain, describe_plan, plan_nodes, plan_root
+from semdb.retrieval.explain import Explain, plan_nodes, plan_root
 from semdb.retrieval.statement import PlanPath, knn_statement
 
 logger = logging.getLogger(__name__)
@@ -256,3 +256,16 @@ def _progress(items: range, enabled: bool, total: int) -> Iterator[int]:
         for start in items:
             yield start
             bar.update(min(items.step, total - start))
+
+
+def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
+    """A short, readable outline: node types and the indexes they use, no parameter values."""
+    label = node["Node Type"]
+    if node.get("Index Name"):
+        label += f" using {node['Index Name']}"
+    if node.get("Relation Name") and "Index Name" not in node:
+        label += f" on {node['Relation Name']}"
+    lines = ["  " * depth + label]
+    for child in node.get("Plans", ()):
+        lines.append(describe_plan(child, depth + 1))
+    return "\n".join(lines)

@@ -37,7 +37,6 @@ from sqlalchemy import Connection
 
 from semdb.orm.chunks import VECTOR, chunk_table_of, parent_key_name
 from semdb.orm.columns import VectorColumn
-from semdb.retrieval.plan import SearchPlan, choose_plan
 from semdb.retrieval.results import Hit
 from semdb.retrieval.settings import Bind, run_statement
 from semdb.retrieval.statement import MAX_K, PlanPath, knn_statement
@@ -141,22 +140,6 @@ def chunk_hit(row: Any, one_entity: bool) -> ChunkHit:
     return ChunkHit(row[0] if one_entity else row, float(row[-1]), match)
 
 
-def chunked_plan(search: Any, connection: Connection, values: Any, estimate_key: Any) -> SearchPlan:
-    """The plan of a chunked search: chosen as for its parent rows, with the index's
-    candidate list wide enough for the chunks fetched."""
-    return choose_plan(
-        connection,
-        search.target,
-        k=candidates_for(search.k, 0),
-        filtered=search.filtered,
-        filter_statement=lambda: search.filter_statement(values),
-        estimate_key=estimate_key,
-        request=search.request,
-        ef_search=search.ef_search,
-        exact_below=search.exact_below,
-    )
-
-
 def wider_rows(
     search: Any,
     bind: Bind,
@@ -176,7 +159,7 @@ def wider_rows(
         rows = run_statement(
             bind,
             connection,
-            search.chunked_statement(path, level),
+            search.statement(path, level),
             parameters,
             wider,
             custom_plan=search.filtered,

@@ -54,16 +54,3 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", ()):
         yield from plan_nodes(child)
-
-
-def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
-    """A short, readable outline: node types and the indexes they use, no parameter values."""
-    label = node["Node Type"]
-    if node.get("Index Name"):
-        label += f" using {node['Index Name']}"
-    if node.get("Relation Name") and "Index Name" not in node:
-        label += f" on {node['Relation Name']}"
-    lines = ["  " * depth + label]
-    for child in node.get("Plans", ()):
-        lines.append(describe_plan(child, depth + 1))
-    return "\n".join(lines)

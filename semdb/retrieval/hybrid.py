@@ -48,7 +48,7 @@ from semdb.retrieval.keyword import (
     terms_head,
 )
 from semdb.retrieval.nearest import KnnSearch, connection_of, kept
-from semdb.retrieval.plan import PlanRequest
+from semdb.retrieval.plan import PlanRequest, choose_plan
 from semdb.retrieval.results import HybridHit, SearchResult
 from semdb.retrieval.settings import Bind, bracket, execute
 from semdb.retrieval.statement import (
@@ -183,7 +183,7 @@ def hybrid_search(
         embedder,
         argument="vector" if vector is not None else "query",
     )
-    chosen = knn.plan(connection, {})
+    chosen = choose_plan(connection, knn, {})
     # The query's terms come back in the round trip that sets the plan's settings.
     head = terms_head(connection, target, text)
     names = search_names(target)

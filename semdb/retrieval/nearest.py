@@ -47,7 +47,13 @@ from semdb.retrieval.statement import (
     selects_one_entity,
 )
 from semdb.retrieval.vectors import query_vector
-from semdb.sync.registry import check_query_model
+from semdb.sync.registry import (
+    QUERY_MODEL,
+    check_query_model,
+    has_registry,
+    model_agrees,
+    query_model_values,
+)
 
 T = TypeVar("T")
 
@@ -89,7 +95,7 @@ class KnnSearch:
     ef_search: int | None = None
     exact_below: int | None = None
     given: sa.Select[Any] | None = None  # the statement given, if any
-    _statements: dict[PlanPath, sa.Select[Any]] = field(default_factory=dict)
+    _statements: dict[tuple[PlanPath, int | None], sa.Select[Any]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -125,54 +131,48 @@ class KnnSearch:
         """Is the column chunked (parents ranked by their best chunk: .chunked)?"""
         return self.target.spec.chunking is not None
 
-    def chunked_statement(self, path: PlanPath, level: int | None) -> sa.Select[Any]:
-        from semdb.retrieval.chunked import ChunkedStatements
-
-        key = ("chunked", path, level, self.k, self.target.column, self.target.entity)
-        return kept(
-            (*key, self.given, self.where),
-            lambda: ChunkedStatements(self.target, self.base, self.where, self.k).build(
-                path, level
-            ),
-        )
-
-    def statement(self, path: PlanPath) -> sa.Select[Any]:
-        """The statement of ``path`` (built once), the query vector bound at execution."""
-        known = self._statements.get(path)
-        if known is None and self.chunked:
-            known = self._statements[path] = self.chunked_statement(path, 0)
+    def statement(self, path: PlanPath, level: int | None = 0) -> sa.Select[Any]:
+        """The statement of ``path`` (built once), the query vector bound at execution;
+        ``level``: a chunked search's wider candidate lists (None: every passing chunk)."""
+        known = self._statements.get((path, level))
         if known is None:
             target, k, where = self.target, self.k, self.where
-            key = (path, k, target.column, target.entity, self.given)
-            template = kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
-            if where is not None:  # the same filter object again: its statement again
-                known = kept((*key, where), lambda: template.where(where))
+            key = (path, level, k, target.column, target.entity, self.given)
+            if self.chunked:
+                from semdb.retrieval.chunked import ChunkedStatements
+
+                chunked = ChunkedStatements(target, self.base, where, k)
+                known = kept((*key, where), lambda: chunked.build(path, level))
             else:
-                known = template
-            self._statements[path] = known
+                template = kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
+                # the same filter object again: its statement again
+                known = (
+                    template
+                    if where is None
+                    else kept((*key, where), lambda: template.where(where))
+                )
+            self._statements[(path, level)] = known
         return known
 
-    def estimate_key(self, connection: Connection) -> Any:
-        """What identifies the filter statement with its values, from the filter alone when
-        the statement reads the vector's table alone (cheaper than compiling the whole
-        statement); None: the statement is compiled to know."""
-        where = self.where
-        if where is None or (
-            self.base.whereclause is not None
-            or list(self.base.columns_clause_froms) != [self.target.table]
-        ):
-            return None
+    def estimate_key(self, connection: Connection, values: Mapping[str, Any]) -> Any:
+        """What identifies the filter statement with its values among the row estimates: its
+        SQL and parameters, compiled once per filter object (the filter's alone when the
+        statement reads the vector's table alone: a third of the time), and ``values``."""
+        base, where, table = self.base, self.where, self.target.table
 
         def build() -> Any:
-            compiled = where.compile(dialect=connection.dialect)
-            key = (self.target.table, compiled.string, tuple(sorted(compiled.params.items())))
-            try:
-                hash(key)
-            except TypeError:  # a value that cannot be a key (a list): compiled to know
-                return None
-            return key
+            alone = base.whereclause is None and list(base.columns_clause_froms) == [table]
+            clause = where if alone and where is not None else self.filter_statement({})
+            compiled = clause.compile(dialect=connection.dialect)
+            return table, compiled.string, tuple(sorted(compiled.params.items()))
 
-        return kept(("estimate key", self.target.table, where), build)
+        compiled = kept(("estimate key", base, where), build)
+        key = (compiled, tuple(sorted((k, type(v), v) for k, v in values.items())))
+        try:
+            hash(key)
+        except TypeError:  # a value that cannot be a key (a list): not kept
+            return None
+        return key
 
     def filter_statement(self, values: Mapping[str, Any]) -> sa.Select[Any]:
         """``SELECT 1 FROM <the statement's tables> WHERE <filters>``: what the row estimate
@@ -184,47 +184,24 @@ class KnnSearch:
             counted = counted.where(self.where)
         return counted.params(dict(values)) if values else counted
 
-    def plan(
-        self,
-        connection: Connection,
-        values: Mapping[str, Any],
-        estimate_key: Any = None,
-    ) -> SearchPlan:
-        if self.chunked:
-            from semdb.retrieval.chunked import chunked_plan
-
-            return chunked_plan(self, connection, values, estimate_key)
-        return choose_plan(
-            connection,
-            self.target,
-            k=self.k,
-            filtered=self.filtered,
-            filter_statement=lambda: self.filter_statement(values),
-            estimate_key=estimate_key,
-            request=self.request,
-            ef_search=self.ef_search,
-            exact_below=self.exact_below,
-        )
-
     def run(
         self,
         bind: Bind,
         query: Any,
         embedder: TextEmbedder | None,
         values: Mapping[str, Any],
-        estimate_key: Any = None,
     ) -> SearchResult:
         """The hits for ``query`` with the filter's parameters set to ``values``."""
         started = time.perf_counter()
         connection = connection_of(bind)
-        if isinstance(query, str) and embedder is not None:
-            # The model the column holds now (an activation may have switched it).
-            check_query_model(connection, self.target, embedder)
         parameters = {**values, QUERY_VECTOR: query_vector(self.target, query, embedder)}
-        if estimate_key is None and not values and self.filtered and self.request == "auto":
-            estimate_key = self.estimate_key(connection)
-        plan = self.plan(connection, values, estimate_key)
-        rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters)
+        # A text: the first statement also checks the model the column holds now (an
+        # activation may have switched it), see model_agrees.
+        model = embedder if isinstance(query, str) and has_registry(connection) else None
+        if model is not None:
+            parameters.update(query_model_values(model))
+        plan = choose_plan(connection, self, values)
+        rows = self._rows(bind, connection, plan.path, plan.first_settings, parameters, model)
         if plan.plain_first and len(rows) < self.k:
             shortfall = len(rows)
             rows = self._rows(bind, connection, "index", plan.settings, parameters)
@@ -267,36 +244,25 @@ class KnnSearch:
         path: PlanPath,
         settings: Mapping[str, str],
         parameters: dict[str, Any],
+        model: TextEmbedder | None = None,
     ) -> list[sa.Row[Any]]:
+        statement = self.statement(path)
+        if model is not None:
+            schema = connection.dialect.default_schema_name or "public"
+            statement = kept(
+                ("model", statement, schema),
+                lambda: statement.where(model_agrees(self.target, schema)),
+            )
         rows = run_statement(
-            bind,
-            connection,
-            self.statement(path),
-            parameters,
-            settings,
-            custom_plan=self.filtered,
+            bind, connection, statement, parameters, settings, custom_plan=self.filtered
         )
+        if model is not None and len(rows) < self.k:  # the model check's error, if it failed
+            check_query_model(connection, self.target, model)
         if self.chunked and len(rows) < self.k:
             from semdb.retrieval.chunked import wider_rows
 
             rows = wider_rows(self, bind, connection, path, settings, parameters)
         return rows
-
-    def explain(
-        self, bind: Bind, query: Any, embedder: TextEmbedder | None, *, analyze: bool = False
-    ) -> tuple[SearchPlan, dict[str, Any]]:
-        connection = connection_of(bind)
-        parameters = {QUERY_VECTOR: query_vector(self.target, query, embedder)}
-        plan = self.plan(connection, {})
-        rows = run_statement(
-            connection,
-            connection,
-            Explain(self.statement(plan.path), analyze=analyze),
-            parameters,
-            plan.first_settings,
-            custom_plan=True,
-        )
-        return plan, plan_root(rows[0][0])
 
 
 #: Statements by (path, k, column, entity, statement given[, filter object]), and the row
@@ -374,7 +340,14 @@ def explain_search(
     embedder = options.pop("embedder", None)
     options.pop("max_distance", None)
     knn = KnnSearch.build(column, k=options.pop("k", 10), **options)
-    return knn.explain(bind, query, embedder, analyze=analyze)
+    connection = connection_of(bind)
+    parameters = {QUERY_VECTOR: query_vector(knn.target, query, embedder)}
+    plan = choose_plan(connection, knn, {})
+    explained = Explain(knn.statement(plan.path), analyze=analyze)
+    rows = run_statement(
+        connection, connection, explained, parameters, plan.first_settings, custom_plan=True
+    )
+    return plan, plan_root(rows[0][0])
 
 
 class PreparedSearch:
@@ -422,16 +395,14 @@ class PreparedSearch:
         named = [bind for bind in named if not bind.unique]  # bindparam("lang"), not values
         #: The filter's parameters a run may name (``bindparam("lang")``), and those it must.
         self.parameters = frozenset(bind.key for bind in named)
-        if QUERY_VECTOR in self.parameters:
+        if reserved := sorted(self.parameters & {QUERY_VECTOR, *QUERY_MODEL}):
             raise SearchError(
-                f"the filter names a parameter {QUERY_VECTOR!r}, which semdb uses itself",
+                f"the filter names a parameter {reserved[0]!r}, which semdb uses itself",
                 fix="give the filter's parameter another name",
             )
         self.required = frozenset(
             bind.key for bind in named if bind.required and bind.callable is None
         )
-        #: What stands for this search's filter statement in the row estimates' keys.
-        self._token = object()
         # Both paths built now: a run only binds values.
         self._search.statement("index")
         self._search.statement("exact")
@@ -442,26 +413,17 @@ class PreparedSearch:
         """The hits for ``query`` (text with ``embedder``, or a vector) with the filter's
         named parameters set to ``values``."""
         if not (self.parameters.issuperset(values) and self.required.issubset(values)):
-            unknown = sorted(values.keys() - self.parameters)
-            missing = sorted(self.required - values.keys())
+            unknown = ", ".join(sorted(values.keys() - self.parameters))
+            missing = ", ".join(sorted(self.required - values.keys()))
+            problems = [f"has no parameter {unknown}"] if unknown else []
+            problems += [f"needs a value for {missing}"] if missing else []
             named = ", ".join(sorted(self.parameters)) or "none"
             raise SearchError(
-                "this search's filter "
-                + (f"has no parameter {', '.join(unknown)}" if unknown else "")
-                + ("; " if unknown and missing else "")
-                + (f"needs a value for {', '.join(missing)}" if missing else "")
-                + f" (its parameters: {named})",
+                f"this search's filter {'; '.join(problems)} (its parameters: {named})",
                 fix="name the filter's values with sqlalchemy.bindparam('name') and pass "
                 "name=value to each run",
             )
-        key: Any = None
-        if self._search.filtered:
-            key = (self._token, tuple(sorted((k, type(v), v) for k, v in values.items())))
-            try:
-                hash(key)
-            except TypeError:  # a list of values: the statement is compiled to know
-                key = None
-        return self._search.run(bind, query, embedder, values, key).within(self.max_distance)
+        return self._search.run(bind, query, embedder, values).within(self.max_distance)
 
 
 def _max_distance(value: Any) -> float | None:

@@ -1,22 +1,18 @@
 """Which path a search runs, decided before it runs, and the settings that make it run.
 
-The choice: no filter -> the index (see :mod:`semdb.retrieval.statement` for the two
-paths). With a filter, the planner's own row estimate for it (``EXPLAIN`` of ``SELECT 1 FROM
-... WHERE filter``) is compared with ``exact_below`` rows, by default
-:data:`EXACT_BELOW_FACTOR` x sqrt(table rows): an exact search over that many rows is as
-fast as the iterative index scan (measured in ``bench/search.py``). Without iterative scans
-(pgvector < 0.8) a filtered search is always exact: the index would return fewer than k.
+No filter: the index (the two paths: :mod:`semdb.retrieval.statement`). A filter: the
+planner's row estimate for it (``EXPLAIN`` of ``SELECT 1 FROM ... WHERE filter``) against
+``exact_below`` rows, by default :data:`EXACT_BELOW_FACTOR` x sqrt(table rows), where an
+exact search is as fast as the iterative index scan (``bench/search.py``). Without iterative
+scans (pgvector < 0.8) a filtered search is exact: the index would return fewer than k.
 
-On the index path the search sets, for its statement alone: ``hnsw.ef_search`` (at least k),
-``hnsw.iterative_scan = relaxed_order`` when a filter is present (the scan goes on until k
-rows pass) and ``enable_sort = off`` (the planner keeps the vector index instead of sorting
-what a btree found). Values equal to pgvector's defaults are not sent.
-
-When so many rows pass the filter that a plain HNSW scan (pgvector's defaults) finds k of
-them among its 40 candidates but for a small chance (:data:`PLAIN_SCAN_SHORTFALL`), that
-plain scan runs first, with no settings. If any index scan returns fewer than k rows, the
-search runs again the next way (iterative, then exact): k rows come back whenever k rows
-pass the filter.
+The index path sets, for its statement alone: ``hnsw.ef_search`` (at least k),
+``hnsw.iterative_scan = relaxed_order`` under a filter (the scan goes on until k rows pass)
+and ``enable_sort = off`` (the planner keeps the index instead of sorting what a btree
+found); values equal to pgvector's defaults are not sent. When a plain HNSW scan finds k
+passing rows among its 40 candidates but for a small chance (:data:`PLAIN_SCAN_SHORTFALL`),
+it runs first, with no settings. An index scan that returns fewer than k rows is followed by
+the next way (iterative, then exact): k rows come back whenever k rows pass the filter.
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -39,8 +35,11 @@ from semdb.errors import SearchError
 from semdb.orm.columns import VectorColumn
 from semdb.orm.indexes import HNSW
 from semdb.retrieval.explain import Explain, plan_root
-from semdb.retrieval.settings import custom_plans, savepoint
+from semdb.retrieval.settings import run_statement
 from semdb.retrieval.statement import PlanPath
+
+if TYPE_CHECKING:
+    from semdb.retrieval.nearest import KnnSearch
 
 PlanRequest = Literal["auto", "index", "exact"]
 
@@ -95,18 +94,16 @@ class SearchPlan:
 
 def choose_plan(
     connection: Connection,
-    target: VectorColumn,
-    *,
-    k: int,
-    filtered: bool,
-    filter_statement: Callable[[], sa.Select[Any]],
-    estimate_key: Any = None,
-    request: PlanRequest = "auto",
-    ef_search: int | None = None,
-    exact_below: int | None = None,
+    search: KnnSearch,
+    values: Mapping[str, Any],
 ) -> SearchPlan:
-    """Decide the path of one search (see the module). ``estimate_key`` identifies the
-    filter statement with its values when the caller knows it cheaply (else it is compiled)."""
+    """Decide the path of ``search`` with its filter's ``values`` (see the module)."""
+    target, k, filtered = search.target, search.k, search.filtered
+    request, ef_search, exact_below = search.request, search.ef_search, search.exact_below
+    if search.chunked:  # the index's candidates: as many as the chunks fetched
+        from semdb.retrieval.chunked import candidates_for
+
+        k = candidates_for(k, 0)
     if request not in ("auto", "index", "exact"):
         raise SearchError(
             f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"
@@ -130,7 +127,11 @@ def choose_plan(
         return SearchPlan("index", "no filter", None, settings)
     if not iterative:
         return SearchPlan("exact", "pgvector < 0.8 has no iterative index scan for filters")
-    estimated = estimate_rows(connection, filter_statement, key=estimate_key)
+    estimated = estimate_rows(
+        connection,
+        lambda: search.filter_statement(values),
+        key=search.estimate_key(connection, values),
+    )
     rows = table_rows(connection, target)
     threshold = exact_below_rows(rows) if exact_below is None else exact_below
     if estimated <= threshold:
@@ -203,91 +204,67 @@ def index_settings(
 
 # -- what the database says, kept for a while ------------------------------------------------
 
-_iterative_scan: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
-
-
-def supports_iterative_scan(connection: Connection) -> bool:
-    """pgvector 0.8+ in this database (looked up once per engine)."""
-    known = _iterative_scan.get(connection.engine)
-    if known is None:
-        version = connection.execute(
-            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        ).scalar()
-        known = version is not None and parse_version(str(version)) >= (0, 8, 0)
-        _iterative_scan[connection.engine] = known
-    return known
-
-
 #: How long a row estimate (and a table's row count) is reused. The planner's estimate only
 #: changes when the table's statistics do (ANALYZE, autovacuum); asking again costs a round
 #: trip and a planning (about 0.3 ms, as much as a selective search itself).
 ESTIMATE_TTL_SECONDS = 60.0
-#: At most this many estimates are kept (the oldest go first): a bound on memory for
-#: applications whose filters take many values.
+#: At most this many estimates are kept per engine (the oldest go first): a bound on memory
+#: for applications whose filters take many values.
 ESTIMATES_KEPT = 4096
 
 
-class _Recent:
-    """Values kept for :data:`ESTIMATE_TTL_SECONDS`, at most :data:`ESTIMATES_KEPT`."""
+class _Known:
+    """What searches learned of one engine's database: pgvector's version, row estimates."""
 
     def __init__(self) -> None:
-        self._items: OrderedDict[Any, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> float | None:
-        item = self._items.get(key)
-        if item is not None and time.monotonic() - item[1] < ESTIMATE_TTL_SECONDS:
-            return item[0]
-        return None
-
-    def put(self, key: Any, value: float) -> None:
-        with self._lock:
-            self._items[key] = (value, time.monotonic())
-            self._items.move_to_end(key)
-            while len(self._items) > ESTIMATES_KEPT:
-                self._items.popitem(last=False)
+        self.iterative: bool | None = None
+        self.estimates: OrderedDict[Any, tuple[float, float]] = OrderedDict()
+        self.lock = threading.Lock()
 
 
-_estimates = _Recent()
-_engines: weakref.WeakKeyDictionary[Engine, object] = weakref.WeakKeyDictionary()
+_known: weakref.WeakKeyDictionary[Engine, _Known] = weakref.WeakKeyDictionary()
 
 
-def _engine_token(connection: Connection) -> object:
-    """A token per engine for cache keys (never reused, unlike ``id()``)."""
-    token = _engines.get(connection.engine)
-    if token is None:
-        token = _engines.setdefault(connection.engine, object())
-    return token
+def _known_of(connection: Connection) -> _Known:
+    known = _known.get(connection.engine)
+    return _known.setdefault(connection.engine, _Known()) if known is None else known
+
+
+def supports_iterative_scan(connection: Connection) -> bool:
+    """pgvector 0.8+ in this database (looked up once per engine)."""
+    known = _known_of(connection)
+    if known.iterative is None:
+        version = connection.execute(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        ).scalar()
+        known.iterative = version is not None and parse_version(str(version)) >= (0, 8, 0)
+    return known.iterative
 
 
 def estimate_rows(
-    connection: Connection, statement: Callable[[], sa.Select[Any]], *, key: Any = None
+    connection: Connection, statement: Callable[[], sa.Select[Any]], *, key: Any
 ) -> float:
     """The planner's estimate of how many rows ``statement()`` returns (not executed).
 
-    Kept per (engine, ``key``), ``key`` being by default the statement's SQL and values.
-    An error (a filter on a column the table lacks) is raised as a :class:`SearchError`
-    naming the filter; the caller's transaction stays usable (a savepoint).
+    Kept per engine and ``key`` (None: not kept). An error (a filter on a column the table
+    lacks) is raised as a :class:`SearchError` naming the filter; the caller's transaction
+    stays usable (a savepoint).
     """
-    query = None
-    if key is None:
-        query = statement()
-        compiled = query.compile(dialect=connection.dialect)
-        try:
-            key = (compiled.string, tuple(sorted(compiled.params.items())))
-            hash(key)
-        except TypeError:  # a value that cannot be a key (a list, a dict): not kept
-            key = None
-    cache_key = None if key is None else (_engine_token(connection), key)
-    if cache_key is not None:
-        known = _estimates.get(cache_key)
-        if known is not None:
-            return known
-    if query is None:
-        query = statement()
+    known = _known_of(connection)
+    item = None if key is None else known.estimates.get(key)
+    if item is not None and time.monotonic() - item[1] < ESTIMATE_TTL_SECONDS:
+        return item[0]
+    query = statement()
     try:
-        with custom_plans(connection), savepoint(connection):
-            explained = connection.execute(Explain(query)).scalar()
+        explained = run_statement(
+            connection,
+            connection,
+            Explain(query),
+            None,
+            NO_SETTINGS,
+            custom_plan=True,
+            protect=True,
+        )[0][0]
     except sa.exc.DBAPIError as exc:
         cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         raise SearchError(
@@ -296,8 +273,12 @@ def estimate_rows(
             "migration not applied?) and its values must suit their columns",
         ) from exc
     rows = float(plan_root(explained)["Plan Rows"])
-    if cache_key is not None:
-        _estimates.put(cache_key, rows)
+    if key is not None:
+        with known.lock:
+            known.estimates[key] = (rows, time.monotonic())
+            known.estimates.move_to_end(key)
+            while len(known.estimates) > ESTIMATES_KEPT:
+                known.estimates.popitem(last=False)
     return rows
 
 
@@ -308,19 +289,10 @@ def _describe(statement: sa.Select[Any]) -> str:
 
 
 def table_rows(connection: Connection, target: VectorColumn) -> float:
-    """The planner's row count of the vector column's table (``pg_class.reltuples``), kept
-    for :data:`ESTIMATE_TTL_SECONDS`."""
-    key = (_engine_token(connection), "table", target.table)
-    known = _estimates.get(key)
-    if known is not None:
-        return known
-    name = str(connection.dialect.identifier_preparer.format_table(target.table))
-    rows = connection.execute(
-        sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"), {"name": name}
-    ).scalar()
-    if rows is None or rows < 0:  # never analysed: ask the planner
-        rows = estimate_rows(
-            connection, lambda: sa.select(sa.literal_column("1")).select_from(target.table)
-        )
-    _estimates.put(key, float(rows))
-    return float(rows)
+    """The planner's row count of the vector column's table, kept as estimates are."""
+    table = target.table
+    return estimate_rows(
+        connection,
+        lambda: sa.select(sa.literal_column("1")).select_from(table),
+        key=("table", table),
+    )

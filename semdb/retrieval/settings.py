@@ -1,29 +1,30 @@
 """Running one search statement under planner settings that apply to it alone.
 
 ``hnsw.ef_search``, ``hnsw.iterative_scan`` and ``enable_sort`` are set with
-``set_config(name, value, true)`` (``SET LOCAL``) inside a savepoint that is rolled back
-after the statement, which restores the previous values exactly and keeps the caller's
-transaction usable if the search fails. That is three round trips, all through public APIs::
+``set_config(name, value, true)`` (``SET LOCAL``) in a savepoint rolled back after the
+statement, which restores the previous values exactly and keeps the caller's transaction
+usable if the statement fails. One round trip before the statement, one after::
 
-    SAVEPOINT semdb_search; SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), ...
+    SAVEPOINT semdb_search; SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)
     <the search statement, through SQLAlchemy>
     ROLLBACK TO SAVEPOINT semdb_search; RELEASE SAVEPOINT semdb_search
 
-On a connection in autocommit mode the bracket is ``BEGIN; SELECT set_config(...)`` ...
-``COMMIT``. SQLAlchemy's own ``begin_nested()`` would do the same in more round trips
-(measured: 1.2 ms against 0.6 ms for this bracket on a loaded 2-core machine).
+SQLAlchemy's ``begin_nested()`` takes more (1.2 ms against 0.6 ms, loaded 2-core machine).
+When no transaction is open on the server yet (autocommit mode, or the search is the first
+statement of a read-committed transaction), the statement runs in a transaction of its own,
+``BEGIN; SELECT set_config(...)`` ... ``COMMIT`` (psycopg in autocommit mode meanwhile): as
+many round trips as a hand-written search on a connection whose settings are set once.
 
 A filtered statement is planned for its actual values: psycopg's public
-``prepare_threshold`` is None while it runs (a prepared statement's generic plan cannot know
-how selective ``bucket < $1`` is). The bracket's commands run the same way, which also keeps
-them out of psycopg's prepared-statement bookkeeping: psycopg takes the ``ROLLBACK`` status
-of ``ROLLBACK TO SAVEPOINT`` as a sign to deallocate every prepared statement, the caller's
-included.
+``prepare_threshold`` is None while it runs (a generic plan cannot know how selective
+``bucket < $1`` is), and while the bracket's commands run: psycopg takes the ``ROLLBACK``
+status of ``ROLLBACK TO SAVEPOINT`` as a sign to deallocate every prepared statement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,6 +35,9 @@ from sqlalchemy.orm import Session
 
 Bind = Session | Connection
 _SAVEPOINT = sql.Identifier("semdb_search")
+_ROLLBACK_TO = (
+    sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT).as_string(None)
+)
 
 
 def run_statement(
@@ -44,9 +48,12 @@ def run_statement(
     settings: Mapping[str, str],
     *,
     custom_plan: bool,
+    protect: bool = False,
 ) -> list[sa.Row[Any]]:
-    """The rows of ``statement`` run through ``bind`` under ``settings`` (see the module)."""
-    with bracket(connection, settings, custom_plan=custom_plan):
+    """The rows of ``statement`` run through ``bind`` under ``settings`` (see the module);
+    ``protect``: in a savepoint even without settings (an error leaves the caller's
+    transaction usable)."""
+    with bracket(connection, settings, custom_plan=custom_plan, protect=protect):
         return execute(bind, statement, parameters)
 
 
@@ -56,41 +63,91 @@ def bracket(
     settings: Mapping[str, str],
     *,
     custom_plan: bool,
+    protect: bool = False,
     head: sql.Composable | None = None,
 ) -> Iterator[list[sa.Row[Any]]]:
     """``settings`` apply to the statements run inside (see the module); the bracket is
     closed after them, or rolled back if one fails. ``head``, a statement whose values are
     written in (psycopg's ``sql.Literal``), runs first, in the same round trip as the
     bracket's opening: its rows are what the block receives (none without a head)."""
-    with custom_plans(connection, custom_plan or bool(settings)):
-        if not settings:
+    driver: Any = connection.connection.dbapi_connection
+    own = bool(settings or protect) and _own_transaction(connection, driver)
+    switch = own and not driver.autocommit  # a transaction of its own: autocommit meanwhile
+    needed = bool(settings) or (protect and (switch or not own))  # autocommit: no need
+    with custom_plans(connection, custom_plan or needed):
+        if not needed:
             yield [] if head is None else _head_rows(connection, head, [])
             return
-        assignments = sql.SQL("SELECT {}").format(
-            sql.SQL(", ").join(
-                sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
-                for name, value in settings.items()
+        opening, closing, failed = _bracket(tuple(settings.items()), own)
+        if switch:
+            driver.autocommit = True
+        try:
+            if head is None:
+                connection.exec_driver_sql(opening)
+                rows: list[sa.Row[Any]] = []
+            else:
+                rows = _head_rows(connection, head, [sql.SQL(opening)])
+            try:
+                yield rows
+            except BaseException:
+                with contextlib.suppress(sa.exc.DBAPIError):  # the first error is the one to see
+                    connection.exec_driver_sql(failed)
+                raise
+            connection.exec_driver_sql(closing)
+        finally:
+            if switch and not driver.closed:  # a lost connection is SQLAlchemy's to report
+                driver.autocommit = False
+
+
+def _own_transaction(connection: Connection, driver: Any) -> bool:
+    """Can the statement run in a transaction of its own? Yes when none is open on the server
+    and the driver is in autocommit mode, or would begin one that reads committed rows (the
+    first statement of such a transaction shares no snapshot with the next ones)."""
+    if getattr(driver, "info", None) is None or driver.info.transaction_status.name != "IDLE":
+        return False
+    if getattr(driver, "autocommit", False):
+        return True
+    level = getattr(driver, "isolation_level", "unknown")  # None: the server's default
+    level = connection.default_isolation_level if level is None else level
+    return str(getattr(level, "name", level)).replace("_", " ") == "READ COMMITTED"
+
+
+@contextlib.contextmanager
+def custom_plans(connection: Connection, wanted: bool = True) -> Iterator[None]:
+    """Statements inside are planned for their actual values: psycopg prepares none of them
+    (``prepare_threshold`` None meanwhile; a driver without one is left alone). The driver's
+    own connection: under SQLAlchemy's asyncio extension, psycopg's AsyncConnection (the
+    adapter SQLAlchemy wraps it in has no ``prepare_threshold``)."""
+    driver: Any = connection.connection.driver_connection
+    threshold = getattr(driver, "prepare_threshold", None)
+    if not wanted or threshold is None:
+        yield
+        return
+    driver.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = threshold
+
+
+@functools.lru_cache(maxsize=64)
+def _bracket(settings: tuple[tuple[str, str], ...], autocommit: bool) -> tuple[str, str, str]:
+    """The commands before and after the statement (and after it fails). Composing them
+    cost about 60 us a search, a tenth of a selective search's own time (bench/search.py)."""
+    commands = [sql.SQL("BEGIN") if autocommit else sql.SQL("SAVEPOINT {}").format(_SAVEPOINT)]
+    if settings:
+        commands.append(
+            sql.SQL("SELECT {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("set_config({}, {}, true)").format(
+                        sql.Literal(name), sql.Literal(value)
+                    )
+                    for name, value in settings
+                )
             )
         )
-        if _outside_transaction(connection):  # autocommit, no transaction: one of our own
-            opening: list[sql.Composable] = [sql.SQL("BEGIN"), assignments]
-            closing: sql.Composable = sql.SQL("COMMIT")
-            failed: sql.Composable = sql.SQL("ROLLBACK")
-        else:
-            opening = [sql.SQL("SAVEPOINT {}").format(_SAVEPOINT), assignments]
-            closing = failed = _ROLLBACK_TO
-        if head is None:
-            connection.exec_driver_sql(sql.SQL("; ").join(opening).as_string(None))
-            rows = []
-        else:
-            rows = _head_rows(connection, head, opening)
-        try:
-            yield rows
-        except BaseException:
-            with contextlib.suppress(sa.exc.DBAPIError):  # the first error is the one to see
-                connection.exec_driver_sql(failed.as_string(None))
-            raise
-        connection.exec_driver_sql(closing.as_string(None))
+    opening = sql.SQL("; ").join(commands).as_string(None)
+    return (opening, "COMMIT", "ROLLBACK") if autocommit else (opening, _ROLLBACK_TO, _ROLLBACK_TO)
 
 
 def _head_rows(
@@ -112,52 +169,3 @@ def execute(
         with bind.no_autoflush:
             return list(bind.execute(statement, parameters))
     return list(bind.execute(statement, parameters))
-
-
-@contextlib.contextmanager
-def custom_plans(connection: Connection, wanted: bool = True) -> Iterator[None]:
-    """Statements inside are planned for their actual values: psycopg prepares none of them
-    (``prepare_threshold`` None meanwhile; a driver without one is left alone). The driver's
-    own connection: under SQLAlchemy's asyncio extension, psycopg's AsyncConnection (the
-    adapter SQLAlchemy wraps it in has no ``prepare_threshold``)."""
-    driver = connection.connection.driver_connection
-    threshold = getattr(driver, "prepare_threshold", None)
-    if not wanted or threshold is None:
-        yield
-        return
-    driver.prepare_threshold = None  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        driver.prepare_threshold = threshold  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def savepoint(connection: Connection) -> Iterator[None]:
-    """Inside a transaction, an error in the block rolls back to a savepoint taken before
-    it, so that the caller's transaction stays usable (outside one, nothing to protect)."""
-    if _outside_transaction(connection):
-        yield
-        return
-    with custom_plans(connection):
-        connection.exec_driver_sql(sql.SQL("SAVEPOINT {}").format(_SAVEPOINT).as_string(None))
-        try:
-            yield
-        except BaseException:
-            with contextlib.suppress(sa.exc.DBAPIError):
-                connection.exec_driver_sql(_ROLLBACK_TO.as_string(None))
-            raise
-        connection.exec_driver_sql(
-            sql.SQL("RELEASE SAVEPOINT {}").format(_SAVEPOINT).as_string(None)
-        )
-
-
-_ROLLBACK_TO = sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(_SAVEPOINT)
-
-
-def _outside_transaction(connection: Connection) -> bool:
-    """Is the driver in autocommit mode with no transaction open (nothing to roll back to)?"""
-    driver = connection.connection.dbapi_connection
-    if not getattr(driver, "autocommit", False):
-        return False
-    return bool(driver.info.transaction_status.name == "IDLE")  # type: ignore[union-attr]

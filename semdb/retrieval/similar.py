@@ -64,11 +64,8 @@ def more_like_this(
 
 
 def _key_values(key: tuple[sa.Column[Any], ...], row: Any) -> tuple[Any, ...]:
-    try:
-        state = sa.inspect(row, raiseerr=False)
-    except sa.exc.NoInspectionAvailable:  # pragma: no cover - raiseerr=False returns None
-        state = None
-    identity = getattr(state, "identity", None) if state is not None else None
+    state = sa.inspect(row, raiseerr=False)
+    identity = getattr(state, "identity", None)
     if identity is not None:
         return tuple(identity)
     if state is not None and hasattr(state, "mapper"):
@@ -87,8 +84,7 @@ def _key_values(key: tuple[sa.Column[Any], ...], row: Any) -> tuple[Any, ...]:
 
 
 def _is_row(item: Any, key: tuple[sa.Column[Any], ...], values: tuple[Any, ...]) -> bool:
-    state = sa.inspect(item, raiseerr=False)
-    identity = getattr(state, "identity", None) if state is not None else None
+    identity = getattr(sa.inspect(item, raiseerr=False), "identity", None)
     if identity is not None:
         return tuple(identity) == values
     mapping = getattr(item, "_mapping", None)

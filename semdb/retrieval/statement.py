@@ -1,19 +1,14 @@
-"""The one k-nearest-neighbour statement: what :func:`semdb.search`, hybrid search,
-more-like-this and the training package's evaluation and mining all run.
+"""The one k-nearest-neighbour statement that every search runs (search, hybrid search,
+more-like-this, the training package's evaluation and mining), in two forms whose SQL
+differs, so that the planner cannot swap one for the other:
 
-Two forms, each with its own SQL, so that the planner cannot silently swap one for the other:
+- ``index``: ``ORDER BY <indexed expression> <op> :q LIMIT k``, which the HNSW or IVFFlat
+  index serves (a halfvec expression index gets a halfvec query);
+- ``exact``: ``ORDER BY cosine_distance(col, :q) LIMIT k``, which no index serves: the
+  distance of every passing row, the true top k.
 
-``index``
-    ``ORDER BY <indexed expression> <op> :q LIMIT k``: the operator form, which the HNSW or
-    IVFFlat index serves (a halfvec expression index gets a halfvec query).
-``exact``
-    ``ORDER BY cosine_distance(col, :q) LIMIT k``: the function form, which no index serves:
-    the rows passing the filter (through any btree the planner likes), every distance
-    computed, the true top k.
-
-The query vector is the bound parameter :data:`QUERY_VECTOR`, typed for the path, so that a
-statement built once runs with any vector; ``k`` is written into the SQL (a checked
-integer), so that the planner knows it even in a prepared statement's generic plan.
+The query vector is the bound parameter :data:`QUERY_VECTOR`, so that a statement built once
+runs with any vector; ``k`` is written into the SQL, so that a generic plan knows it too.
 """
 
 from __future__ import annotations
@@ -52,13 +47,6 @@ def query_parameter(target: VectorColumn, path: PlanPath, value: Any = None) -> 
     return sa.bindparam(QUERY_VECTOR, value, type_=type_)
 
 
-def distance_to(target: VectorColumn, path: PlanPath, query: Any) -> sa.ColumnElement[float]:
-    """The distance from each row's vector to ``query``, in the form ``path`` runs."""
-    if path == "index":
-        return target.index_distance(query)
-    return target.exact_distance(query)
-
-
 def knn_statement(
     target: VectorColumn,
     base: sa.Select[Any],
@@ -73,7 +61,7 @@ def knn_statement(
     :func:`query_parameter` of ``path``, given its value at execution."""
     if query is None:
         query = query_parameter(target, path)
-    distance = distance_to(target, path, query)
+    distance = target.index_distance(query) if path == "index" else target.exact_distance(query)
     statement = base.add_columns(distance.label("distance"))
     if where is not None:
         statement = statement.where(where)

@@ -39,8 +39,8 @@ and leaves the column as it was. Everything is resumable: running ``activate`` a
 activation in progress re-queues what the shadow still lacks and goes on; a worker killed
 mid-batch loses nothing (its claims return to the queue).
 
-Queries must embed their text with the model the column holds now: a text search checks
-the registry first (:func:`semdb.sync.registry.check_query_model`), under a lock that the
+Queries must embed their text with the model the column holds now: a text search's statement
+reads the registry row too (:func:`semdb.sync.registry.model_agrees`), under a lock that the
 switch waits for, so a query embedded by the old model is never compared with the new
 vectors. Update the ORM declaration (``model=``, ``dimension=``) after a switch; until then
 text searches on it fail with that fix, they never return wrong neighbours.

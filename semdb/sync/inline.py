@@ -225,9 +225,9 @@ def _check_version(session: Session, declared: _Declared, embedder: TextEmbedder
     the embedder's at its first flush (in the flush's transaction); an embedder of another
     version is refused. Read once per engine and column after that."""
     from semdb.sync.registry import (
-        _has_registry,
         bind_model_version,
         find,
+        has_registry,
         version_refusal,
     )
 
@@ -237,7 +237,7 @@ def _check_version(session: Session, declared: _Declared, embedder: TextEmbedder
     known = _bound.setdefault(connection.engine, {})
     version = known.get(key)
     if version is None:
-        target = find(connection, *key) if _has_registry(connection) else None
+        target = find(connection, *key) if has_registry(connection) else None
         if target is None or target.model != embedder.model_name:
             known[key] = ""  # the declaration's own checks apply
             return

@@ -2,9 +2,10 @@
 
 Also the one answer to "which model made the vectors of this column, now": the registry row
 (``model``, pinned ``model_version`` after an activation, ``dimension``).
-:func:`check_query_model` is what a text search asks before it embeds the query, so that a
-query is never compared with vectors of another model, even while an activation switches
-the column (see :mod:`semdb.sync.activation`).
+:func:`model_agrees` is what a text search adds to its statement (and :func:`check_query_model`
+what it asks when that statement returns too few rows), so that a query is never compared with
+vectors of another model, even while an activation switches the column (see
+:mod:`semdb.sync.activation`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def find(connection: Connection, schema: str, table: str, column: str) -> SyncTa
 def registered_target(connection: Connection, declared: SyncTarget) -> SyncTarget | None:
     """The registration of the column ``declared`` names, or None (no registry, or the
     column is not in it)."""
-    if not _has_registry(connection):
+    if not has_registry(connection):
         return None
     return find(connection, declared.table_schema, declared.table_name, declared.column_name)
 
@@ -179,7 +180,7 @@ def version_refusal(target: SyncTarget, name: str, version: str, who: str) -> Sy
 _REGISTRY_SEEN: weakref.WeakKeyDictionary[sa.Engine, bool] = weakref.WeakKeyDictionary()
 
 
-def _has_registry(connection: Connection) -> bool:
+def has_registry(connection: Connection) -> bool:
     """Does this database have semdb.vector_columns? (Remembered per engine once it has.)"""
     engine = connection.engine
     if _REGISTRY_SEEN.get(engine):
@@ -226,6 +227,48 @@ def current_model_statement(target: VectorColumn, default_schema: str) -> sa.Sel
     )
 
 
+#: The values :func:`model_agrees` compares the registry row with: the query's embedder's.
+QUERY_MODEL = ("semdb_query_model", "semdb_query_model_version", "semdb_query_dimension")
+
+
+def model_agrees(target: VectorColumn, default_schema: str) -> sa.ColumnElement[bool]:
+    """What a text search adds to its own statement: false when the registry row of
+    ``target``'s column names another model, pinned version or dimension than the query's
+    embedder (bound as :data:`QUERY_MODEL`, see :func:`query_model_values`).
+
+    The condition reads no row of the searched table, so PostgreSQL evaluates it once, under
+    the statement's snapshot, taken after the statement locked the table it searches (the
+    guarantee of :func:`current_model_statement`, without its round trip). A mismatch returns
+    no rows; the search then asks :func:`check_query_model` for the error.
+    """
+    c = vector_columns.c
+    model = sa.bindparam(QUERY_MODEL[0], type_=sa.Text)
+    version = sa.bindparam(QUERY_MODEL[1], type_=sa.Text)
+    dimension = sa.bindparam(QUERY_MODEL[2], type_=sa.Integer)
+    table = target.table
+    return ~sa.exists().where(
+        c.table_schema == (table.schema or default_schema),
+        c.table_name == table.name,
+        c.column_name == target.column.name,
+        c.shadow_of.is_(None),
+        sa.or_(
+            c.model != model,
+            c.dimension != dimension,
+            sa.and_(c.model_version != "", c.model_version != version),
+        ),
+    )
+
+
+def query_model_values(embedder: TextEmbedder) -> dict[str, Any]:
+    """The values of :func:`model_agrees`'s parameters for ``embedder``."""
+    model, version, dimension = QUERY_MODEL
+    return {
+        model: embedder.model_name,
+        version: embedder.model_version,
+        dimension: embedder.dimension,
+    }
+
+
 #: The model-check statement of each column (a select() is immutable): SQLAlchemy then finds
 #: its compiled form without building and walking a new statement per text search.
 _model_statements: dict[tuple[Any, str], sa.Select[Any]] = {}
@@ -241,7 +284,7 @@ def check_query_model(connection: Connection, column: Any, embedder: TextEmbedde
     from semdb.orm.columns import vector_column
 
     target = vector_column(column)
-    if not _has_registry(connection):
+    if not has_registry(connection):
         return
     default_schema = connection.dialect.default_schema_name or "public"
     key = (target.column, default_schema)
