@@ -104,11 +104,10 @@ class Embedder:
         # runs the current one; on a CPU both would share the same cores, so it is off there.
         self.prefetch = (self.provider == "cuda") if prefetch is None else prefetch
         # CPU streams: batches run side by side, each on one intra-op thread of a shared
-        # session. Measured with MiniLM on 2 cores (bench/embed.py, /work notes): on an idle
-        # machine one batch at a time on 2 intra-op threads is 6-8% faster (170 against 158
-        # texts/s int8), on a machine whose cores are shared with other busy processes two
-        # streams are 1.1-1.3x faster (no thread pool to wake and join at every operator).
-        # Default: one stream.
+        # session. Measured with MiniLM on 2 cores (bench/embed.py): on an idle machine within a
+        # few percent of one batch at a time on 2 intra-op threads (int8, two runs: 158 against
+        # 170, 178 against 174 texts/s); where other busy processes share the cores, two streams
+        # are 1.1-1.3x faster (no thread pool to wake and join at every operator). Default: one.
         self.streams = streams
         self.precision_choice = precision_choice
         self._pool: ThreadPoolExecutor | None = None
