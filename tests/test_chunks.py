@@ -664,11 +664,14 @@ def test_hybrid_search_over_a_chunked_column_ranks_parents_by_their_best_chunk(
         assert len(chunk_rows(tables, QUEUED_CHUNKS, 99)) > 2  # the word is in a late chunk
         query = tiny_embedder.embed_query(TOPICS[4])
         with Session(tables) as session:
-            chunked = semdb.search(session, Queued.embedding, query, k=20, plan="exact")
+            chunked = semdb.search(session, Queued.embedding, query, k=30, plan="exact")
             best = {hit.row.id: hit.distance for hit in chunked}
             by_rank = [hit.distance for hit in chunked]
+            # candidates=30: every parent's chunks are candidates, so parents whose texts (and
+            # so distances) repeat cannot tie at the candidate cutoff, where the HNSW scan's
+            # order, not the data, would decide which of them the SQL and Python legs keep
             hits = semdb.hybrid_search(
-                session, Queued.embedding, "zanzibar", vector=query, k=8, candidates=20
+                session, Queued.embedding, "zanzibar", vector=query, k=8, candidates=30
             )
             ids = [hit.row.id for hit in hits]
             assert len(ids) == 8 == len(set(ids))
@@ -683,7 +686,7 @@ def test_hybrid_search_over_a_chunked_column_ranks_parents_by_their_best_chunk(
                 sa.text(
                     "SELECT (h.item).id, h.score, h.semantic_rank, h.keyword_rank "
                     "FROM semdb.hybrid_search(NULL::chunked_queued, 'embedding', "
-                    "CAST(:q AS vector), 'zanzibar', 8, 20) AS h"
+                    "CAST(:q AS vector), 'zanzibar', 8, 30) AS h"
                 ),
                 {"q": str(query.tolist())},
             ).all()
