@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from semdb.bundles import Bundle, find_bundle  # noqa: E402
 from semdb.embed import Embedder  # noqa: E402
 from semdb.embed.embedder import usable_cores  # noqa: E402
-from semdb.embed.precision import choose_cpu_precision  # noqa: E402
+from semdb.embed.precision import choose_cpu_precision, cpu_model, row_cosines  # noqa: E402
 from semdb.errors import SemdbError  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "debdesc"
@@ -390,7 +390,7 @@ def summarise(engines: list[Engine], count: int) -> list[dict[str, Any]]:
         reference_rates = [count / s for s in reference.seconds]
         ratios = [a / b for a, b in zip(rates, reference_rates, strict=True)]
         assert engine.vectors is not None and torch_vectors is not None
-        cos = cosine(engine.vectors, torch_vectors)
+        cos = row_cosines(engine.vectors, torch_vectors)
         results.append(
             {
                 "engine": engine.name,
@@ -407,13 +407,6 @@ def summarise(engines: list[Engine], count: int) -> list[dict[str, Any]]:
             }
         )
     return results
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.asarray(
-        (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-    )
 
 
 def evaluate_ndcg(bundle: Bundle, args: argparse.Namespace, threads: int) -> dict[str, Any]:
@@ -544,16 +537,6 @@ def write_json(
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"written to {args.out}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def parse_args() -> argparse.Namespace:

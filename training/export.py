@@ -57,6 +57,7 @@ import numpy as np
 
 from semdb.bundles.bundle import ONNX_FILES, OUTPUT_NAME, PRECISIONS, TOKENIZER_FILE, seal_bundle
 from semdb.bundles.manifest import Manifest, check_name
+from semdb.embed.precision import row_cosines
 from semdb.errors import SemdbError
 
 log = logging.getLogger(__name__)
@@ -425,7 +426,7 @@ def check_parity(
     for precision in precisions:
         embedder = Embedder.load(bundle_dir, provider="cpu", precision=precision)
         vectors = embedder.embed(texts)
-        cosine = _cosine(vectors, reference)
+        cosine = row_cosines(vectors, reference)
         norm_ratio = np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
         result: dict[str, Any] = {
             "min_cosine": round(float(cosine.min()), 6),
@@ -451,12 +452,6 @@ def _parity_failure(precision: str, cosine: np.ndarray, norm_ratio: np.ndarray) 
     elif precision == "int8" and cosine.mean() < INT8_MEAN_COSINE:
         return f"mean cosine {cosine.mean():.6f} < {INT8_MEAN_COSINE}"
     return None
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return np.asarray((a64 * b64).sum(axis=1) / np.maximum(norms, 1e-30))
 
 
 def _default_parity_texts() -> list[str]:

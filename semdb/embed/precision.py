@@ -16,6 +16,7 @@ mean cosine between the two graphs' vectors. int8 is chosen when it runs at leas
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -125,7 +126,7 @@ def measure_cpu_precision(bundle: Bundle, *, intra_op_threads: int = 1) -> Preci
             session.run(input_ids, attention_mask)
             best[precision] = min(best[precision], time.perf_counter() - started)
     rates = {p: len(SAMPLE_TEXTS) / seconds for p, seconds in best.items()}
-    cosine = float(_cosine(vectors["fp32"], vectors["int8"]).mean())
+    cosine = float(row_cosines(vectors["fp32"], vectors["int8"]).mean())
     faster = rates["int8"] >= INT8_MIN_SPEEDUP * rates["fp32"]
     return PrecisionChoice(
         precision="int8" if faster and cosine >= INT8_MIN_MEAN_COSINE else "fp32",
@@ -145,18 +146,24 @@ def machine_description() -> str:
     return f"{model} ({'+'.join(present) or 'no AVX2'}), onnxruntime {ort.__version__}"
 
 
-def _cpu_model_and_flags() -> tuple[str, set[str]]:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's word for it elsewhere)."""
+    return _cpu_model_and_flags()[0]
+
+
+@functools.lru_cache(maxsize=1)  # read once a process: every Embedder.load on the CPU asks
+def _cpu_model_and_flags() -> tuple[str, frozenset[str]]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return platform.processor() or platform.machine(), set()
-    model, flags = platform.machine(), set[str]()
+        return platform.processor() or platform.machine(), frozenset()
+    model, flags = platform.machine(), frozenset[str]()
     for line in text.splitlines():
         name, _, value = line.partition(":")
         if name.strip() == "model name" and model == platform.machine():
             model = value.strip()
         elif name.strip() == "flags" and not flags:
-            flags = set(value.split())
+            flags = frozenset(value.split())
     return model, flags
 
 
@@ -199,8 +206,8 @@ def _write_cache(key: str, choice: PrecisionChoice) -> None:
         log.warning("cannot cache the CPU precision choice in %s: %s", path, exc)
 
 
-def _cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.asarray(
-        (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-    )
+def row_cosines(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The cosine between each row of ``a`` and the same row of ``b`` (in float64)."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    return np.asarray((a64 * b64).sum(axis=1) / np.maximum(norms, 1e-30))
