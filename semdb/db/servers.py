@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,10 @@ from semdb.db.embedded import (
     SERVER_SETTINGS,
     SUPERUSER,
     SYSTEM_USER,
-    _pgserver_utils,
+    log_tail,
+    prepare_data_folder,
+    run_server_program,
+    running_postmaster,
     server_binaries,
 )
 from semdb.errors import EmbeddedServerError
@@ -105,16 +107,7 @@ class LocalServer:
 
     def pid(self) -> int | None:
         """The postmaster's pid while it accepts connections (as a primary or a standby)."""
-        try:
-            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
-            return None
-        if len(lines) < 8 or lines[7].strip() not in ("ready", "standby"):
-            return None
-        pid = int(lines[0])
-        if not psutil.pid_exists(pid):
-            return None
-        return pid
+        return running_postmaster(self.pgdata, ("ready", "standby"))
 
     # -- making the data folder ----------------------------------------------------------------
 
@@ -155,10 +148,7 @@ class LocalServer:
             )
         self._write_hba()
         socket_dir = self.socket_dir
-        socket_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            entry = _pgserver_utils().ensure_user_exists(SYSTEM_USER)
-            os.chown(socket_dir, entry.pw_uid, entry.pw_gid)
+        prepare_data_folder(self.pgdata, self.binaries, owned=[socket_dir])
         command = [
             str((self.binaries or server_binaries()) / "postgres"),
             "-D",
@@ -186,7 +176,7 @@ class LocalServer:
         while self.pid() is None:
             if process.poll() is not None:
                 raise EmbeddedServerError(
-                    f"the server in {self.pgdata} exited at start: {self._last_log_line()}",
+                    f"the server in {self.pgdata} exited at start: {log_tail(self.log_path)}",
                     fix=f"read {self.log_path}",
                 )
             if time.monotonic() > deadline:
@@ -219,24 +209,7 @@ class LocalServer:
         return SYSTEM_USER if os.geteuid() == 0 else None
 
     def _prepare(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.pgdata.mkdir(exist_ok=True)
-        if os.geteuid() != 0:
-            self.pgdata.chmod(0o700)
-            return
-        utils = _pgserver_utils()
-        entry = utils.ensure_user_exists(SYSTEM_USER)
-        if self.binaries is None:
-            binaries = server_binaries()
-            utils.ensure_prefix_permissions(binaries)
-            readable = stat.S_IRGRP | stat.S_IROTH
-            utils.ensure_folder_permissions(binaries, readable | stat.S_IXGRP | stat.S_IXOTH)
-            for folder in (binaries.parent / "lib", binaries.parent / "share"):
-                utils.ensure_folder_permissions(folder, readable)
-        utils.ensure_prefix_permissions(self.pgdata)
-        os.chown(self.home, entry.pw_uid, entry.pw_gid)
-        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
-        self.pgdata.chmod(0o700)
+        prepare_data_folder(self.pgdata, self.binaries, owned=[self.home])
 
     def _write_hba(self) -> None:
         """Trust the networks asked for (appended once to pg_hba.conf)."""
@@ -251,32 +224,11 @@ class LocalServer:
             hba.write_text(text.rstrip("\n") + "\n" + "\n".join(missing) + "\n")
 
     def _run(self, program: str, args: Sequence[str], *, timeout: float = 120) -> None:
-        command = [str((self.binaries or server_binaries()) / program), *args]
-        try:
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                cwd="/",
-                user=self._server_user(),
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise EmbeddedServerError(
-                f"{program} did not finish within {timeout:.0f} s (data folder {self.pgdata})"
-            ) from exc
-        if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise EmbeddedServerError(
-                f"{program} failed for {self.pgdata}: "
-                f"{detail[-1] if detail else 'exit code ' + str(result.returncode)}",
-                fix=f"remove {self.home} and try again; check that the source server runs",
-            )
-
-    def _last_log_line(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        except FileNotFoundError:
-            return "no log"
-        return lines[-1] if lines else "empty log"
+        run_server_program(
+            self.binaries,
+            program,
+            args,
+            timeout=timeout,
+            what=str(self.pgdata),
+            fix=f"remove {self.home} and try again; check that the source server runs",
+        )
