@@ -41,9 +41,13 @@ from semdb.retrieval.results import Hit
 from semdb.retrieval.settings import Bind, run_statement
 from semdb.retrieval.statement import MAX_K, PlanPath, knn_statement
 
-#: Chunks fetched per parent wanted on the index path (then eight times more, then exact).
-CANDIDATES_PER_ROW = 4
-MIN_CANDIDATES = 40
+#: Chunks fetched per parent wanted (then eight times more, then exact). Two per parent:
+#: the index path's iterative scan visits about candidates / selectivity chunks, each joined
+#: to its parent for the filter, so its time grows with the candidates (bench/chunks_latency:
+#: 30% filter, 10,000 parents of 4 chunks, 40 candidates 2.9x the unchunked search's median,
+#: 20 candidates 1.9x); a search whose candidates hold fewer than k parents widens.
+CANDIDATES_PER_ROW = 2
+MIN_CANDIDATES = 20
 WIDER = 8
 
 
@@ -74,9 +78,17 @@ def chunk_column(target: VectorColumn) -> VectorColumn:
     return VectorColumn(column=table.c[VECTOR], spec=target.spec, entity=None)
 
 
-def candidates_for(k: int, level: int) -> int:
-    wanted: int = max(k * CANDIDATES_PER_ROW, MIN_CANDIDATES) * (WIDER**level)
+def candidates_for(
+    k: int, level: int, per_row: int = CANDIDATES_PER_ROW, minimum: int = MIN_CANDIDATES
+) -> int:
+    wanted: int = max(k * per_row, minimum) * (WIDER**level)
     return min(wanted, MAX_K)
+
+
+#: hybrid_search's semantic leg: the chunks the SQL function ``semdb.hybrid_search``
+#: (migration 0008) fetches, ``greatest(4 * candidates, 40)``, so that both legs agree.
+HYBRID_PER_ROW = 4
+HYBRID_MIN_CANDIDATES = 40
 
 
 @dataclass
@@ -87,6 +99,8 @@ class ChunkedStatements:
     base: sa.Select[Any]
     where: Any
     k: int
+    per_row: int = CANDIDATES_PER_ROW
+    minimum: int = MIN_CANDIDATES
 
     def build(self, path: PlanPath, level: int | None) -> sa.Select[Any]:
         """The statement of ``path`` fetching :func:`candidates_for` ``(k, level)`` chunks,
@@ -105,7 +119,7 @@ class ChunkedStatements:
         ).join(chunks, on)
         if path == "exact":  # no parallel workers (see the module)
             inner = inner.where(sa.func.semdb.serial_plan(type_=sa.Boolean))
-        fetch = candidates_for(self.k, level or 0)
+        fetch = candidates_for(self.k, level or 0, self.per_row, self.minimum)
         found = knn_statement(chunk_column(target), inner, path=path, k=fetch, where=self.where)
         if level is None:
             found = found.order_by(None).limit(None)  # every passing chunk: the true best

@@ -95,6 +95,9 @@ class KnnSearch:
     ef_search: int | None = None
     exact_below: int | None = None
     given: sa.Select[Any] | None = None  # the statement given, if any
+    #: A chunked search's candidates: (chunks per parent wanted, at least); None: the
+    #: defaults of semdb.retrieval.chunked (hybrid_search asks for its SQL function's).
+    chunk_candidates: tuple[int, int] | None = None
     _statements: dict[tuple[PlanPath, int | None], sa.Select[Any]] = field(default_factory=dict)
 
     @classmethod
@@ -141,8 +144,10 @@ class KnnSearch:
             if self.chunked:
                 from semdb.retrieval.chunked import ChunkedStatements
 
-                chunked = ChunkedStatements(target, self.base, where, k)
-                known = kept((*key, where), lambda: chunked.build(path, level))
+                chunked = ChunkedStatements(target, self.base, where, k, *self.candidates())
+                known = kept(
+                    (*key, self.chunk_candidates, where), lambda: chunked.build(path, level)
+                )
             else:
                 template = kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
                 # the same filter object again: its statement again
@@ -153,6 +158,14 @@ class KnnSearch:
                 )
             self._statements[(path, level)] = known
         return known
+
+    def candidates(self) -> tuple[int, int]:
+        """A chunked search's (chunks per parent wanted, at least)."""
+        if self.chunk_candidates is not None:
+            return self.chunk_candidates
+        from semdb.retrieval.chunked import CANDIDATES_PER_ROW, MIN_CANDIDATES
+
+        return CANDIDATES_PER_ROW, MIN_CANDIDATES
 
     def estimate_key(self, connection: Connection, values: Mapping[str, Any]) -> Any:
         """What identifies the filter statement with its values among the row estimates: its
