@@ -145,9 +145,16 @@ class KnnSearch:
                 from semdb.retrieval.chunked import ChunkedStatements
 
                 chunked = ChunkedStatements(target, self.base, where, k, *self.candidates())
-                known = kept(
-                    (*key, self.chunk_candidates, where), lambda: chunked.build(path, level)
-                )
+                if path == "exact":
+                    # the filter comes last: its statement is the template's, filtered
+                    exact = kept(key, lambda: chunked.exact_template())
+                    known = (
+                        exact if where is None else kept((*key, where), lambda: exact.where(where))
+                    )
+                else:
+                    known = kept(
+                        (*key, self.chunk_candidates, where), lambda: chunked.build(path, level)
+                    )
             else:
                 template = kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
                 # the same filter object again: its statement again
@@ -271,7 +278,7 @@ class KnnSearch:
         )
         if model is not None and len(rows) < self.k:  # the model check's error, if it failed
             check_query_model(connection, self.target, model)
-        if self.chunked and len(rows) < self.k:
+        if self.chunked and len(rows) < self.k and path == "index":
             from semdb.retrieval.chunked import wider_rows
 
             rows = wider_rows(self, bind, connection, path, settings, parameters)
