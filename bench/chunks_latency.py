@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parents", type=int, default=10000)
     parser.add_argument("--chunks", type=int, default=4)
-    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the tables")
     parser.add_argument(
         "--real",
@@ -85,47 +85,143 @@ def main() -> None:
         help="MiniLM vectors of debdesc texts (bench/.cache) instead of random directions",
     )
     args = parser.parse_args()
+    measure(
+        parents=args.parents,
+        chunks=args.chunks,
+        queries=args.queries,
+        keep=args.keep,
+        real=args.real,
+    )
+
+
+FILTERS = {"none": None, "30%": 30, "10%": 10, "1%": 1}
+
+
+def measure(
+    *, parents: int, chunks: int, queries: int, keep: bool, real: bool
+) -> dict[str, object]:
+    """Each filter of bench/query's set, the two sides interleaved query by query: medians,
+    minimums and the ratio chunked / unchunked; a table, and the figures returned."""
     import semdb
+    from bench.common import print_table
 
     declare()
     engine = bench_engine()
-    kind = "real" if args.real else "random"
-    if args.keep and loaded(engine, args.parents, args.chunks, kind):
+    kind = "real" if real else "random"
+    if keep and loaded(engine, parents, chunks, kind):
         print("reusing the loaded tables")
     else:
-        load(engine, args.parents, args.chunks, kind)
-    if args.real:  # texts that are neither parents nor chunks
-        queries = np.asarray(real_vectors()[-args.queries :], dtype=np.float32)
+        load(engine, parents, chunks, kind)
+    if real:  # texts that are neither parents nor chunks
+        vectors = np.asarray(real_vectors()[-queries:], dtype=np.float32)
     else:
-        queries = np.random.default_rng(1).standard_normal((args.queries, DIM)).astype(np.float32)
-    filters = {
-        "none": lambda t: None,
-        "30%": lambda t: t.grp < 30,
-        "10%": lambda t: t.grp < 10,
-        "1%": lambda t: t.grp == 0,
+        vectors = np.random.default_rng(1).standard_normal((queries, DIM)).astype(np.float32)
+
+    def where(model: type[Flat] | type[Chunked], share: int | None) -> object:
+        if share is None:
+            return None
+        return model.grp == 0 if share == 1 else model.grp < share
+
+    rows: list[dict[str, object]] = []
+    load_before = os.getloadavg()[0]
+    sides = (("flat", Flat), ("chunked", Chunked))
+    # one session (one server process) a side: its server CPU time is read around each search
+    sessions = {label: Session(engine) for label, _ in sides}
+    backends = {
+        label: int(session.execute(sa.select(sa.func.pg_backend_pid())).scalar_one())
+        for label, session in sessions.items()
     }
-    with Session(engine) as session:
-        for name, where in filters.items():
+    try:
+        for name, share in FILTERS.items():
             times: dict[str, list[float]] = {"flat": [], "chunked": []}
+            cpu: dict[str, list[float]] = {"flat": [], "chunked": []}
             paths: dict[str, str] = {}
-            for q in queries:
-                for label, model in (("flat", Flat), ("chunked", Chunked)):
+            for q in vectors:
+                for label, model in sides:
+                    server = server_cpu(backends[label])
+                    client = time.process_time()
                     began = time.perf_counter()
-                    hits = semdb.search(session, model.embedding, q, k=10, where=where(model))
+                    hits = semdb.search(
+                        sessions[label], model.embedding, q, k=10, where=where(model, share)
+                    )
                     times[label].append(time.perf_counter() - began)
+                    cpu[label].append(
+                        time.process_time() - client + server_cpu(backends[label]) - server
+                    )
                     assert len(hits) == 10
                     paths[label] = hits.plan.path
             flat, chunked = median(times["flat"]) * 1000, median(times["chunked"]) * 1000
             low_flat, low_chunked = min(times["flat"]) * 1000, min(times["chunked"]) * 1000
-            print(
-                f"filter {name:4s}: unchunked {flat:6.2f} ms (min {low_flat:5.2f}, "
-                f"{paths['flat']}), chunked {chunked:6.2f} ms (min {low_chunked:5.2f}, "
-                f"{paths['chunked']}), ratio {chunked / flat:.2f}x "
-                f"(min {low_chunked / low_flat:.2f}x)"
+            cpu_flat, cpu_chunked = median(cpu["flat"]) * 1000, median(cpu["chunked"]) * 1000
+            rows.append(
+                {
+                    "filter": name,
+                    "unchunked_ms": flat,
+                    "chunked_ms": chunked,
+                    "ratio": chunked / flat,
+                    "unchunked_min_ms": low_flat,
+                    "chunked_min_ms": low_chunked,
+                    "ratio_of_minimums": low_chunked / low_flat,
+                    "unchunked_cpu_ms": cpu_flat,
+                    "chunked_cpu_ms": cpu_chunked,
+                    "cpu_ratio": cpu_chunked / cpu_flat if cpu_flat else float("nan"),
+                    "unchunked_path": paths["flat"],
+                    "chunked_path": paths["chunked"],
+                }
             )
-    print(f"load average {os.getloadavg()[0]:.1f}")
-    if not args.keep:
+    finally:
+        for session in sessions.values():
+            session.close()
+    load_after = os.getloadavg()[0]
+    print_table(
+        f"search latency, k=10, {parents:,} parents x {chunks} chunks ({kind} vectors), "
+        f"{queries} searches a filter, medians (min)",
+        [
+            "filter",
+            "unchunked ms",
+            "chunked ms",
+            "ratio",
+            "ratio of min",
+            "CPU ms (client+server)",
+            "CPU ratio",
+            "paths",
+        ],
+        [
+            (
+                r["filter"],
+                f"{r['unchunked_ms']:.2f} ({r['unchunked_min_ms']:.2f})",
+                f"{r['chunked_ms']:.2f} ({r['chunked_min_ms']:.2f})",
+                f"{r['ratio']:.2f}x",
+                f"{r['ratio_of_minimums']:.2f}x",
+                f"{r['unchunked_cpu_ms']:.2f} / {r['chunked_cpu_ms']:.2f}",
+                f"{r['cpu_ratio']:.2f}x",
+                f"{r['unchunked_path']} / {r['chunked_path']}",
+            )
+            for r in rows
+        ],
+    )
+    print(f"load average {load_before:.1f} before, {load_after:.1f} after")
+    if not keep:
         Base.metadata.drop_all(engine)
+    return {
+        "parents": parents,
+        "chunks_per_parent": chunks,
+        "vectors": kind,
+        "queries": queries,
+        "filters": rows,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+
+
+def server_cpu(pid: int) -> float:
+    """Seconds a server process has run on a CPU (``/proc/PID/schedstat``, nanoseconds: the
+    embedded server runs on this machine); 0 where it cannot be read (a remote server)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def real_vectors() -> np.ndarray:
