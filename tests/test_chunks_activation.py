@@ -192,6 +192,10 @@ def test_a_chunked_column_switches_models_with_its_chunks(
     assert before > 24 * 2  # several chunks a document
     constraints, indexes = catalog(docs, CHUNKS)
     assert any("hnsw" in name for name in indexes)
+    with docs.begin() as connection:  # an application role that reads the chunks
+        connection.execute(sa.text("DROP ROLE IF EXISTS chunk_act_reader"))
+        connection.execute(sa.text("CREATE ROLE chunk_act_reader"))
+        connection.execute(sa.text(f"GRANT SELECT ON {CHUNKS} TO chunk_act_reader"))
 
     activation = start_activation(docs, COLUMN, "wide@1")
     assert activation.shadow is not None and activation.dimension == 48
@@ -225,6 +229,13 @@ def test_a_chunked_column_switches_models_with_its_chunks(
     after = assert_chunks_made_by(docs, wide)
     assert 0 < after < before  # one document fewer
     assert catalog(docs, CHUNKS) == (constraints, indexes)  # the same names as before
+    with docs.begin() as connection:  # and the same grants
+        readable = connection.execute(
+            sa.text(f"SELECT has_table_privilege('chunk_act_reader', '{CHUNKS}', 'SELECT')")
+        ).scalar()
+        connection.execute(sa.text(f"REVOKE ALL ON {CHUNKS} FROM chunk_act_reader"))
+        connection.execute(sa.text("DROP ROLE chunk_act_reader"))
+    assert readable
 
     # Searches with the new declaration and model: parents ranked by their best chunk.
     hits = search(docs, WideDoc.embedding, TOPICS[4], wide, where=WideDoc.lang == "fr")
