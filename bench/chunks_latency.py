@@ -10,20 +10,40 @@ machine) of ``--queries`` searches, the two sides interleaved, in the same run. 
 leaves the tables loaded and reuses them next time (the load and HNSW builds take minutes).
 
 ``--real``: MiniLM vectors of debdesc texts (bench/.cache) instead of random directions.
+Each row also gives the CPU time of a search (this process's, plus its server process's read
+from ``/proc/PID/schedstat``), medians: on a machine shared with other jobs the wall times
+mostly measure the wait for a core, the CPU time much less so. ``python -m bench.chunks``
+runs this with its other targets (``--only latency``).
 
 Before (10,000 parents, 4 chunks each, random, 40 queries, one run): 10% filter 1.98 ms vs
 13.9 ms (7x, exact): the exact path sorted every passing chunk by parent, with parallel
 workers whose start and tuple queue were most of the time (EXPLAIN ANALYZE: Gather Merge
-27.8 ms over a 9.8 ms scan).
-Now the exact path keeps a top-N of the passing chunks and plans without workers
-(``semdb.serial_plan()``, migration 0008). ``--real``, 100 queries, two runs at load 4
-(medians, unchunked vs chunked): no filter 1.46-1.66 vs 2.72-4.11 ms (1.9-2.5x, index);
-30% 2.63-2.70 vs 11.0-11.4 ms (4.2x, index: the iterative scan of the chunk table's HNSW
-index goes on until 40 passing chunks, ~130 scanned, through the join to the parents); 10%
-1.67-1.76 vs 5.44-5.84 ms (3.3x, exact: 4x the distances, 1,000 primary-key probes of the
-chunk table); 1% 1.13-1.16 vs 2.65-2.69 ms (2.3x, exact). Not within the 2x target
-at 30% and 10%. A larger ef_search (200, 400) did not help the 30% case; the index path at
-10% took 51 ms (random vectors earlier: 32 ms).
+27.8 ms over a 9.8 ms scan). Then the exact path kept a top-N of the passing chunks and
+planned without workers (``semdb.serial_plan()``, migration 0008): ``--real``, load 4,
+none 1.9-2.5x, 30% 4.2x, 10% 3.3x, 1% 2.3x (wall medians).
+
+Where the time went (EXPLAIN ANALYZE, random vectors, 10,000 x 4): at 30% the index path's
+iterative scan went on until 40 chunks passed (78 scanned, each joined to its parent for
+the filter), against 10 rows for the unchunked column; at 10% the exact path reads 4,000
+chunks through 1,000 primary-key probes and computes 4,000 distances where the unchunked
+one reads 1,000 rows (server 2.9 ms against 0.55 ms, median of 20); building the chunked
+statement again for each new filter object cost ~0.6 ms of Python.
+Now: 2 chunks per parent wanted on the index path (at least 20), and the exact path ranks
+every passing parent by a LATERAL top-1 over its own chunks, its filter outermost (the
+statement is built once). Old and new code, the same tables and 100 queries each, one run
+after the other at load 9 (CPU ms per search, unchunked / chunked, ratio):
+
+| filter | before | after |
+|---|---|---|
+| none (index) | 2.39 / 3.52 = 1.48x | 2.31 / 3.39 = 1.47x |
+| 30% (index) | 4.51 / 11.95 = 2.65x | 4.74 / 9.48 = 2.00x |
+| 10% (exact) | 1.80 / 5.63 = 3.12x | 2.14 / 5.61 = 2.62x |
+| 1% (exact) | 1.39 / 3.28 = 2.35x | 1.31 / 2.11 = 1.61x |
+
+Wall medians in the same runs (load 9, noisy): 30% 2.21x -> 2.04x, 10% 2.58x -> 2.12x, 1%
+3.27x -> 1.83x. The 10% case stays above 2x: with 4 chunks a parent the exact path has 4x
+the rows to read and the distances to compute, which no plan removes (a larger ef_search
+did not help the 30% case; the index path at 10% is slower still: 14 ms server).
 """
 
 from __future__ import annotations
