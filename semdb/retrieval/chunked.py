@@ -151,36 +151,44 @@ class ChunkedStatements:
 
     def exact_template(self) -> sa.Select[Any]:
         """The exact path without the filter (``.where(filter)`` completes it): each parent
-        row of the statement and its best chunk, found by a ``LATERAL`` top-1 over its own
-        chunks (the chunk table's primary key), nearest parents first, ``LIMIT k``. Every
-        passing parent is ranked: k come back whenever k pass the filter and have text."""
+        row of the statement and its best chunk's distance, a ``LATERAL min()`` over its own
+        chunks (the chunk table's primary key), nearest parents first, ``LIMIT k``; which
+        chunk that is (number, offsets) is looked up for the k parents kept only (the
+        planner evaluates those subqueries after the sort and limit). Every passing parent
+        is ranked: k come back whenever k pass the filter and have text."""
         target = self.target
         chunks = chunk_table_of(target.column)
         assert chunks is not None
         keys = [chunks.c[parent_key_name(column.name)] for column in target.key]
+        own = [key == column for key, column in zip(keys, target.key, strict=True)]
         distance = chunk_column(target).exact_distance(query_parameter(target, "exact"))
         best = (
-            sa.select(
-                chunks.c.chunk,
-                chunks.c.char_start,
-                chunks.c.char_end,
-                distance.label("distance"),
-            )
-            .where(*[key == column for key, column in zip(keys, target.key, strict=True)])
-            .order_by(distance)
-            .limit(1)
+            sa.select(sa.func.min(distance).label("distance"))
+            .where(*own)
             .lateral("semdb_best_chunk")
         )
+
+        def of_best(column: sa.Column[Any], label: str) -> Any:
+            # ties between equal chunks go to the first: the three agree on one chunk
+            return (
+                sa.select(column)
+                .where(*own)
+                .order_by(distance, chunks.c.chunk)
+                .limit(1)
+                .scalar_subquery()
+                .label(label)
+            )
+
         limit = sa.literal_column(str(self.k), sa.Integer)
         return (
             self.base.join(best, sa.true())
             .add_columns(
-                best.c.chunk.label("semdb_chunk"),
-                best.c.char_start.label("semdb_char_start"),
-                best.c.char_end.label("semdb_char_end"),
+                of_best(chunks.c.chunk, "semdb_chunk"),
+                of_best(chunks.c.char_start, "semdb_char_start"),
+                of_best(chunks.c.char_end, "semdb_char_end"),
                 best.c.distance.label("distance"),
             )
-            .where(sa.func.semdb.serial_plan(type_=sa.Boolean))
+            .where(best.c.distance.is_not(None), sa.func.semdb.serial_plan(type_=sa.Boolean))
             .order_by(best.c.distance)
             .limit(limit)
         )
