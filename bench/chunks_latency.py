@@ -29,21 +29,27 @@ chunks through 1,000 primary-key probes and computes 4,000 distances where the u
 one reads 1,000 rows (server 2.9 ms against 0.55 ms, median of 20); building the chunked
 statement again for each new filter object cost ~0.6 ms of Python.
 Now: 2 chunks per parent wanted on the index path (at least 20), and the exact path ranks
-every passing parent by a LATERAL top-1 over its own chunks, its filter outermost (the
-statement is built once). Old and new code, the same tables and 100 queries each, one run
-after the other at load 9 (CPU ms per search, unchunked / chunked, ratio):
+every passing parent by a LATERAL min() over its own chunks, its filter outermost (the
+statement is built once), and looks up which chunk matched for the k parents kept only.
+Old (93a65e5) and new code on the same tables, 100 queries a filter, runs interleaved
+old/new twice at load 4-4.6 (CPU ms per search, client + server, unchunked / chunked):
 
-| filter | before | after |
+| filter | before (two runs) | after (two runs) |
 |---|---|---|
-| none (index) | 2.39 / 3.52 = 1.48x | 2.31 / 3.39 = 1.47x |
-| 30% (index) | 4.51 / 11.95 = 2.65x | 4.74 / 9.48 = 2.00x |
-| 10% (exact) | 1.80 / 5.63 = 3.12x | 2.14 / 5.61 = 2.62x |
-| 1% (exact) | 1.39 / 3.28 = 2.35x | 1.31 / 2.11 = 1.61x |
+| none (index) | 1.72x, 1.53x | 1.42x, 1.45x |
+| 30% (index) | 2.93x, 2.83x | 2.20x, 2.09x |
+| 10% (exact) | 3.21x, 3.13x | 2.79x, 2.45x |
+| 1% (exact) | 2.28x, 2.34x | 1.61x, 1.63x |
 
-Wall medians in the same runs (load 9, noisy): 30% 2.21x -> 2.04x, 10% 2.58x -> 2.12x, 1%
-3.27x -> 1.83x. The 10% case stays above 2x: with 4 chunks a parent the exact path has 4x
-the rows to read and the distances to compute, which no plan removes (a larger ef_search
-did not help the 30% case; the index path at 10% is slower still: 14 ms server).
+Wall medians in the same runs: none 1.72x, 2.07x -> 2.47x, 1.57x; 30% 3.11x, 2.80x ->
+2.13x, 2.13x; 10% 4.12x, 3.70x -> 2.91x, 2.34x; 1% 2.93x, 2.69x -> 1.57x, 1.32x. Still above
+2x at 30% and 10%. What is left at 10% is the data: with 4 chunks a parent the exact path
+reads 4,000 chunks through 1,000 primary-key probes and computes 4,000 distances where the
+unchunked search reads 1,000 rows (server 2.2 ms against 0.5 ms); at 30% the iterative scan
+goes on until 20 chunks pass, each joined to its parent, against 10 rows filtered in place,
+and the chunked statement is built again for each new filter object (~0.6 ms of Python; a
+filter object used again, or PreparedSearch, skips it). A larger ef_search did not help the
+30% case; the index path at 10% is slower still (14 ms server).
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ The index path's statement (:mod:`.statement`'s k-NN builder over the chunk tabl
 When the candidates hold fewer than k parents it asks for eight times as many, then runs
 exact.
 
-The exact path ranks every parent row that passes the filter by its best chunk, found by a
-``LATERAL`` top-1 over the parent's own chunks (the chunk table's primary key), nearest
-first, ``LIMIT k``: k parents come back whenever k pass the filter (and have text). Its
+The exact path ranks every parent row that passes the filter by its best chunk's distance,
+a ``LATERAL min()`` over the parent's own chunks (the chunk table's primary key), nearest
+first, ``LIMIT k``, and looks up which chunk that was for the k parents kept only: k parents
+come back whenever k pass the filter (and have text). Its
 filter is the outermost ``WHERE``, so the statement is built once and each filter only
 added to it. It runs without parallel workers: they cost more to start than the few
 thousand chunks a selective filter leaves (measured in ``bench/chunks_latency.py``); its
