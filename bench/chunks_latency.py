@@ -10,20 +10,46 @@ machine) of ``--queries`` searches, the two sides interleaved, in the same run. 
 leaves the tables loaded and reuses them next time (the load and HNSW builds take minutes).
 
 ``--real``: MiniLM vectors of debdesc texts (bench/.cache) instead of random directions.
+Each row also gives the CPU time of a search (this process's, plus its server process's read
+from ``/proc/PID/schedstat``), medians: on a machine shared with other jobs the wall times
+mostly measure the wait for a core, the CPU time much less so. ``python -m bench.chunks``
+runs this with its other targets (``--only latency``).
 
 Before (10,000 parents, 4 chunks each, random, 40 queries, one run): 10% filter 1.98 ms vs
 13.9 ms (7x, exact): the exact path sorted every passing chunk by parent, with parallel
 workers whose start and tuple queue were most of the time (EXPLAIN ANALYZE: Gather Merge
-27.8 ms over a 9.8 ms scan).
-Now the exact path keeps a top-N of the passing chunks and plans without workers
-(``semdb.serial_plan()``, migration 0008). ``--real``, 100 queries, two runs at load 4
-(medians, unchunked vs chunked): no filter 1.46-1.66 vs 2.72-4.11 ms (1.9-2.5x, index);
-30% 2.63-2.70 vs 11.0-11.4 ms (4.2x, index: the iterative scan of the chunk table's HNSW
-index goes on until 40 passing chunks, ~130 scanned, through the join to the parents); 10%
-1.67-1.76 vs 5.44-5.84 ms (3.3x, exact: 4x the distances, 1,000 primary-key probes of the
-chunk table); 1% 1.13-1.16 vs 2.65-2.69 ms (2.3x, exact). Not within the 2x target
-at 30% and 10%. A larger ef_search (200, 400) did not help the 30% case; the index path at
-10% took 51 ms (random vectors earlier: 32 ms).
+27.8 ms over a 9.8 ms scan). Then the exact path kept a top-N of the passing chunks and
+planned without workers (``semdb.serial_plan()``, migration 0008): ``--real``, load 4,
+none 1.9-2.5x, 30% 4.2x, 10% 3.3x, 1% 2.3x (wall medians).
+
+Where the time went (EXPLAIN ANALYZE, random vectors, 10,000 x 4): at 30% the index path's
+iterative scan went on until 40 chunks passed (78 scanned, each joined to its parent for
+the filter), against 10 rows for the unchunked column; at 10% the exact path reads 4,000
+chunks through 1,000 primary-key probes and computes 4,000 distances where the unchunked
+one reads 1,000 rows (server 2.9 ms against 0.55 ms, median of 20); building the chunked
+statement again for each new filter object cost ~0.6 ms of Python.
+Now: 2 chunks per parent wanted on the index path (at least 20), and the exact path ranks
+every passing parent by a LATERAL min() over its own chunks, its filter outermost (the
+statement is built once), and looks up which chunk matched for the k parents kept only.
+Old (93a65e5) and new code on the same tables, 100 queries a filter, runs interleaved
+old/new twice at load 4-4.6 (CPU ms per search, client + server, unchunked / chunked):
+
+| filter | before (two runs) | after (two runs) |
+|---|---|---|
+| none (index) | 1.72x, 1.53x | 1.42x, 1.45x |
+| 30% (index) | 2.93x, 2.83x | 2.20x, 2.09x |
+| 10% (exact) | 3.21x, 3.13x | 2.79x, 2.45x |
+| 1% (exact) | 2.28x, 2.34x | 1.61x, 1.63x |
+
+Wall medians in the same runs: none 1.72x, 2.07x -> 2.47x, 1.57x; 30% 3.11x, 2.80x ->
+2.13x, 2.13x; 10% 4.12x, 3.70x -> 2.91x, 2.34x; 1% 2.93x, 2.69x -> 1.57x, 1.32x. Still above
+2x at 30% and 10%. What is left at 10% is the data: with 4 chunks a parent the exact path
+reads 4,000 chunks through 1,000 primary-key probes and computes 4,000 distances where the
+unchunked search reads 1,000 rows (server 2.2 ms against 0.5 ms); at 30% the iterative scan
+goes on until 20 chunks pass, each joined to its parent, against 10 rows filtered in place,
+and the chunked statement is built again for each new filter object (~0.6 ms of Python; a
+filter object used again, or PreparedSearch, skips it). A larger ef_search did not help the
+30% case; the index path at 10% is slower still (14 ms server).
 """
 
 from __future__ import annotations
@@ -77,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parents", type=int, default=10000)
     parser.add_argument("--chunks", type=int, default=4)
-    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the tables")
     parser.add_argument(
         "--real",
@@ -85,47 +111,143 @@ def main() -> None:
         help="MiniLM vectors of debdesc texts (bench/.cache) instead of random directions",
     )
     args = parser.parse_args()
+    measure(
+        parents=args.parents,
+        chunks=args.chunks,
+        queries=args.queries,
+        keep=args.keep,
+        real=args.real,
+    )
+
+
+FILTERS = {"none": None, "30%": 30, "10%": 10, "1%": 1}
+
+
+def measure(
+    *, parents: int, chunks: int, queries: int, keep: bool, real: bool
+) -> dict[str, object]:
+    """Each filter of bench/query's set, the two sides interleaved query by query: medians,
+    minimums and the ratio chunked / unchunked; a table, and the figures returned."""
     import semdb
+    from bench.common import print_table
 
     declare()
     engine = bench_engine()
-    kind = "real" if args.real else "random"
-    if args.keep and loaded(engine, args.parents, args.chunks, kind):
+    kind = "real" if real else "random"
+    if keep and loaded(engine, parents, chunks, kind):
         print("reusing the loaded tables")
     else:
-        load(engine, args.parents, args.chunks, kind)
-    if args.real:  # texts that are neither parents nor chunks
-        queries = np.asarray(real_vectors()[-args.queries :], dtype=np.float32)
+        load(engine, parents, chunks, kind)
+    if real:  # texts that are neither parents nor chunks
+        vectors = np.asarray(real_vectors()[-queries:], dtype=np.float32)
     else:
-        queries = np.random.default_rng(1).standard_normal((args.queries, DIM)).astype(np.float32)
-    filters = {
-        "none": lambda t: None,
-        "30%": lambda t: t.grp < 30,
-        "10%": lambda t: t.grp < 10,
-        "1%": lambda t: t.grp == 0,
+        vectors = np.random.default_rng(1).standard_normal((queries, DIM)).astype(np.float32)
+
+    def where(model: type[Flat] | type[Chunked], share: int | None) -> object:
+        if share is None:
+            return None
+        return model.grp == 0 if share == 1 else model.grp < share
+
+    rows: list[dict[str, object]] = []
+    load_before = os.getloadavg()[0]
+    sides = (("flat", Flat), ("chunked", Chunked))
+    # one session (one server process) a side: its server CPU time is read around each search
+    sessions = {label: Session(engine) for label, _ in sides}
+    backends = {
+        label: int(session.execute(sa.select(sa.func.pg_backend_pid())).scalar_one())
+        for label, session in sessions.items()
     }
-    with Session(engine) as session:
-        for name, where in filters.items():
+    try:
+        for name, share in FILTERS.items():
             times: dict[str, list[float]] = {"flat": [], "chunked": []}
+            cpu: dict[str, list[float]] = {"flat": [], "chunked": []}
             paths: dict[str, str] = {}
-            for q in queries:
-                for label, model in (("flat", Flat), ("chunked", Chunked)):
+            for q in vectors:
+                for label, model in sides:
+                    server = server_cpu(backends[label])
+                    client = time.process_time()
                     began = time.perf_counter()
-                    hits = semdb.search(session, model.embedding, q, k=10, where=where(model))
+                    hits = semdb.search(
+                        sessions[label], model.embedding, q, k=10, where=where(model, share)
+                    )
                     times[label].append(time.perf_counter() - began)
+                    cpu[label].append(
+                        time.process_time() - client + server_cpu(backends[label]) - server
+                    )
                     assert len(hits) == 10
                     paths[label] = hits.plan.path
             flat, chunked = median(times["flat"]) * 1000, median(times["chunked"]) * 1000
             low_flat, low_chunked = min(times["flat"]) * 1000, min(times["chunked"]) * 1000
-            print(
-                f"filter {name:4s}: unchunked {flat:6.2f} ms (min {low_flat:5.2f}, "
-                f"{paths['flat']}), chunked {chunked:6.2f} ms (min {low_chunked:5.2f}, "
-                f"{paths['chunked']}), ratio {chunked / flat:.2f}x "
-                f"(min {low_chunked / low_flat:.2f}x)"
+            cpu_flat, cpu_chunked = median(cpu["flat"]) * 1000, median(cpu["chunked"]) * 1000
+            rows.append(
+                {
+                    "filter": name,
+                    "unchunked_ms": flat,
+                    "chunked_ms": chunked,
+                    "ratio": chunked / flat,
+                    "unchunked_min_ms": low_flat,
+                    "chunked_min_ms": low_chunked,
+                    "ratio_of_minimums": low_chunked / low_flat,
+                    "unchunked_cpu_ms": cpu_flat,
+                    "chunked_cpu_ms": cpu_chunked,
+                    "cpu_ratio": cpu_chunked / cpu_flat if cpu_flat else float("nan"),
+                    "unchunked_path": paths["flat"],
+                    "chunked_path": paths["chunked"],
+                }
             )
-    print(f"load average {os.getloadavg()[0]:.1f}")
-    if not args.keep:
+    finally:
+        for session in sessions.values():
+            session.close()
+    load_after = os.getloadavg()[0]
+    print_table(
+        f"search latency, k=10, {parents:,} parents x {chunks} chunks ({kind} vectors), "
+        f"{queries} searches a filter, medians (min)",
+        [
+            "filter",
+            "unchunked ms",
+            "chunked ms",
+            "ratio",
+            "ratio of min",
+            "CPU ms (client+server)",
+            "CPU ratio",
+            "paths",
+        ],
+        [
+            (
+                r["filter"],
+                f"{r['unchunked_ms']:.2f} ({r['unchunked_min_ms']:.2f})",
+                f"{r['chunked_ms']:.2f} ({r['chunked_min_ms']:.2f})",
+                f"{r['ratio']:.2f}x",
+                f"{r['ratio_of_minimums']:.2f}x",
+                f"{r['unchunked_cpu_ms']:.2f} / {r['chunked_cpu_ms']:.2f}",
+                f"{r['cpu_ratio']:.2f}x",
+                f"{r['unchunked_path']} / {r['chunked_path']}",
+            )
+            for r in rows
+        ],
+    )
+    print(f"load average {load_before:.1f} before, {load_after:.1f} after")
+    if not keep:
         Base.metadata.drop_all(engine)
+    return {
+        "parents": parents,
+        "chunks_per_parent": chunks,
+        "vectors": kind,
+        "queries": queries,
+        "filters": rows,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+
+
+def server_cpu(pid: int) -> float:
+    """Seconds a server process has run on a CPU (``/proc/PID/schedstat``, nanoseconds: the
+    embedded server runs on this machine); 0 where it cannot be read (a remote server)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def real_vectors() -> np.ndarray:

@@ -13,7 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-CACHE = Path(__file__).resolve().parent / ".cache"
+#: SEMDB_BENCH_CACHE: another folder (a private copy while the shared one is rebuilt).
+CACHE = Path(os.environ.get("SEMDB_BENCH_CACHE") or Path(__file__).resolve().parent / ".cache")
 
 
 def engine() -> Any:

@@ -379,32 +379,6 @@ def test_backfill_chunks_rows_that_have_none(tables: sa.Engine, tiny_embedder: A
     assert backfill(tables, Queued.embedding, tiny_embedder).stale_at_start == 0
 
 
-def test_activating_a_chunked_column_is_refused_with_the_way_to_switch(
-    tables: sa.Engine, other_bundles: dict[str, Any]
-) -> None:
-    """semdb model activate on a chunked column: refused before anything changes, with the
-    steps that switch it by hand (API and command line)."""
-    from semdb.bundles import Bundle
-    from semdb.bundles.registry import register_bundle
-    from semdb.sync.activation import ActivationError, list_activations, start_activation
-
-    from .conftest import run_semdb
-
-    register(tables)
-    register_bundle(tables, Bundle.load(other_bundles["wide@1"]))
-    columns = {c["name"] for c in sa.inspect(tables).get_columns(Queued.__tablename__)}
-    with pytest.raises(ActivationError) as raised:
-        start_activation(tables, "chunked_queued.embedding", "wide@1")
-    message = str(raised.value)
-    assert "public.chunked_queued.embedding is chunked" in message
-    assert "nothing was changed" in message and "semdb backfill --model wide@1" in message
-    assert {c["name"] for c in sa.inspect(tables).get_columns(Queued.__tablename__)} == columns
-    assert list_activations(tables, "chunked_queued.embedding") == []
-    refused = run_semdb("model", "activate", "wide@1", "--column", "chunked_queued.embedding")
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert "is chunked" in refused.stderr and "Fix: switch by hand" in refused.stderr
-
-
 # -- search ----------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from semdb.alembic.operations import (
     DropVectorIndexOp,
     _target_options,
 )
-from semdb.orm.chunks import chunk_vector_spec
+from semdb.orm.chunks import chunk_table_name, chunk_vector_spec
 from semdb.orm.declaration import EmbeddingSpec, spec_of
 from semdb.orm.distance import Distance
 from semdb.orm.indexes import METHODS
@@ -125,12 +125,23 @@ def _leave_shadows(connection: sa.Connection, upgrade_ops: ops.UpgradeOps) -> No
             vector_columns.c.column_name,
             vector_columns.c.model_column,
             vector_columns.c.hash_column,
+            vector_columns.c.chunking,
         ).where(vector_columns.c.shadow_of.is_not(None))
     ).all()
     if not shadows:
         return
-    columns = {(r[0], r[1], name) for r in shadows for name in r[2:]}
+    columns = {(r[0], r[1], name) for r in shadows for name in r[2:5]}
     tables = {(r[0], r[1]) for r in shadows}
+    # a chunked column's shadow chunk table, with its indexes
+    chunk_tables = {(r[0], chunk_table_name(r[1], r[2])) for r in shadows if r[5] is not None}
+    upgrade_ops.ops = [
+        op
+        for op in upgrade_ops.ops
+        if not (
+            isinstance(op, (ops.DropTableOp, ops.ModifyTableOps))
+            and (op.schema or default_schema, op.table_name) in chunk_tables
+        )
+    ]
     for container in _containers(upgrade_ops):
         if not isinstance(container, ops.ModifyTableOps):
             continue

@@ -173,6 +173,10 @@ def hybrid_search(
         plan=plan,
         exact_below=exact_below,
     )
+    if knn.chunked:  # the chunks the SQL function semdb.hybrid_search fetches
+        from semdb.retrieval.chunked import HYBRID_MIN_CANDIDATES, HYBRID_PER_ROW
+
+        knn.chunk_candidates = (HYBRID_PER_ROW, HYBRID_MIN_CANDIDATES)
     target = knn.target
     connection = connection_of(bind)
     if vector is None and embedder is not None:
@@ -254,7 +258,7 @@ def _build_fused(
         from semdb.retrieval.chunked import ChunkedStatements
 
         top = (
-            ChunkedStatements(target, keys_only, knn.where, pool)
+            ChunkedStatements(target, keys_only, knn.where, pool, *knn.candidates())
             .build(path, 0)
             .subquery("semantic_top")
         )

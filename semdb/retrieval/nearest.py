@@ -95,6 +95,9 @@ class KnnSearch:
     ef_search: int | None = None
     exact_below: int | None = None
     given: sa.Select[Any] | None = None  # the statement given, if any
+    #: A chunked search's candidates: (chunks per parent wanted, at least); None: the
+    #: defaults of semdb.retrieval.chunked (hybrid_search asks for its SQL function's).
+    chunk_candidates: tuple[int, int] | None = None
     _statements: dict[tuple[PlanPath, int | None], sa.Select[Any]] = field(default_factory=dict)
 
     @classmethod
@@ -141,8 +144,17 @@ class KnnSearch:
             if self.chunked:
                 from semdb.retrieval.chunked import ChunkedStatements
 
-                chunked = ChunkedStatements(target, self.base, where, k)
-                known = kept((*key, where), lambda: chunked.build(path, level))
+                chunked = ChunkedStatements(target, self.base, where, k, *self.candidates())
+                if path == "exact":
+                    # the filter comes last: its statement is the template's, filtered
+                    exact = kept(key, lambda: chunked.exact_template())
+                    known = (
+                        exact if where is None else kept((*key, where), lambda: exact.where(where))
+                    )
+                else:
+                    known = kept(
+                        (*key, self.chunk_candidates, where), lambda: chunked.build(path, level)
+                    )
             else:
                 template = kept(key, lambda: knn_statement(target, self.base, path=path, k=k))
                 # the same filter object again: its statement again
@@ -153,6 +165,14 @@ class KnnSearch:
                 )
             self._statements[(path, level)] = known
         return known
+
+    def candidates(self) -> tuple[int, int]:
+        """A chunked search's (chunks per parent wanted, at least)."""
+        if self.chunk_candidates is not None:
+            return self.chunk_candidates
+        from semdb.retrieval.chunked import CANDIDATES_PER_ROW, MIN_CANDIDATES
+
+        return CANDIDATES_PER_ROW, MIN_CANDIDATES
 
     def estimate_key(self, connection: Connection, values: Mapping[str, Any]) -> Any:
         """What identifies the filter statement with its values among the row estimates: its
@@ -258,7 +278,7 @@ class KnnSearch:
         )
         if model is not None and len(rows) < self.k:  # the model check's error, if it failed
             check_query_model(connection, self.target, model)
-        if self.chunked and len(rows) < self.k:
+        if self.chunked and len(rows) < self.k and path == "index":
             from semdb.retrieval.chunked import wider_rows
 
             rows = wider_rows(self, bind, connection, path, settings, parameters)

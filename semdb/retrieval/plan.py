@@ -103,7 +103,7 @@ def choose_plan(
     if search.chunked:  # the index's candidates: as many as the chunks fetched
         from semdb.retrieval.chunked import candidates_for
 
-        k = candidates_for(k, 0)
+        k = candidates_for(k, 0, *search.candidates())
     if request not in ("auto", "index", "exact"):
         raise SearchError(
             f"plan must be 'auto', 'index' or 'exact', got {request!r}", fix="pass plan='auto'"

@@ -33,6 +33,16 @@ The design, step by step, for ``docs.embedding`` going from ``tiny@1`` to ``big@
    and the new dimension. A query runs either wholly before (old vectors) or wholly after
    (new vectors). The model becomes the active version of its name in ``semdb.models``.
 
+A **chunked** column (``chunking=semdb.Chunks(...)``) is switched the same way, with its chunk
+table: starting creates the shadow chunk table ``<table>_<column>__next_chunks`` (the live
+one's columns, the new dimension, its primary key and its foreign key ``ON DELETE CASCADE``
+to the parent), which the new model's workers and backfill fill as they fill the shadow
+column (the new model's tokenizer splits the texts); searches keep reading the live chunk
+table, made by the old model. Its vector indexes are built with the shadow column's, and the
+switch, in its one transaction, drops the live chunk table and gives the shadow one its name,
+its constraints' and its indexes' names: no chunk of the old model is left, and a parent
+deleted during the fill took its shadow chunks with it.
+
 The old vectors are dropped: going back is another activation (``semdb model activate
 tiny@1 --column docs.embedding``), which re-embeds. ``semdb model cancel`` drops the shadow
 and leaves the column as it was. Everything is resumable: running ``activate`` again for an
@@ -60,6 +70,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from semdb.db.partitions import (
     Partition,
@@ -69,6 +80,7 @@ from semdb.db.partitions import (
 )
 from semdb.db.url import libpq_uri
 from semdb.errors import DimensionMismatchError, SemdbError, SyncError
+from semdb.orm.chunks import VECTOR, chunk_table_name, parent_key_name
 from semdb.orm.distance import Distance
 from semdb.orm.indexes import METHODS
 from semdb.sync.backfill import stale_condition
@@ -345,17 +357,6 @@ def _activation_of(connection: psycopg.Connection[Any], column_id: int) -> Activ
 
 
 def _check_can_start(live: SyncTarget, name: str, version: str, dimension: int) -> None:
-    if live.chunking is not None:
-        raise ActivationError(
-            f"{live.name} is chunked: semdb model activate cannot switch a chunked column "
-            "yet (the new model splits the text into other chunks: a second chunk table, "
-            "filled while the first serves, swapped with it); nothing was changed",
-            fix=f"switch by hand: add a second chunked column with model={name!r} (its "
-            "chunk table comes with it) in a migration, fill it with semdb backfill --model "
-            f"{name}@{version} --column {live.table_name}.<new column> (or workers of that "
-            "model), point the application's searches at it, then drop the old column in a "
-            "later migration",
-        )
     if live.sync != "queued":
         raise ActivationError(
             f"{live.name} is synced {live.sync}: only columns kept by workers (queued) can be "
@@ -429,6 +430,8 @@ def _create_shadow(
         id=None,
     )
     row = shadow.as_row() | {"model_version": version, "shadow_of": live.id}
+    if shadow.chunking is not None:
+        row["chunking"] = Jsonb(shadow.chunking)
     columns = sql.SQL(", ").join(sql.Identifier(key) for key in row)
     values = sql.SQL(", ").join(sql.Placeholder(key) for key in row)
     shadow_id = connection.execute(
@@ -438,6 +441,8 @@ def _create_shadow(
         row,
     ).fetchone()
     assert shadow_id is not None
+    if live.chunking is not None:
+        _create_shadow_chunks(connection, live, shadow)
     for statement in install_statements(shadow):
         _run(connection, statement)
     connection.execute(
@@ -445,6 +450,163 @@ def _create_shadow(
         "dimension) VALUES (%s, %s, %s, %s, %s)",
         (live.id, shadow_id[0], live.model_tag, f"{name}@{version}", dimension),
     )
+
+
+# -- chunk tables ----------------------------------------------------------------------------------
+
+
+def chunk_table_target(target: SyncTarget) -> SyncTarget:
+    """The chunk table of a chunked column, seen as a vector column (its vector indexes are
+    read and copied as the parent column's are)."""
+    return replace(
+        target,
+        table_name=chunk_table_name(target.table_name, target.column_name),
+        column_name=VECTOR,
+        chunking=None,
+    )
+
+
+def _table_exists(connection: psycopg.Connection[Any], target: SyncTarget) -> bool:
+    return (
+        connection.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (target.table_schema, target.table_name),
+        ).fetchone()
+        is not None
+    )
+
+
+#: Table privileges a grant on the live chunk table may hold (copied to the shadow one).
+_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+def _create_shadow_chunks(
+    connection: psycopg.Connection[Any], live: SyncTarget, shadow: SyncTarget
+) -> None:
+    """The shadow chunk table: the live one's columns with the new dimension, its primary
+    key, its cascading foreign key to the parent and its grants (its vector indexes come
+    with the shadow column's, see :func:`build_shadow_indexes`)."""
+    live_chunks, shadow_chunks = chunk_table_target(live), chunk_table_target(shadow)
+    if not _table_exists(connection, live_chunks):
+        raise ActivationError(
+            f"{live.name} is chunked and its chunk table {live_chunks.table_schema}."
+            f"{live_chunks.table_name} does not exist",
+            fix="create it (alembic revision --autogenerate renders it), fill it with semdb "
+            "backfill, then activate",
+        )
+    if _table_exists(connection, shadow_chunks):
+        raise ActivationError(
+            f"a table {shadow_chunks.table_schema}.{shadow_chunks.table_name} already exists, "
+            f"which the activation needs for the shadow chunks of {live.name}",
+            fix="rename or drop that table (a cancelled activation's leftovers: semdb model "
+            "cancel)",
+        )
+    keys = sql.SQL(", ").join(sql.Identifier(parent_key_name(k)) for k in live.key_columns)
+    _run(
+        connection,
+        sql.SQL(
+            "CREATE TABLE {shadow} (LIKE {live} INCLUDING DEFAULTS INCLUDING STORAGE "
+            "INCLUDING COMMENTS)"
+        ).format(shadow=shadow_chunks.table_sql, live=live_chunks.table_sql),
+    )
+    _run(
+        connection,
+        sql.SQL(
+            "ALTER TABLE {shadow} ALTER COLUMN {vector} TYPE {storage}({dimension}), "
+            "ADD CONSTRAINT {pk} PRIMARY KEY ({keys}, chunk), "
+            "ADD CONSTRAINT {fk} FOREIGN KEY ({keys}) REFERENCES {parent} ({parent_keys}) "
+            "ON DELETE CASCADE ON UPDATE CASCADE"
+        ).format(
+            shadow=shadow_chunks.table_sql,
+            vector=sql.Identifier(VECTOR),
+            storage=sql.SQL(shadow.storage),
+            dimension=sql.Literal(shadow.dimension),
+            pk=sql.Identifier(_short("pk_" + shadow_chunks.table_name)),
+            fk=sql.Identifier(_short("fk_" + shadow_chunks.table_name)),
+            keys=keys,
+            parent=live.table_sql,
+            parent_keys=sql.SQL(", ").join(sql.Identifier(k) for k in live.key_columns),
+        ),
+    )
+    grants = connection.execute(
+        "SELECT a.privilege_type, r.rolname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace, "
+        "aclexplode(c.relacl) AS a JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.grantee <> c.relowner",
+        (live_chunks.table_schema, live_chunks.table_name),
+    ).fetchall()
+    for privilege, role in grants:
+        if privilege in _PRIVILEGES:
+            _run(
+                connection,
+                sql.SQL("GRANT {} ON {} TO {}").format(
+                    sql.SQL(privilege), shadow_chunks.table_sql, sql.Identifier(role)
+                ),
+            )
+
+
+def _constraint_names(connection: psycopg.Connection[Any], target: SyncTarget) -> dict[str, str]:
+    """The primary key's (``p``) and foreign key's (``f``) constraint names of a table."""
+    rows = connection.execute(
+        "SELECT k.contype::text, k.conname FROM pg_constraint k "
+        "JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND k.contype IN ('p', 'f') ORDER BY k.conname",
+        (target.table_schema, target.table_name),
+    ).fetchall()
+    return {str(kind): str(name) for kind, name in rows}
+
+
+def _swap_chunk_tables(
+    connection: psycopg.Connection[Any], live: SyncTarget, shadow: SyncTarget
+) -> None:
+    """In the switch's transaction: the live chunk table (the old model's chunks) dropped,
+    the shadow one given its name, its constraints' and its vector indexes' names."""
+    live_chunks, shadow_chunks = chunk_table_target(live), chunk_table_target(shadow)
+    indexes = _vector_indexes(connection, shadow_chunks, VECTOR)
+    invalid = [index.name for index, valid in indexes if not valid]
+    if invalid:
+        raise ActivationError(
+            f"the shadow chunk index {invalid[0]} is invalid (its build was interrupted)",
+            fix="run semdb model activate again: it rebuilds it",
+        )
+    renames = {
+        _shadow_index_name(index): index.name
+        for index, _ in _vector_indexes(connection, live_chunks, VECTOR)
+    }
+    old_names = _constraint_names(connection, live_chunks)
+    new_names = _constraint_names(connection, shadow_chunks)
+    try:
+        _run(connection, sql.SQL("DROP TABLE {}").format(live_chunks.table_sql))
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        raise ActivationError(
+            f"other objects depend on the chunk table {live_chunks.table_name} of {live.name} "
+            f"(a view?): {exc.diag.message_detail or exc}",
+            fix="drop or change them, then run semdb model activate again",
+        ) from exc
+    _run(
+        connection,
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            shadow_chunks.table_sql, sql.Identifier(live_chunks.table_name)
+        ),
+    )
+    for kind, name in new_names.items():
+        if kind in old_names and old_names[kind] != name:
+            _run(
+                connection,
+                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    live_chunks.table_sql, sql.Identifier(name), sql.Identifier(old_names[kind])
+                ),
+            )
+    for index, _ in indexes:
+        if index.name in renames:
+            _run(
+                connection,
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(live.table_schema, index.name),
+                    sql.Identifier(renames[index.name]),
+                ),
+            )
 
 
 def _pin_live_version(connection: psycopg.Connection[Any], live: SyncTarget) -> None:
@@ -584,6 +746,41 @@ def build_shadow_indexes(
             else:
                 _build_partitioned(connection, live, shadow, index, name, tree)
             built.append(name)
+        if live.chunking is not None:
+            built += _build_chunk_indexes(connection, live, shadow, on_step)
+    return built
+
+
+def _build_chunk_indexes(
+    connection: psycopg.Connection[Any],
+    live: SyncTarget,
+    shadow: SyncTarget,
+    on_step: Callable[[str], None] | None,
+) -> list[str]:
+    """The live chunk table's vector indexes, built ``CONCURRENTLY`` on the shadow one."""
+    live_chunks, shadow_chunks = chunk_table_target(live), chunk_table_target(shadow)
+    present = dict(
+        (index.name, valid) for index, valid in _vector_indexes(connection, shadow_chunks, VECTOR)
+    )
+    built = []
+    for index, _ in _vector_indexes(connection, live_chunks, VECTOR):
+        name = _shadow_index_name(index)
+        if present.get(name):
+            continue
+        if name in present:  # invalid: a build was interrupted
+            connection.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(live.table_schema, name)
+                )
+            )
+        if on_step is not None:
+            on_step(f"building {index.method} index {name}")
+        connection.execute(
+            _create_index_statement(
+                live_chunks, shadow_chunks, index, name, table=shadow_chunks.table_sql
+            )
+        )
+        built.append(name)
     return built
 
 
@@ -745,6 +942,11 @@ def _switch(
         _shadow_index_name(index): index.name
         for index, _ in _vector_indexes(connection, live, live.column_name)
     }
+    if live.chunking is not None:
+        # The parent first, then its chunks: the order a search's statement locks them in
+        # (the other order could deadlock with a search that holds the parent already).
+        connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live.table_sql))
+        _swap_chunk_tables(connection, live, shadow)
     for statement in uninstall_statements(shadow):
         _run(connection, statement)
     try:
@@ -862,6 +1064,13 @@ def cancel_activation(
                         sql.Identifier(shadow.hash_column),
                     )
                 )
+                if shadow.chunking is not None:
+                    _run(
+                        connection,
+                        sql.SQL("DROP TABLE IF EXISTS {}").format(
+                            chunk_table_target(shadow).table_sql
+                        ),
+                    )
                 connection.execute("DELETE FROM semdb.queue WHERE column_id = %s", (shadow.id,))
                 connection.execute("DELETE FROM semdb.errors WHERE column_id = %s", (shadow.id,))
                 connection.execute("DELETE FROM semdb.vector_columns WHERE id = %s", (shadow.id,))
